@@ -1,0 +1,251 @@
+"""Cut a grouped Wide ResNet into a ``SplitWideResNet`` (a tree of real, smaller branches).
+
+Choices (see docs/splitnet.md):
+
+* ``convention`` — what the first layers of a split stage (unit 0's shortcut and conv1) read:
+  ``shared`` (default): every branch reads *all* channels of its parent branch (the whole trunk
+  for the lowest split stage).  This "tree" reading reproduces the paper's Params/FLOPs columns.
+  ``partitioned``: each branch reads only the channels its learned input vector assigns to it,
+  as the official ``resnet_split.py`` does.  The fc always reads its learned partition.
+* ``layout`` — how split units are rebuilt:
+  ``preact`` (default): the grouping network's pre-activation units, BN copied by channel, so a
+  network whose inter-group weights are zero is *exactly* the split one.
+  ``official``: the official code's post-activation split units with fresh BN (kernels copied).
+
+Every branch keeps its channels in an order that makes its children's inputs contiguous
+whenever they are disjoint, so most channel selections are slices, not gathers.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .branches import ChannelSelect, HeadBranch, SplitWideResNet, StageBranch, Trunk
+from .model import PostActUnit, PreActUnit, WideResNet, WRNPlan, batch_norm, build_stage, conv, linear
+from .partition import Partition
+from .spec import SplitSpec, even_merge_indices
+from .topology import HEAD, SplitLayer, Topology, stage_hidden, stage_in, stage_out
+
+CONVENTIONS = ("shared", "partitioned")
+LAYOUTS = ("preact", "official")
+
+
+def _check(convention: str, layout: str) -> None:
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+
+
+def _expand_to_children(parent_rows: torch.Tensor, spec: SplitSpec, segment: int) -> torch.Tensor:
+    """Row g = the parent-group row that group g of ``segment`` hangs under."""
+    parents = even_merge_indices(spec.groups[segment], spec.groups[segment - 1])
+    return parent_rows[parents]
+
+
+def stream_membership(topology: Topology, partition: Partition, segment: int) -> torch.Tensor:
+    """Membership (G x width) of the output stream of conv segment ``segment`` (0-based stage)."""
+    spec = topology.spec
+    width = topology.plan.stages[segment].width
+    if spec.groups[segment] == 1:
+        return torch.ones(1, width, dtype=torch.bool)
+    return partition[stage_out(segment + 1)]
+
+
+def input_membership(topology: Topology, partition: Partition, segment: int, convention: str) -> torch.Tensor:
+    """Which of the previous stream's channels each group of ``segment`` reads."""
+    spec = topology.spec
+    if segment == HEAD:
+        return partition["head_in"]
+    if convention == "partitioned":
+        return partition[stage_in(segment + 1)]
+    parent = stream_membership(topology, partition, segment - 1) if segment > 0 else None
+    if parent is None:
+        return torch.ones(spec.groups[segment], topology.plan.stem_width, dtype=torch.bool)
+    return _expand_to_children(parent, spec, segment) if spec.groups[segment - 1] > 1 else parent.expand(
+        spec.groups[segment], -1
+    )
+
+
+def layer_memberships(
+    topology: Topology, partition: Partition, layer: SplitLayer, convention: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input, output) membership of one split layer, honouring the input convention."""
+    if layer.reads_stage_input:
+        segment = int(layer.path.split(".")[1])
+        inputs = input_membership(topology, partition, segment, convention)
+    else:
+        inputs = partition[layer.input]
+    return inputs, partition[layer.output]
+
+
+def keep_mask(inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+    """Dense-equivalent mask (D_out x D_in) of a split layer.
+
+    Weight (o, i) survives iff every group that holds output o also reads input i, so each copy
+    of a duplicated (overlap) node computes the same value as the dense node.
+    """
+    misses = outputs.T.float() @ (~inputs).float()
+    return misses == 0
+
+
+@torch.no_grad()
+def zero_intergroup_weights(model: WideResNet, topology: Topology, partition: Partition, convention: str = "shared") -> None:
+    """Zero every weight the split drops, in place: the dense model then computes exactly
+    what the split network computes (used to test the split and to define it)."""
+    _check(convention, "preact")
+    for layer in topology.layers:
+        inputs, outputs = layer_memberships(topology, partition, layer, convention)
+        weight = model.get_submodule(layer.path).weight
+        mask = keep_mask(inputs, outputs).to(weight.device)
+        weight.mul_(mask.view(*mask.shape, *([1] * (weight.dim() - 2))))
+
+
+def _members(row: torch.Tensor) -> torch.Tensor:
+    return row.nonzero().flatten()
+
+
+def _local_order(stream: torch.Tensor, child_inputs: list[torch.Tensor]) -> torch.Tensor:
+    """Order a branch's stream channels (global indices) so disjoint child inputs are contiguous."""
+    members = set(stream.tolist())
+    order: list[int] = []
+    used: set[int] = set()
+    for child in child_inputs:
+        c = child.tolist()
+        if used.intersection(c):
+            return stream
+        order += c
+        used.update(c)
+    return torch.tensor(order + sorted(members - used), dtype=torch.long)
+
+
+def _select(parent_order: torch.Tensor, row: torch.Tensor) -> tuple[ChannelSelect, torch.Tensor]:
+    """Channels of a child in its parent's local order: (selector, their global indices)."""
+    inside = row[parent_order]
+    return ChannelSelect(inside.nonzero().flatten(), len(parent_order)), parent_order[inside]
+
+
+@torch.no_grad()
+def _copy_conv(dst: nn.Conv2d, src: nn.Conv2d, out_idx: torch.Tensor, in_idx: torch.Tensor) -> None:
+    dst.weight.copy_(src.weight[out_idx][:, in_idx])
+
+
+@torch.no_grad()
+def _copy_bn(dst: nn.BatchNorm2d, src: nn.BatchNorm2d, idx: torch.Tensor) -> None:
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        getattr(dst, name).copy_(getattr(src, name)[idx])
+    dst.num_batches_tracked.copy_(src.num_batches_tracked)
+
+
+class _Builder:
+    def __init__(self, topology, partition, convention, layout, dense):
+        self.top, self.part, self.conv_, self.layout, self.dense = topology, partition, convention, layout, dense
+        self.spec = topology.spec
+        self.plan: WRNPlan = topology.plan
+        self.class_pieces: list[torch.Tensor] = []
+
+    def children_of(self, segment: int, group: int) -> list[int]:
+        nxt = segment + 1
+        parents = even_merge_indices(self.spec.groups[nxt], self.spec.groups[segment])
+        return [h for h in range(self.spec.groups[nxt]) if parents[h] == group]
+
+    def stage_width_in(self, segment: int) -> int:
+        return self.plan.stem_width if segment == 0 else self.plan.stages[segment - 1].width
+
+    def branch(self, segment: int, group: int, parent_order: torch.Tensor) -> nn.Module:
+        in_row = input_membership(self.top, self.part, segment, self.conv_)[group]
+        select, in_idx = _select(parent_order, in_row)
+        if segment == HEAD:
+            return self.head(select, in_idx, group)
+        kids = self.children_of(segment, group)
+        next_in = input_membership(self.top, self.part, segment + 1, self.conv_)
+        stream = _members(stream_membership(self.top, self.part, segment)[group])
+        order = _local_order(stream, [_members(next_in[h]) for h in kids])
+        units = self.units(segment, group, in_idx, order)
+        final_bn = None
+        if segment == HEAD - 1:
+            final_bn = batch_norm(len(order))
+            if self.dense is not None:
+                _copy_bn(final_bn, self.dense.final_bn, order)
+        children = [self.branch(segment + 1, h, order) for h in kids]
+        return StageBranch(select, units, final_bn, children)
+
+    def units(self, segment: int, group: int, in_idx: torch.Tensor, stream: torch.Tensor) -> nn.Sequential:
+        s = segment + 1
+        stage = self.plan.stages[segment]
+        units = []
+        for u in range(len(stage.hidden)):
+            hidden = _members(self.part[stage_hidden(s, u)][group])
+            src_idx = in_idx if u == 0 else stream
+            stride = stage.stride if u == 0 else 1
+            args = (len(src_idx), len(hidden), len(stream), stride, u == 0)
+            unit = PreActUnit(*args) if self.layout == "preact" else PostActUnit(*args)
+            if self.dense is not None:
+                ref: PreActUnit = self.dense.stages[segment][u]
+                _copy_conv(unit.conv1, ref.conv1, hidden, src_idx)
+                _copy_conv(unit.conv2, ref.conv2, stream, hidden)
+                if u == 0:
+                    _copy_conv(unit.shortcut, ref.shortcut, stream, src_idx)
+                if self.layout == "preact":  # official layout: fresh BN, as resnet_split.py
+                    _copy_bn(unit.bn1, ref.bn1, src_idx)
+                    _copy_bn(unit.bn2, ref.bn2, hidden)
+            units.append(unit)
+        return nn.Sequential(*units)
+
+    def head(self, select: ChannelSelect, in_idx: torch.Tensor, group: int) -> HeadBranch:
+        classes = _members(self.part["head_out"][group])
+        fc = linear(len(in_idx), len(classes))
+        if self.dense is not None:
+            with torch.no_grad():
+                fc.weight.copy_(self.dense.fc.weight[classes][:, in_idx])
+                fc.bias.copy_(self.dense.fc.bias[classes])
+        self.class_pieces.append(classes)
+        return HeadBranch(select, fc)
+
+    def trunk(self) -> tuple[Trunk, int]:
+        first = self.spec.first_split
+        plan = self.plan
+        if self.dense is not None:
+            stem = copy.deepcopy(self.dense.stem)
+            stages = nn.ModuleList(copy.deepcopy(self.dense.stages[i]) for i in range(first))
+            for unit in (m for m in stages.modules() if isinstance(m, PreActUnit)):
+                unit.dropout = 0.0  # split networks never use dropout (official split graph)
+            final_bn = copy.deepcopy(self.dense.final_bn) if first == HEAD else None
+        else:
+            stem = conv(plan.in_channels, plan.stem_width, 3)
+            widths = [plan.stem_width] + [st.width for st in plan.stages]
+            stages = nn.ModuleList(build_stage(widths[i], plan.stages[i]) for i in range(first))
+            final_bn = batch_norm(widths[-1]) if first == HEAD else None
+        width = self.stage_width_in(first) if first < HEAD else plan.stages[-1].width
+        return Trunk(stem, stages, final_bn), width
+
+
+def build_split_network(
+    topology: Topology,
+    partition: Partition,
+    convention: str = "shared",
+    layout: str = "preact",
+    dense: WideResNet | None = None,
+) -> SplitWideResNet:
+    """Build the split network; copy the kept weights from ``dense`` when given.
+
+    Without ``dense`` the branches are freshly initialised, which is how a saved split network
+    is rebuilt before ``load_state_dict``.
+    """
+    _check(convention, layout)
+    first = topology.spec.first_split
+    if first is None:
+        raise ValueError(f"split {topology.spec.code} splits nothing (every segment has one group)")
+    if dense is not None and dense.plan != topology.plan:
+        raise ValueError("the dense model's architecture differs from the topology's")
+    b = _Builder(topology, partition, convention, layout, dense)
+    trunk, width = b.trunk()
+    order = torch.arange(width)
+    roots = [b.branch(first, g, order) for g in range(topology.spec.groups[first])]
+    model = SplitWideResNet(trunk, roots, torch.cat(b.class_pieces), topology.plan.num_classes)
+    if dense is not None:
+        model.train(dense.training)
+    return model
