@@ -1,0 +1,88 @@
+import json
+
+import pytest
+import torch
+
+from splitnet.cli import main
+from splitnet.counting import count_model, flop_counter_check
+from splitnet.model import wide_resnet
+from splitnet.partition import balanced_partition
+from splitnet.spec import SplitSpec
+from splitnet.split import build_split_network
+from splitnet.summary import summarize
+from splitnet.topology import build_topology
+
+# (split, paper params % reduced, paper FLOPs % reduced or None): supplement Tables 1 and 2.
+PAPER_ROWS = [
+    ("1-1-4", 0.35, 0.0),
+    ("1-2-2", 32.54, 14.63),
+    ("2-2-2", 46.39, 31.97),
+    ("2-4-4", 62.58, 39.29),
+    ("1-2-2", 32.44, None),  # Table 2, G=2
+    ("1-3-3", 43.09, None),
+    ("1-4-4", 48.66, None),
+]
+
+
+@pytest.fixture(scope="module")
+def wrn16_8():
+    return wide_resnet("wrn-16-8")
+
+
+def test_wrn_16_8_counts_match_the_paper(wrn16_8):
+    count = count_model(wrn16_8, (3, 32, 32))
+    assert count.params == 10_999_908
+    assert count.flops == 3_095_498_952
+    assert (count.stem_params, count.stem_flops) == (432, 884_736)
+    per_layer = {r.name: r for r in count.layers}
+    assert per_layer["stages.2.1.conv2"].params == 2_359_296
+    assert per_layer["stages.2.1.conv2"].out_hw == (8, 8)
+    assert per_layer["fc"].params == 51_300 and per_layer["fc"].flops == 102_600
+
+
+@pytest.mark.parametrize("code,paper_params,paper_flops", PAPER_ROWS)
+def test_balanced_split_rows_match_paper_within_0_2_points(wrn16_8, code, paper_params, paper_flops):
+    s = summarize(wrn16_8, SplitSpec.parse(code), (3, 32, 32), convention="shared")
+    assert abs(s["params_reduced_pct"] - paper_params) < 0.2
+    if paper_flops is not None:
+        assert abs(s["flops_reduced_pct"] - paper_flops) < 0.2
+
+
+def test_partitioned_convention_gives_the_official_code_counts(wrn16_8):
+    # The official resnet_split.py accounting with balanced groups (reference section 8).
+    s = summarize(wrn16_8, SplitSpec.parse("1-2-2"), (3, 32, 32), convention="partitioned")
+    assert s["params"] == 6_780_004
+    assert round(s["params_reduced_pct"], 2) == 38.36 and round(s["flops_reduced_pct"], 2) == 17.35
+
+
+@pytest.mark.parametrize("code", ["1-1-4", "2-4-4"])
+@pytest.mark.parametrize("convention", ["shared", "partitioned"])
+def test_counts_agree_with_torch_flop_counter(wrn16_8, code, convention):
+    top = build_topology(wrn16_8.plan, SplitSpec.parse(code))
+    split = build_split_network(top, balanced_partition(top), convention)
+    ours, torch_count = flop_counter_check(split, (3, 32, 32))
+    assert ours == torch_count
+    ours, torch_count = flop_counter_check(wrn16_8, (3, 32, 32))
+    assert ours == torch_count
+
+
+def test_counting_walks_the_running_model_not_a_formula():
+    model = wide_resnet("wrn-10-1", num_classes=10)
+    before = count_model(model, (3, 16, 16)).params
+    model.stages[2][0].conv2 = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False, groups=4)
+    assert count_model(model, (3, 16, 16)).params == before - 64 * 64 * 9 * 3 // 4
+
+
+def test_summary_cli_json_and_table(capsys):
+    assert main(["summary", "--split", "hier", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"params", "flops", "params_reduced_pct", "flops_reduced_pct", "layers"} <= set(out)
+    assert round(out["params_reduced_pct"], 2) == 62.61 and out["split"] == "2-4-4"
+    assert main(["summary", "--split", "1-2-2", "--arch", "wrn-10-1", "--in-channels", "1", "--num-classes", "10", "--image-size", "16"]) == 0
+    text = capsys.readouterr().out
+    assert "reduced: params" in text and "(stem, not counted)" in text
+
+
+def test_summary_cli_rejects_bad_split(capsys):
+    assert main(["summary", "--split", "4-2-1"]) == 2
+    assert "must not decrease" in capsys.readouterr().err
