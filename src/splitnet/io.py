@@ -1,0 +1,100 @@
+"""Atomic file writes and streamed file hashes.
+
+Every artefact the pipeline writes goes through the ``atomic_*`` helpers: the bytes are written
+to a temporary file in the destination directory, flushed and fsync'ed, then moved over the
+destination with :func:`os.replace` (atomic on POSIX within one file system). A crash or a full
+disk therefore leaves either the old file or the new one at ``path``, never a truncated one,
+and the temporary file is removed on failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+_CHUNK = 1 << 20  # 1 MiB: large enough for throughput, small enough for memory
+
+
+@contextmanager
+def _atomic_file(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
+    """Yield a binary temp file that replaces ``path`` only if the ``with`` body succeeds."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist the rename itself; some platforms cannot open directories, which is harmless."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, creating parent directories."""
+    with _atomic_file(path) as handle:
+        handle.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` as UTF-8 to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``obj`` as JSON (sorted keys, indent 2, trailing newline) atomically.
+
+    Sorted keys and a fixed layout make the file byte-stable, so its hash only changes when
+    its content does.
+    """
+    atomic_write_text(path, json.dumps(obj, sort_keys=True, indent=2) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` ``obj`` to ``path`` atomically."""
+    with _atomic_file(path) as handle:
+        torch.save(obj, handle)
+
+
+def _hash_file(path: str | os.PathLike[str], make: Callable[[], Any]) -> str:
+    """Hex digest of a file, read in chunks so large archives do not fill memory."""
+    digest = make()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """SHA-256 hex digest of the file at ``path``."""
+    return _hash_file(path, hashlib.sha256)
+
+
+def md5_file(path: str | os.PathLike[str]) -> str:
+    """MD5 hex digest of the file at ``path`` (used only to match published checksums)."""
+    return _hash_file(path, lambda: hashlib.md5(usedforsecurity=False))
