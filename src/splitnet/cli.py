@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from .data.errors import DataError
 from .spec import SpecError, SplitSpec, load_named_splits
 
 
@@ -39,6 +40,57 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_config(args: argparse.Namespace) -> dict:
+    from .config import load_registry, resolve
+
+    return resolve(load_registry(args.params_dir), args.experiment, args.scale)
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    from . import stages
+    from .engine import EXIT_PREEMPTED, NonFiniteLoss, Preempted
+
+    cfg = _run_config(args)
+    out = Path(args.out)
+    try:
+        if args.command == "prepare-data":
+            stages.stage_prepare_data(cfg, out)
+        elif args.command == "train":
+            stages.stage_train(cfg, Path(args.data), out, args.resume)
+        elif args.command == "learn-groups":
+            stages.stage_learn_groups(cfg, Path(args.data), out, Path(args.baseline) if args.baseline else None, args.resume)
+        elif args.command == "split":
+            stages.stage_split(cfg, Path(args.source), out)
+        elif args.command == "finetune":
+            stages.stage_finetune(cfg, Path(args.data), Path(args.source), out, args.resume)
+        elif args.command == "evaluate":
+            stages.stage_evaluate(cfg, Path(args.data), Path(args.source), out)
+    except Preempted:
+        return EXIT_PREEMPTED
+    except NonFiniteLoss as err:
+        print(f"splitnet {args.command}: {err}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def cmd_track(args: argparse.Namespace) -> int:
+    from .config import load_registry
+    from .tracking import TrackEntry, default_tracking_uri, import_runs
+
+    registry = load_registry(args.params_dir)
+    results = Path(args.results)
+    uri = args.tracking_uri or default_tracking_uri(results)
+    entries = []
+    for table, spec in registry["tables"].items():
+        for row in spec["rows"]:
+            run_root = results / "runs" / args.scale / row["experiment"]
+            records = sorted(run_root.glob("*/run.json"))
+            entries.append(TrackEntry(table, row["experiment"], records, experiment_title=f"splitnet/{args.scale}/{table}"))
+    summary = import_runs(uri, entries)
+    print(f"tracking {uri}: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="splitnet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -56,6 +108,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params-dir", default="params", help="where splits.yaml lives (default ./params)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_summary)
+
+    stage_help = {
+        "prepare-data": "write the prepared data splits (train/val/test .pt + manifest)",
+        "train": "train the dense baseline WRN",
+        "learn-groups": "SplitNet grouping (regularizers on the assignments) or SSL sparsification",
+        "split": "cut the network into branches (learned, random) or prune it (SSL)",
+        "finetune": "finetune the split/pruned network",
+        "evaluate": "test error, params/FLOPs, class groups, throughput -> metrics.json",
+    }
+    for name, text in stage_help.items():
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--experiment", required=True, help="row id in params/experiments.yaml (e.g. deep)")
+        p.add_argument("--scale", default="smoke", help="paper | smoke | ci (params/scales.yaml)")
+        p.add_argument("--params-dir", default="params")
+        p.add_argument("--out", required=True, help="this stage's output directory")
+        if name != "prepare-data":
+            p.add_argument("--data", required=name != "split", help="prepared data directory")
+        if name in ("split", "finetune", "evaluate"):
+            p.add_argument("--source", required=True, help="model file of the previous stage")
+        if name == "learn-groups":
+            p.add_argument("--baseline", help="baseline model file (SSL starts from it)")
+        if name in ("train", "learn-groups", "finetune"):
+            p.add_argument("--resume", action="store_true", help="continue from this stage's checkpoint if present")
+        p.set_defaults(func=cmd_stage)
+
+    p = sub.add_parser("track", help="import every run record into MLflow (serial, idempotent)")
+    p.add_argument("--scale", default="smoke")
+    p.add_argument("--params-dir", default="params")
+    p.add_argument("--results", default="results")
+    p.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///<results>/mlflow.db")
+    p.set_defaults(func=cmd_track)
     return parser
 
 
@@ -63,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (SpecError, ValueError) as err:
+    except (SpecError, ValueError, FileNotFoundError, DataError) as err:
         print(f"splitnet {args.command}: error: {err}", file=sys.stderr)
         return 2
 

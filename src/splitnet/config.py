@@ -1,0 +1,124 @@
+"""The experiment registry (``params/``): load, validate, and resolve one run's configuration.
+
+``params/experiments.yaml`` holds ``defaults``, every paper-table row under ``experiments`` and
+the ``tables``; ``params/scales.yaml`` holds the ``scales`` (paper / smoke / ci).  A run's
+configuration is ``defaults`` <- row <- scale (data, model.arch, engine, epoch counts); when a
+scale overrides a stage's epochs, that stage's milestones are rescaled in proportion.
+Validation (JSON schema + cross-checks) fails before any job starts and names the file and key.
+"""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .spec import SpecError, SplitSpec
+
+EXPERIMENTS_FILE = "experiments.yaml"
+SCALES_FILE = "scales.yaml"
+STAGE_SCHEDULES = ("train", "group", "finetune", "ssl")
+
+
+class ConfigError(ValueError):
+    """A params file that cannot be used; the message names the file and key."""
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{path} not found (expected the experiment registry in the params directory)")
+    with path.open() as fh:
+        try:
+            data = yaml.safe_load(fh)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _schema() -> dict:
+    text = resources.files("splitnet").joinpath("schemas/params.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def load_registry(params_dir: str | Path = "params") -> dict:
+    """Read and validate ``experiments.yaml`` + ``scales.yaml``."""
+    params_dir = Path(params_dir)
+    experiments = _read_yaml(params_dir / EXPERIMENTS_FILE)
+    scales = _read_yaml(params_dir / SCALES_FILE)
+    registry = {**experiments, **{k: v for k, v in scales.items()}}
+    validator = jsonschema.Draft202012Validator(_schema())
+    errors = sorted(validator.iter_errors(registry), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+        where = params_dir / (SCALES_FILE if key.startswith("scales") else EXPERIMENTS_FILE)
+        raise ConfigError(f"{where}: {key}: {err.message}")
+    _cross_check(registry, params_dir)
+    return registry
+
+
+def _cross_check(registry: dict, params_dir: Path) -> None:
+    where = params_dir / EXPERIMENTS_FILE
+    for name, row in registry["experiments"].items():
+        split = row.get("group", {}).get("split")
+        if row["method"] in ("splitnet", "random"):
+            if split is None:
+                raise ConfigError(f"{where}: experiments.{name}.group.split is required for method {row['method']}")
+        if split is not None:
+            try:
+                SplitSpec.parse(split)
+            except SpecError as err:
+                raise ConfigError(f"{where}: experiments.{name}.group.split: {err}") from None
+    for table, spec in registry["tables"].items():
+        for i, row in enumerate(spec["rows"]):
+            if row["experiment"] not in registry["experiments"]:
+                raise ConfigError(
+                    f"{where}: tables.{table}.rows[{i}].experiment: unknown experiment {row['experiment']!r}"
+                )
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """``override`` wins key by key; nested mappings merge, everything else is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _rescale(schedule: dict, epochs: int) -> dict:
+    ratio = epochs / schedule["epochs"]
+    milestones = sorted({max(1, round(m * ratio)) for m in schedule.get("milestones", [])})
+    return {**schedule, "epochs": epochs, "milestones": [m for m in milestones if m < epochs]}
+
+
+def resolve(registry: dict, experiment: str, scale: str) -> dict[str, Any]:
+    """The full configuration of one row at one scale."""
+    if experiment not in registry["experiments"]:
+        known = ", ".join(registry["experiments"])
+        raise ConfigError(f"unknown experiment {experiment!r}; known: {known}")
+    if scale not in registry["scales"]:
+        raise ConfigError(f"unknown scale {scale!r}; known: {', '.join(registry['scales'])}")
+    cfg = deep_merge(registry["defaults"], registry["experiments"][experiment])
+    sc = registry["scales"][scale]
+    cfg["model"] = deep_merge(cfg.get("model", {}), sc["model"])
+    cfg["data"] = copy.deepcopy(sc["data"])
+    cfg["engine"] = copy.deepcopy(sc["engine"])
+    cfg["gpus"] = sc["gpus"]
+    for stage, epochs in sc["epochs"].items():
+        if stage in cfg and "schedule" in cfg[stage]:
+            cfg[stage]["schedule"] = _rescale(cfg[stage]["schedule"], epochs)
+    cfg["experiment"], cfg["scale"] = experiment, scale
+    return cfg
+
+
+def table_rows(registry: dict) -> dict[str, list[dict]]:
+    return {name: spec["rows"] for name, spec in registry["tables"].items()}

@@ -1,0 +1,330 @@
+"""The one training loop used by every stage (baseline, grouping, SSL, finetuning).
+
+Fast by design: the whole dataset sits on the training device as uint8, batches are augmented
+with tensor ops on that device, there is no DataLoader and no worker process; channels_last,
+optional bf16 autocast (CUDA) and optional ``torch.compile``.
+
+Robust by design: a checkpoint (model, optimizers, RNG states, position in the epoch) is written
+atomically every ``checkpoint_every`` epochs, at the end, and on SIGTERM (then the process exits
+with ``EXIT_PREEMPTED``); ``resume=True`` continues bit-for-bit on CPU.  A non-finite loss stops
+training with ``NonFiniteLoss`` and leaves the last good checkpoint untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .augment import Normalizer, random_crop_flip
+from .io import atomic_torch_save
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again"; SLURM/Snakemake retries resume from the checkpoint
+CHECKPOINT = "checkpoint.pt"
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN/inf; the last good checkpoint is kept."""
+
+
+class Preempted(SystemExit):
+    """Raised after the SIGTERM checkpoint has been written."""
+
+    def __init__(self) -> None:
+        super().__init__(EXIT_PREEMPTED)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """SGD with momentum and an epoch-based step schedule (lr x ``lr_decay`` at each milestone)."""
+
+    epochs: int
+    lr: float
+    milestones: tuple[int, ...] = ()
+    lr_decay: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+
+    def lr_at(self, epoch: int) -> float:
+        return self.lr * self.lr_decay ** sum(epoch >= m for m in self.milestones)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    device: str = "auto"
+    batch_size: int = 128
+    eval_batch_size: int = 500
+    channels_last: bool = True
+    bf16: bool = False  # autocast to bfloat16 on CUDA
+    compile: bool = False
+    normalization: str = "per_image"
+    augment_pad: int = 4
+    augment_flip: bool = True
+    seed: int = 0
+    checkpoint_every: int = 1  # epochs
+    log_every: int = 50  # steps between plain log lines / finiteness checks
+    threads: int = 0  # torch CPU threads, 0 = torch's default
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class DeviceData:
+    """A split held on the training device."""
+
+    images: torch.Tensor  # uint8 N x C x H x W
+    labels: torch.Tensor  # int64 N
+
+    @classmethod
+    def from_split(cls, split: dict, device: torch.device) -> "DeviceData":
+        return cls(split["images"].to(device), split["labels"].to(device))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on conv/fc weights only (official); none on BN, biases or assignments."""
+    decay, rest = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad and not isinstance(module, nn.BatchNorm2d):
+                continue
+            if name == "weight" and isinstance(module, (nn.Conv2d, nn.Linear)):
+                decay.append(p)
+            else:
+                rest.append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if rest:
+        groups.append({"params": rest, "weight_decay": 0.0})
+    return groups
+
+
+def config_digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class _Progress:
+    """A progress bar on a terminal, plain periodic lines otherwise (SLURM logs, CI)."""
+
+    def __init__(self, total_steps: int, every: int) -> None:
+        self.interactive = sys.stderr.isatty()
+        self.total, self.every = total_steps, every
+        self.start = time.perf_counter()
+
+    def step(self, epoch: int, step: int, steps_per_epoch: int, loss: float | None) -> None:
+        done = epoch * steps_per_epoch + step
+        rate = done / max(time.perf_counter() - self.start, 1e-9)
+        if self.interactive:
+            bar = "#" * int(30 * done / self.total)
+            sys.stderr.write(f"\r[{bar:30s}] epoch {epoch + 1} step {step}/{steps_per_epoch} {rate:.1f} it/s")
+            sys.stderr.flush()
+        elif loss is not None:
+            print(f"epoch {epoch + 1} step {step}/{steps_per_epoch} loss {loss:.4f} ({rate:.1f} it/s)", flush=True)
+
+    def close(self) -> None:
+        if self.interactive:
+            sys.stderr.write("\n")
+
+
+@contextmanager
+def _sigterm_flag():
+    """Turn SIGTERM into a flag checked between steps (only in the main thread)."""
+    state = {"term": False}
+    previous = None
+
+    def handler(signum, frame):
+        state["term"] = True
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: no handler, no flag
+        previous = None
+    try:
+        yield state
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: DeviceData, normalizer: Normalizer, cfg: EngineConfig) -> dict[str, float]:
+    """Top-1 error (%) and mean cross-entropy, eval mode, no augmentation."""
+    device = data.images.device
+    was_training = model.training
+    model.eval()
+    correct, loss_sum = torch.zeros((), device=device), torch.zeros((), device=device)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    for start in range(0, len(data), cfg.eval_batch_size):
+        x = normalizer(data.images[start : start + cfg.eval_batch_size].float()).contiguous(memory_format=fmt)
+        y = data.labels[start : start + cfg.eval_batch_size]
+        with _autocast(device, cfg.bf16):
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+    model.train(was_training)
+    n = len(data)
+    return {"error": 100.0 * (1 - correct.item() / n), "loss": loss_sum.item() / n}
+
+
+def _autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
+
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)
+    resumed_from: tuple[int, int] | None = None
+
+
+def train(
+    model: nn.Module,
+    data: DeviceData,
+    schedule: Schedule,
+    cfg: EngineConfig,
+    run_dir: Path,
+    *,
+    normalizer: Normalizer,
+    regularizer: Callable[[], tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None,
+    extra_optimizers: list[torch.optim.Optimizer] = (),
+    after_step: Callable[[], None] | None = None,
+    end_of_epoch: Callable[[int], dict[str, float]] | None = None,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+    resume: bool = False,
+    config_for_digest=None,
+) -> TrainResult:
+    """Train ``model`` in place; the model must already be on the data's device.
+
+    ``regularizer()`` returns (extra loss, named parts) computed once per step outside autocast;
+    ``extra_optimizers`` step after the SGD optimizer (e.g. the simplex assignments);
+    ``after_step`` runs after every update; ``end_of_epoch(epoch)`` returns extra metrics
+    (validation, freezing events) for the epoch's history row, which also goes to ``on_log``.
+    """
+    run_dir = Path(run_dir)
+    device = data.images.device
+    opt = torch.optim.SGD(
+        parameter_groups(model, schedule.weight_decay), lr=schedule.lr, momentum=schedule.momentum
+    )
+    optimizers = [opt, *extra_optimizers]
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    steps_per_epoch = len(data) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch size {cfg.batch_size} exceeds the {len(data)} training images")
+    digest = config_digest(config_for_digest if config_for_digest is not None else asdict(schedule))
+    result = TrainResult()
+    epoch, step, perm = 0, 0, None
+    ckpt_path = run_dir / CHECKPOINT
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        if state["digest"] != digest:
+            print(f"{ckpt_path} was written with a different configuration; starting from scratch", flush=True)
+        else:
+            model.load_state_dict(state["model"])
+            for o, s in zip(optimizers, state["optimizers"]):
+                o.load_state_dict(s)
+            gen.set_state(state["data_rng"].cpu() if device.type == "cpu" else state["data_rng"].cpu())
+            torch.set_rng_state(state["torch_rng"].cpu())
+            if device.type == "cuda" and state.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(state["cuda_rng"].cpu())
+            epoch, step, perm = state["epoch"], state["step"], state["perm"]
+            result.history = list(state["history"])
+            result.resumed_from = (epoch, step)
+            print(f"resumed from {ckpt_path} at epoch {epoch + 1} step {step}", flush=True)
+    if hasattr(model, "after_load"):
+        model.after_load()
+
+    def save(epoch_: int, step_: int, perm_) -> None:
+        atomic_torch_save(
+            {
+                "digest": digest,
+                "model": model.state_dict(),
+                "optimizers": [o.state_dict() for o in optimizers],
+                "data_rng": gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+                "epoch": epoch_,
+                "step": step_,
+                "perm": perm_,
+                "history": result.history,
+            },
+            ckpt_path,
+        )
+
+    runner = torch.compile(model) if cfg.compile else model
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    progress = _Progress(schedule.epochs * steps_per_epoch, cfg.log_every)
+    model.train()
+    with _sigterm_flag() as signals:
+        while epoch < schedule.epochs:
+            lr_factor = schedule.lr_at(epoch) / schedule.lr
+            for o in optimizers:
+                for group in o.param_groups:
+                    group.setdefault("initial_lr", group["lr"])
+                    group["lr"] = group["initial_lr"] * lr_factor
+            if perm is None:
+                perm = torch.randperm(len(data), device=device, generator=gen)
+            running = torch.zeros((), device=device)
+            parts_sum: dict[str, torch.Tensor] = {}
+            seen = 0
+            while step < steps_per_epoch:
+                if signals["term"]:
+                    save(epoch, step, perm)
+                    print(f"SIGTERM: checkpoint written at epoch {epoch + 1} step {step}; exiting", flush=True)
+                    raise Preempted()
+                idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                x = random_crop_flip(data.images[idx], cfg.augment_pad, cfg.augment_flip, gen)
+                x = normalizer(x).contiguous(memory_format=fmt)
+                with _autocast(device, cfg.bf16):
+                    logits = runner(x)
+                loss = F.cross_entropy(logits.float(), data.labels[idx])
+                if regularizer is not None:
+                    extra, parts = regularizer()
+                    loss = loss + extra
+                    for k, v in parts.items():
+                        parts_sum[k] = parts_sum.get(k, 0.0) + v.detach()
+                for o in optimizers:
+                    o.zero_grad(set_to_none=True)
+                loss.backward()
+                for o in optimizers:
+                    o.step()
+                if after_step is not None:
+                    after_step()
+                running += loss.detach()
+                seen += 1
+                step += 1
+                if step % cfg.log_every == 0 or step == steps_per_epoch:
+                    mean = (running / seen).item()  # one sync per log interval, not per step
+                    if not math.isfinite(mean):
+                        raise NonFiniteLoss(
+                            f"loss became {mean} at epoch {epoch + 1} step {step}; the last good "
+                            f"checkpoint {ckpt_path} is kept. Lower the learning rate or check the data."
+                        )
+                    progress.step(epoch, step, steps_per_epoch, mean)
+            row = {"epoch": epoch + 1, "lr": schedule.lr_at(epoch), "train_loss": (running / seen).item()}
+            row.update({k: (v / seen).item() for k, v in parts_sum.items()})
+            if end_of_epoch is not None:
+                row.update(end_of_epoch(epoch))
+            result.history.append(row)
+            if on_log is not None:
+                on_log(epoch + 1, {k: v for k, v in row.items() if k != "epoch"})
+            epoch, step, perm = epoch + 1, 0, None
+            if epoch % cfg.checkpoint_every == 0 or epoch == schedule.epochs:
+                save(epoch, step, perm)
+    progress.close()
+    return result

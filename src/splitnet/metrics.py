@@ -1,0 +1,93 @@
+"""Evaluation measures beyond test error: agreement of learned class groups with known
+superclasses (purity, adjusted Rand index) and measured inference throughput."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from math import comb
+
+import torch
+from torch import nn
+
+
+def adjusted_rand_index(a: list[int], b: list[int]) -> float:
+    """ARI of two labellings of the same items (1 = identical partitions, ~0 = chance)."""
+    if len(a) != len(b):
+        raise ValueError("labellings differ in length")
+    n = len(a)
+    pairs: dict[tuple[int, int], int] = {}
+    for x, y in zip(a, b):
+        pairs[(x, y)] = pairs.get((x, y), 0) + 1
+    rows: dict[int, int] = {}
+    cols: dict[int, int] = {}
+    for (x, y), c in pairs.items():
+        rows[x] = rows.get(x, 0) + c
+        cols[y] = cols.get(y, 0) + c
+    index = sum(comb(c, 2) for c in pairs.values())
+    sum_rows = sum(comb(c, 2) for c in rows.values())
+    sum_cols = sum(comb(c, 2) for c in cols.values())
+    total = comb(n, 2)
+    expected = sum_rows * sum_cols / total if total else 0.0
+    maximum = (sum_rows + sum_cols) / 2
+    if maximum == expected:  # both labellings trivial (one cluster or all singletons)
+        return 1.0 if sum_rows == sum_cols else 0.0
+    return (index - expected) / (maximum - expected)
+
+
+def purity(groups: list[int], superclass: list[int]) -> float:
+    """Fraction of classes whose superclass is the majority superclass of their group."""
+    by_group: dict[int, list[int]] = {}
+    for g, s in zip(groups, superclass):
+        by_group.setdefault(g, []).append(s)
+    majority = sum(max(members.count(s) for s in set(members)) for members in by_group.values())
+    return majority / len(groups)
+
+
+def class_group_table(
+    membership: torch.Tensor, class_names: list[str], superclass: list[int] | None, superclass_names: list[str] | None
+) -> dict:
+    """The learned class -> group assignment, with superclass agreement when a map exists.
+
+    ``membership`` is the G x classes boolean partition of the fc outputs; a duplicated class
+    (overlap) counts in the ARI/purity under its lowest group.
+    """
+    groups = [int(col.nonzero()[0]) for col in membership.T]
+    table = {
+        "groups": [[class_names[c] for c in row.nonzero().flatten().tolist()] for row in membership],
+        "class_to_group": {name: [int(g) for g in membership[:, c].nonzero().flatten()] for c, name in enumerate(class_names)},
+    }
+    if superclass is not None:
+        table["superclass_purity"] = purity(groups, superclass)
+        table["superclass_ari"] = adjusted_rand_index(groups, superclass)
+        if superclass_names is not None:
+            table["superclasses"] = {name: [class_names[c] for c, s in enumerate(superclass) if s == i]
+                                     for i, name in enumerate(superclass_names)}
+    return table
+
+
+@torch.inference_mode()
+def throughput(model: nn.Module, input_shape: tuple[int, int, int], batch: int, repeats: int,
+               device: torch.device, channels_last: bool, warmup: int = 2) -> dict:
+    """Median eval-mode images/s on random input of the given shape."""
+    was_training = model.training
+    model.eval()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(batch, *input_shape, device=device).contiguous(memory_format=fmt)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        model(x)
+    sync()
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(x)
+        sync()
+        rates.append(batch / (time.perf_counter() - start))
+    model.train(was_training)
+    return {"images_per_s": statistics.median(rates), "batch": batch, "repeats": repeats, "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}

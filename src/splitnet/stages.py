@@ -1,0 +1,306 @@
+"""The pipeline stages: prepare-data -> train -> learn-groups -> split -> finetune -> evaluate.
+
+Each stage reads only its declared inputs and its own config sections, and writes only its
+declared outputs into its own directory (model file + ``run.json`` record; ``evaluate`` writes
+``metrics.json``), so Snakemake and DVC can chain them.  Methods map onto the stages as:
+
+============  ==============================  ============================  ===========
+method        learn-groups                    split                         finetune
+============  ==============================  ============================  ===========
+baseline      (train)                         --                            --
+splitnet      grouping from scratch           argmax (+overlap) partition   yes
+random        --                              random balanced partition     yes
+ssl           group lasso from the baseline   prune zeroed channels         yes
+============  ==============================  ============================  ===========
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import artifacts
+from .assignment import GroupAssignments
+from .augment import Normalizer
+from .counting import count_model, reduction_pct
+from .data import load_split, prepare_data, read_manifest
+from .engine import DeviceData, EngineConfig, Schedule, evaluate, resolve_device, train
+from .metrics import class_group_table, throughput
+from .model import WideResNet, parse_arch, wrn_plan
+from .overlap import update_freezing
+from .partition import partition_from_assignments, random_partition
+from .reduced_gradient import SimplexReducedGradient
+from .regularizers import RegularizerConfig, split_losses
+from .spec import SplitSpec
+from .split import build_split_network
+from .ssl import channels_to_keep, group_lasso_penalty, prune, zero_pruned_weights
+from .topology import build_topology
+from .tracking import RunRecorder
+
+MODEL_FILE = "model.pt"
+METRICS_FILE = "metrics.json"
+
+
+class GroupingModel(nn.Module):
+    """The dense network plus its assignment variables, so one state dict holds both."""
+
+    def __init__(self, net: WideResNet, assignments: GroupAssignments) -> None:
+        super().__init__()
+        self.net = net
+        self.assignments = assignments
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)  # assignments enter only through the regularizers
+
+    def after_load(self) -> None:
+        self.assignments.apply_freeze()
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _engine(cfg: dict) -> tuple[EngineConfig, torch.device]:
+    engine = EngineConfig(**cfg["engine"])
+    if engine.threads:
+        torch.set_num_threads(engine.threads)
+    return engine, resolve_device(engine.device)
+
+
+def _schedule(section: dict) -> Schedule:
+    s = dict(section["schedule"])
+    return Schedule(**{**s, "milestones": tuple(s.get("milestones", ()))})
+
+
+def _plan_for(cfg: dict, data_dir: Path):
+    manifest = read_manifest(data_dir)
+    channels = manifest["image_shape"][0]
+    depth, width = parse_arch(cfg["model"]["arch"])
+    return wrn_plan(depth, width, channels, len(manifest["class_names"]))
+
+
+def _data(data_dir: Path, split: str, device: torch.device) -> DeviceData:
+    return DeviceData.from_split(load_split(data_dir, split), device)
+
+
+def _normalizer(cfg: EngineConfig, train_data: DeviceData) -> Normalizer:
+    return Normalizer(cfg.normalization, train_data.images if cfg.normalization == "dataset" else None).to(
+        train_data.images.device
+    )
+
+
+def _run(model: nn.Module, cfg: dict, section: str, data_dir: Path, out_dir: Path, recorder: RunRecorder,
+         resume: bool, regularizer=None, extra_optimizers=(), end_of_epoch=None, digest_extra=None) -> dict:
+    """Train with the shared engine, logging each epoch (with validation) to the run record."""
+    engine, device = _engine(cfg)
+    torch.manual_seed(engine.seed)
+    train_data, val_data = _data(data_dir, "train", device), _data(data_dir, "val", device)
+    normalizer = _normalizer(engine, train_data)
+    model.to(device)
+    if engine.channels_last:
+        model.to(memory_format=torch.channels_last)
+
+    def epoch_end(epoch: int) -> dict:
+        row = {f"val_{k}": v for k, v in evaluate(model, val_data, normalizer, engine).items()}
+        if end_of_epoch is not None:
+            row.update(end_of_epoch(epoch))
+        return row
+
+    result = train(
+        model, train_data, _schedule(cfg[section]), engine, out_dir, normalizer=normalizer,
+        regularizer=regularizer, extra_optimizers=list(extra_optimizers), end_of_epoch=epoch_end,
+        on_log=recorder.log, resume=resume,
+        config_for_digest={"section": cfg[section], "engine": cfg["engine"], "extra": digest_extra},
+    )
+    if result.resumed_from is not None:
+        recorder.truncate_after(result.resumed_from[0])
+    last = result.history[-1] if result.history else {}
+    return {k: v for k, v in last.items() if k != "epoch"}
+
+
+def _recorder(cfg: dict, stage: str, out_dir: Path, sections: tuple[str, ...], resume: bool) -> RunRecorder:
+    config = {k: cfg[k] for k in ("experiment", "scale", "method", *sections) if k in cfg}
+    return RunRecorder(out_dir, cfg["experiment"], stage, cfg["scale"], config, resume=resume)
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def stage_prepare_data(cfg: dict, out_dir: Path) -> dict:
+    return prepare_data(cfg["data"], out_dir)
+
+
+def stage_train(cfg: dict, data_dir: Path, out_dir: Path, resume: bool = False) -> Path:
+    """Baseline: train the dense WRN."""
+    out_dir = Path(out_dir)
+    with _recorder(cfg, "train", out_dir, ("model", "engine", "train"), resume) as rec:
+        engine, _ = _engine(cfg)
+        torch.manual_seed(engine.seed)
+        model = WideResNet(_plan_for(cfg, data_dir), bn_no_scale=cfg["model"]["bn_no_scale"])
+        final = _run(model, cfg, "train", data_dir, out_dir, rec, resume)
+        artifacts.save_dense(model, out_dir / MODEL_FILE)
+        rec.finish(final, [out_dir / MODEL_FILE])
+    return out_dir / MODEL_FILE
+
+
+def _dropout_kwargs(cfg: dict, spec: SplitSpec) -> dict:
+    p = cfg["model"]["dropout"]
+    stages = tuple(s for s in (2, 3) if spec.groups[s - 1] > 1)
+    return {"dropout": p, "dropout_stages": stages, "dropout_fc": spec.groups[3] > 1}
+
+
+def stage_learn_groups(cfg: dict, data_dir: Path, out_dir: Path, baseline: Path | None = None,
+                       resume: bool = False) -> Path:
+    """SplitNet grouping (from scratch), or SSL sparsification (from the baseline)."""
+    out_dir = Path(out_dir)
+    if cfg["method"] == "ssl":
+        return _learn_ssl(cfg, data_dir, out_dir, baseline, resume)
+    if cfg["method"] != "splitnet":
+        raise ValueError(f"method {cfg['method']!r} has no learn-groups stage")
+    g = cfg["group"]
+    spec = SplitSpec.parse(g["split"])
+    with _recorder(cfg, "learn_groups", out_dir, ("model", "engine", "group"), resume) as rec:
+        engine, _ = _engine(cfg)
+        torch.manual_seed(engine.seed)
+        plan = _plan_for(cfg, data_dir)
+        net = WideResNet(plan, bn_no_scale=cfg["model"]["bn_no_scale"], **_dropout_kwargs(cfg, spec))
+        topology = build_topology(plan, spec)
+        assignments = GroupAssignments(topology, g["parametrisation"])
+        model = GroupingModel(net, assignments)
+        reg_cfg = RegularizerConfig(g["gamma_disjoint"], g["gamma_weight"], g["gamma_balance"], g["weighted"])
+
+        def regularizer():
+            losses = split_losses(net, topology, assignments.matrices(), reg_cfg)
+            return losses.total, {"reg_disjoint": losses.disjoint, "reg_weight": losses.weight,
+                                  "reg_balance": losses.balance}
+
+        extra = []
+        if g["parametrisation"] == "simplex":
+            extra.append(SimplexReducedGradient(list(assignments.values.values()), lr=g["schedule"]["lr"],
+                                                momentum=g["schedule"].get("momentum", 0.9), rule=g["simplex_rule"]))
+        overlap = g.get("overlap")
+
+        def end_of_epoch(epoch: int) -> dict:
+            row = {}
+            if overlap:
+                update_freezing(assignments, overlap["threshold"], overlap["freeze_below"])
+                row["frozen_assignments"] = float(assignments.frozen.sum())
+            return row
+
+        final = _run(model, cfg, "group", data_dir, out_dir, rec, resume, regularizer=regularizer,
+                     extra_optimizers=extra, end_of_epoch=end_of_epoch)
+        with torch.no_grad():
+            matrices = {name: assignments.matrix(name) for name in assignments.names}
+        artifacts.save_grouping(net, spec, matrices, out_dir / MODEL_FILE,
+                                frozen=[n for n in assignments.names if assignments.is_frozen(n)])
+        rec.finish(final, [out_dir / MODEL_FILE])
+    return out_dir / MODEL_FILE
+
+
+def _learn_ssl(cfg: dict, data_dir: Path, out_dir: Path, baseline: Path | None, resume: bool) -> Path:
+    if baseline is None:
+        raise ValueError("SSL starts from the trained baseline: pass --baseline")
+    strength = cfg["ssl"]["strength"]
+    with _recorder(cfg, "learn_groups", out_dir, ("engine", "ssl"), resume) as rec:
+        model, _ = artifacts.load_model(baseline)
+
+        def regularizer():
+            penalty = group_lasso_penalty(model)
+            return strength * penalty, {"reg_group_lasso": penalty}
+
+        final = _run(model, cfg, "ssl", data_dir, out_dir, rec, resume, regularizer=regularizer)
+        artifacts.save_dense(model, out_dir / MODEL_FILE)
+        rec.finish(final, [out_dir / MODEL_FILE])
+    return out_dir / MODEL_FILE
+
+
+def stage_split(cfg: dict, source: Path, out_dir: Path) -> Path:
+    """Cut the network: learned (splitnet), random (random) or pruned (ssl)."""
+    out_dir = Path(out_dir)
+    s = cfg["split"]
+    with _recorder(cfg, "split", out_dir, ("group", "split", "ssl"), False) as rec:
+        blob = artifacts.load_artifact(source)
+        dense = artifacts.build_model(blob)
+        metrics: dict[str, float] = {}
+        if cfg["method"] == "ssl":
+            kept = channels_to_keep(dense, cfg["ssl"]["prune_threshold"])
+            zero_pruned_weights(dense, kept)
+            small = prune(dense, kept)
+            artifacts.save_dense(small, out_dir / MODEL_FILE)
+            metrics["kept_channels"] = float(sum(len(k) for k in kept.streams[1:]) + sum(len(h) for hs in kept.hidden for h in hs))
+        else:
+            spec = SplitSpec.parse(cfg["group"]["split"])
+            topology = build_topology(dense.plan, spec)
+            if cfg["method"] == "random":
+                partition = random_partition(topology, s["random_seed"])
+            elif cfg["method"] == "splitnet":
+                overlap = cfg["group"].get("overlap")
+                partition, repairs = partition_from_assignments(
+                    topology, blob["assignments"], overlap["threshold"] if overlap else None, s["empty_groups"])
+                metrics["repaired_nodes"] = float(sum(repairs.values()))
+            else:
+                raise ValueError(f"method {cfg['method']!r} has no split stage")
+            model = build_split_network(topology, partition, s["convention"], s["layout"], dense=dense)
+            artifacts.save_split(model, dense.plan, spec, partition, s["convention"], s["layout"], out_dir / MODEL_FILE)
+        rec.finish(metrics, [out_dir / MODEL_FILE])
+    return out_dir / MODEL_FILE
+
+
+def stage_finetune(cfg: dict, data_dir: Path, source: Path, out_dir: Path, resume: bool = False) -> Path:
+    out_dir = Path(out_dir)
+    with _recorder(cfg, "finetune", out_dir, ("engine", "finetune"), resume) as rec:
+        model, blob = artifacts.load_model(source)
+        final = _run(model, cfg, "finetune", data_dir, out_dir, rec, resume)
+        model.cpu()
+        blob["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        artifacts.save_like(blob, out_dir / MODEL_FILE)
+        rec.finish(final, [out_dir / MODEL_FILE])
+    return out_dir / MODEL_FILE
+
+
+def stage_evaluate(cfg: dict, data_dir: Path, source: Path, out_dir: Path) -> dict[str, Any]:
+    """Test error, params/FLOPs (and % reduced vs the unsplit WRN), class groups, throughput."""
+    from .io import atomic_write_json
+
+    out_dir = Path(out_dir)
+    with _recorder(cfg, "evaluate", out_dir, ("engine", "evaluate"), False) as rec:
+        engine, device = _engine(cfg)
+        model, blob = artifacts.load_model(source)
+        model.to(device)
+        if engine.channels_last:
+            model.to(memory_format=torch.channels_last)
+        test = _data(data_dir, "test", device)
+        train_images = load_split(data_dir, "train")["images"] if engine.normalization == "dataset" else None
+        normalizer = Normalizer(engine.normalization, train_images).to(device)
+        result = evaluate(model, test, normalizer, engine)
+        manifest = read_manifest(data_dir)
+        shape = tuple(manifest["image_shape"])
+        plan = artifacts.plan_from_dict(blob["plan"])
+        dense_plan = wrn_plan(*parse_arch(cfg["model"]["arch"]), plan.in_channels, plan.num_classes)
+        base = count_model(WideResNet(dense_plan).to(device), shape)
+        count = count_model(model, shape)
+        metrics: dict[str, Any] = {
+            "experiment": cfg["experiment"], "scale": cfg["scale"], "method": cfg["method"],
+            "dataset": manifest["source"], "arch": cfg["model"]["arch"], "input_shape": list(shape),
+            "split": blob.get("split"), "test_error": result["error"], "test_loss": result["loss"],
+            "test_images": len(test), "params": count.params, "flops": count.flops,
+            "baseline_params": base.params, "baseline_flops": base.flops,
+            "params_reduced_pct": reduction_pct(count.params, base.params),
+            "flops_reduced_pct": reduction_pct(count.flops, base.flops),
+            "stem": {"params": count.stem_params, "flops": count.stem_flops},
+        }
+        if blob["kind"] == "split":
+            membership = blob["partition"].get("head_out")
+            if membership is not None:
+                metrics["groups"] = class_group_table(
+                    membership, manifest["class_names"], manifest.get("superclass"), manifest.get("superclass_names"))
+        ev = cfg["evaluate"]
+        metrics["throughput"] = throughput(model, shape, ev["throughput_batch"], ev["throughput_repeats"], device,
+                                           engine.channels_last)
+        atomic_write_json(out_dir / METRICS_FILE, metrics)
+        flat = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        flat["images_per_s"] = metrics["throughput"]["images_per_s"]
+        rec.finish(flat, [out_dir / METRICS_FILE])
+    return metrics
