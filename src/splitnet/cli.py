@@ -73,21 +73,68 @@ def cmd_stage(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_track(args: argparse.Namespace) -> int:
-    from .config import load_registry
-    from .tracking import TrackEntry, default_tracking_uri, import_runs
+PIPELINE_STAGES = {  # run records of a row, in pipeline order (the parent run shows the last)
+    "baseline": ("train", "evaluate"),
+    "splitnet": ("learn_groups", "split", "finetune", "evaluate"),
+    "random": ("split", "finetune", "evaluate"),
+    "ssl": ("learn_groups", "split", "finetune", "evaluate"),
+}
 
+
+def cmd_track(args: argparse.Namespace) -> int:
+    import os
+
+    from .config import load_registry
+    from .tracking import RUN_RECORD, TrackEntry, default_tracking_uri, import_runs
+
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     registry = load_registry(args.params_dir)
     results = Path(args.results)
     uri = args.tracking_uri or default_tracking_uri(results)
     entries = []
     for table, spec in registry["tables"].items():
         for row in spec["rows"]:
-            run_root = results / "runs" / args.scale / row["experiment"]
-            records = sorted(run_root.glob("*/run.json"))
-            entries.append(TrackEntry(table, row["experiment"], records, experiment_title=f"splitnet/{args.scale}/{table}"))
+            exp = row["experiment"]
+            run_root = results / "runs" / args.scale / exp
+            stages = PIPELINE_STAGES[registry["experiments"][exp]["method"]]
+            records = [run_root / stage / RUN_RECORD for stage in stages]
+            entries.append(TrackEntry(table, exp, records, experiment_title=f"splitnet/{args.scale}/{table}"))
     summary = import_runs(uri, entries)
     print(f"tracking {uri}: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
+    if args.summary_out:
+        from .io import atomic_write_json
+
+        atomic_write_json(Path(args.summary_out), {"tracking_uri": uri, "scale": args.scale, **summary})
+    return 0
+
+
+def cmd_tables(args: argparse.Namespace) -> int:
+    from .arch_check import write_arch_check
+    from .config import load_registry
+    from .tables import write_tables
+
+    registry = load_registry(args.params_dir)
+    results = Path(args.results)
+    out = results / "tables"
+    write_tables(registry, Path(args.params_dir) / "paper_results.yaml", results / "runs" / args.scale, out,
+                 results / "metrics" / "summary.json", args.scale)
+    write_arch_check(Path(args.params_dir) / "paper_results.yaml", out)
+    print(f"wrote {out}/table1.md, table2.md, class_groups.md, arch_check.md (+ .tex/.csv)")
+    return 0
+
+
+def cmd_figures(args: argparse.Namespace) -> int:
+    from .figures import fig1_assignment_dynamics, fig2_block_structure
+
+    runs = Path(args.results) / "runs" / args.scale
+    out = Path(args.results) / "figures"
+    fig1_assignment_dynamics(
+        {"softmax (shallow)": runs / "shallow" / "learn_groups",
+         "reduced gradient (shallow_simplex)": runs / "shallow_simplex" / "learn_groups"},
+        out / "fig1_assignment_dynamics",
+    )
+    fig2_block_structure(runs / "deep" / "learn_groups" / "model.pt", out / "fig2_block_structure")
+    print(f"wrote {out}/fig1_assignment_dynamics.(png|pdf), fig2_block_structure.(png|pdf)")
     return 0
 
 
@@ -133,11 +180,23 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--resume", action="store_true", help="continue from this stage's checkpoint if present")
         p.set_defaults(func=cmd_stage)
 
+    p = sub.add_parser("tables", help="render Tables 1/2, class groups and the architecture check from results")
+    p.add_argument("--scale", default="smoke")
+    p.add_argument("--params-dir", default="params")
+    p.add_argument("--results", default="results")
+    p.set_defaults(func=cmd_tables)
+
+    p = sub.add_parser("figures", help="Fig. 1/2 analogues (assignment dynamics, block structure) as PNG + PDF")
+    p.add_argument("--scale", default="smoke")
+    p.add_argument("--results", default="results")
+    p.set_defaults(func=cmd_figures)
+
     p = sub.add_parser("track", help="import every run record into MLflow (serial, idempotent)")
     p.add_argument("--scale", default="smoke")
     p.add_argument("--params-dir", default="params")
     p.add_argument("--results", default="results")
     p.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///<results>/mlflow.db")
+    p.add_argument("--summary-out", default=None, help="also write the import counts to this JSON file")
     p.set_defaults(func=cmd_track)
     return parser
 

@@ -217,9 +217,11 @@ def train(
     """
     run_dir = Path(run_dir)
     device = data.images.device
-    opt = torch.optim.SGD(
-        parameter_groups(model, schedule.weight_decay), lr=schedule.lr, momentum=schedule.momentum
-    )
+    # Parameters owned by an extra optimizer (e.g. simplex assignments) are updated by it alone.
+    owned = {id(p) for o in extra_optimizers for g in o.param_groups for p in g["params"]}
+    groups = [{**g, "params": [p for p in g["params"] if id(p) not in owned]}
+              for g in parameter_groups(model, schedule.weight_decay)]
+    opt = torch.optim.SGD([g for g in groups if g["params"]], lr=schedule.lr, momentum=schedule.momentum)
     optimizers = [opt, *extra_optimizers]
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -229,6 +231,7 @@ def train(
     digest = config_digest(config_for_digest if config_for_digest is not None else asdict(schedule))
     result = TrainResult()
     epoch, step, perm = 0, 0, None
+    partial = None  # the interrupted epoch's loss sums, restored on a mid-epoch resume
     ckpt_path = run_dir / CHECKPOINT
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=True)
@@ -243,13 +246,14 @@ def train(
             if device.type == "cuda" and state.get("cuda_rng") is not None:
                 torch.cuda.set_rng_state(state["cuda_rng"].cpu())
             epoch, step, perm = state["epoch"], state["step"], state["perm"]
+            partial = state.get("partial")
             result.history = list(state["history"])
             result.resumed_from = (epoch, step)
             print(f"resumed from {ckpt_path} at epoch {epoch + 1} step {step}", flush=True)
     if hasattr(model, "after_load"):
         model.after_load()
 
-    def save(epoch_: int, step_: int, perm_) -> None:
+    def save(epoch_: int, step_: int, perm_, partial_: dict | None = None) -> None:
         atomic_torch_save(
             {
                 "digest": digest,
@@ -262,6 +266,7 @@ def train(
                 "step": step_,
                 "perm": perm_,
                 "history": result.history,
+                "partial": partial_,
             },
             ckpt_path,
         )
@@ -282,9 +287,17 @@ def train(
             running = torch.zeros((), device=device)
             parts_sum: dict[str, torch.Tensor] = {}
             seen = 0
+            if partial is not None:  # so the epoch's history row equals an uninterrupted run's
+                running, parts_sum, seen = partial["running"], dict(partial["parts_sum"]), partial["seen"]
+                partial = None
             while step < steps_per_epoch:
                 if signals["term"]:
-                    save(epoch, step, perm)
+                    if seen and not math.isfinite((running / seen).item()):
+                        raise NonFiniteLoss(
+                            f"loss became {(running / seen).item()} at epoch {epoch + 1} before step {step + 1} "
+                            f"(found on SIGTERM); the last good checkpoint {ckpt_path} is kept."
+                        )
+                    save(epoch, step, perm, {"running": running, "parts_sum": parts_sum, "seen": seen})
                     print(f"SIGTERM: checkpoint written at epoch {epoch + 1} step {step}; exiting", flush=True)
                     raise Preempted()
                 idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]

@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-import torch
 
 _CHUNK = 1 << 20  # 1 MiB: large enough for throughput, small enough for memory
 
@@ -77,6 +76,7 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
     """``torch.save`` ``obj`` to ``path`` atomically."""
+    import torch  # imported here so tracking/IO users do not pay torch's import time
     with _atomic_file(path) as handle:
         torch.save(obj, handle)
 

@@ -27,6 +27,7 @@ from .assignment import GroupAssignments
 from .augment import Normalizer
 from .counting import count_model, reduction_pct
 from .data import load_split, prepare_data, read_manifest
+from .io import atomic_torch_save, atomic_write_json
 from .engine import DeviceData, EngineConfig, Schedule, evaluate, resolve_device, train
 from .metrics import class_group_table, throughput
 from .model import WideResNet, parse_arch, wrn_plan
@@ -41,6 +42,7 @@ from .topology import build_topology
 from .tracking import RunRecorder
 
 MODEL_FILE = "model.pt"
+SNAPSHOT_DIR = "assignments"
 METRICS_FILE = "metrics.json"
 
 
@@ -115,7 +117,11 @@ def _run(model: nn.Module, cfg: dict, section: str, data_dir: Path, out_dir: Pat
         config_for_digest={"section": cfg[section], "engine": cfg["engine"], "extra": digest_extra},
     )
     if result.resumed_from is not None:
-        recorder.truncate_after(result.resumed_from[0])
+        # Snakemake deletes a rerun job's outputs (run.json) but not its checkpoint: put the
+        # epochs before the checkpoint back into the record from the checkpoint's history.
+        recorder.truncate_after(0)
+        for row in result.history:
+            recorder.log(row["epoch"], {k: v for k, v in row.items() if k != "epoch"})
     last = result.history[-1] if result.history else {}
     return {k: v for k, v in last.items() if k != "epoch"}
 
@@ -183,6 +189,10 @@ def stage_learn_groups(cfg: dict, data_dir: Path, out_dir: Path, baseline: Path 
         overlap = g.get("overlap")
 
         def end_of_epoch(epoch: int) -> dict:
+            # One small file per epoch (resume-safe) for the assignment-dynamics figure.
+            with torch.no_grad():
+                snapshot = {n: assignments.matrix(n).detach().float().cpu() for n in assignments.names}
+            atomic_torch_save(snapshot, out_dir / SNAPSHOT_DIR / f"epoch_{epoch + 1:04d}.pt")
             row = {}
             if overlap:
                 update_freezing(assignments, overlap["threshold"], overlap["freeze_below"])
@@ -262,8 +272,6 @@ def stage_finetune(cfg: dict, data_dir: Path, source: Path, out_dir: Path, resum
 
 def stage_evaluate(cfg: dict, data_dir: Path, source: Path, out_dir: Path) -> dict[str, Any]:
     """Test error, params/FLOPs (and % reduced vs the unsplit WRN), class groups, throughput."""
-    from .io import atomic_write_json
-
     out_dir = Path(out_dir)
     with _recorder(cfg, "evaluate", out_dir, ("engine", "evaluate"), False) as rec:
         engine, device = _engine(cfg)

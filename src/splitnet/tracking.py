@@ -45,8 +45,10 @@ import platform
 import re
 import socket
 import subprocess
+import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -123,8 +125,10 @@ def provenance_tags() -> dict[str, str]:
     explicitly. Values are empty strings when unknown (no git, not under SLURM or Snakemake).
     """
     commit = _git("rev-parse", "HEAD")
-    # Only tracked files count: results and caches inside the checkout are untracked.
-    changes = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    # Only tracked files count: results and caches inside the checkout are untracked. Without
+    # optional locks, parallel jobs do not contend for .git/index.lock or rewrite the index.
+    changes = (_git("--no-optional-locks", "status", "--porcelain", "--untracked-files=no")
+               if commit else None)
     return {
         "mlflow.source.git.commit": commit or "",
         "splitnet.git_dirty": "" if changes is None else str(bool(changes)).lower(),
@@ -166,7 +170,8 @@ class RunRecorder:
     Ctrl-C / SIGTERM turned into SystemExit) instead of RUNNING forever.
 
     With ``resume=True`` an existing record in ``run_dir`` is continued: its history and start
-    time are kept, and the caller drops the steps after its checkpoint with
+    time are kept. Steps logged after the checkpoint the job resumes from are stale; they are
+    replaced when the job logs them again (see :meth:`log`), or dropped at once with
     :meth:`truncate_after`. Without an existing record ``resume`` starts a fresh one.
     """
 
@@ -176,16 +181,19 @@ class RunRecorder:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / RUN_RECORD
         fresh_tags = provenance_tags() | {key: str(value) for key, value in (tags or {}).items()}
+        # A JSON copy: later edits of the caller's dict cannot leak in, and a value that is not
+        # JSON fails here rather than at the first epoch.
+        config = json.loads(json.dumps(config))
         if resume and self.path.exists():
             self.record = self._continued(name, stage, scale, config, fresh_tags)
         else:
             self.record = {"format": RECORD_FORMAT, "name": name, "stage": stage, "scale": scale,
-                           "config": dict(config), "tags": fresh_tags, "history": [],
+                           "config": config, "tags": fresh_tags, "history": [],
                            "metrics": {}, "artifacts": [], "status": "RUNNING",
                            "started": _now_iso(), "finished": None}
         self._write()
 
-    def _continued(self, name: str, stage: str, scale: str, config: Mapping[str, Any],
+    def _continued(self, name: str, stage: str, scale: str, config: dict[str, Any],
                    tags: dict[str, str]) -> dict[str, Any]:
         """The existing record reopened for this job; it must describe the same run."""
         record = read_record(self.path)
@@ -193,7 +201,7 @@ class RunRecorder:
         if found != (name, stage, scale):
             raise ValueError(f"{self.path} belongs to {found}, not {(name, stage, scale)}")
         # The current job's config and provenance describe how the run is being completed.
-        record.update(config=dict(config), tags=record["tags"] | tags, metrics={}, artifacts=[],
+        record.update(config=config, tags=record["tags"] | tags, metrics={}, artifacts=[],
                       status="RUNNING", finished=None)
         return record
 
@@ -204,19 +212,23 @@ class RunRecorder:
         return history[-1]["step"] if history else None
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
-        """Append one step (e.g. an epoch) of metrics; steps must strictly increase."""
-        last = self.last_step
-        if last is not None and step <= last:
-            # A resumed job that forgot truncate_after() would otherwise duplicate epochs.
-            raise ValueError(f"step {step} is not after the last logged step {last}")
+        """Record one step (e.g. an epoch) of metrics.
+
+        Logging a step again means the job went back to an earlier checkpoint, so the entries
+        from that step on are replaced: the history never holds a step twice.
+        """
+        self._keep_until(step - 1)
         values = {key: float(value) for key, value in metrics.items()}
         self.record["history"].append({"step": int(step), "time": _now_iso(), "metrics": values})
         self._write()
 
     def truncate_after(self, step: int) -> None:
-        """Forget the history after ``step`` (the step a resumed job restarts from)."""
-        self.record["history"] = [h for h in self.record["history"] if h["step"] <= step]
+        """Forget the history after ``step`` (the checkpoint a resumed job restarts from)."""
+        self._keep_until(step)
         self._write()
+
+    def _keep_until(self, step: int) -> None:
+        self.record["history"] = [h for h in self.record["history"] if h["step"] <= step]
 
     def finish(self, metrics: Mapping[str, float],
                artifacts: Sequence[str | os.PathLike[str]] = (),
@@ -230,16 +242,20 @@ class RunRecorder:
         self._write()
 
     def _relative(self, path: str | os.PathLike[str]) -> str:
-        """``path`` relative to the run directory; outputs elsewhere are not the run's."""
+        """``path`` relative to the run directory; outputs elsewhere are not the run's.
+
+        Accepted spellings: ``run_dir / name`` (however ``run_dir`` was given), an absolute
+        path, or a path relative to the run directory.
+        """
         target = Path(path)
-        if target.is_absolute():
-            try:
-                target = target.relative_to(self.run_dir.resolve())
-            except ValueError:
-                raise ValueError(f"artifact {path} is outside {self.run_dir}") from None
-        if ".." in target.parts:
-            raise ValueError(f"artifact {path} is outside {self.run_dir}")
-        return target.as_posix()
+        if not target.is_absolute() and not target.is_relative_to(self.run_dir):
+            target = self.run_dir / target
+        # Try the path as spelled and with symlinks resolved: callers may build it either way.
+        for base, full in ((Path(os.path.abspath(self.run_dir)), Path(os.path.abspath(target))),
+                           (self.run_dir.resolve(), target.resolve())):
+            if full.is_relative_to(base):
+                return full.relative_to(base).as_posix()
+        raise ValueError(f"artifact {path} is outside {self.run_dir}")
 
     def _write(self) -> None:
         atomic_write_json(self.path, self.record)
@@ -291,15 +307,17 @@ def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, str
 
 def import_runs(tracking_uri: str, entries: Sequence[TrackEntry],
                 lock_path: Path | None = None) -> dict[str, int]:
-    """Copy run records into MLflow; safe to repeat and to run from several processes.
+    """Copy run records into MLflow; safe to repeat, and to run from several processes at once.
 
     Returns counts over (entry, record) pairs: ``created`` (new child run), ``updated`` (the
     record changed, so its old child run was deleted and replaced), ``unchanged`` and
     ``missing`` (no record file yet; nothing is made up for it).
 
-    The whole import holds an exclusive lock: ``lock_path``, or ``<db>.lock`` for a SQLite
-    URI. MLflow creates a SQLite schema on first use, and several processes doing that at
-    once corrupt the database, so the schema is created first, under the lock.
+    Concurrent importers serialize on an exclusive lock held for the whole import:
+    ``lock_path``, or ``<db>.lock`` for a SQLite URI. MLflow creates a SQLite schema on first
+    use, and several processes doing that at once corrupt the database, so the schema is
+    created first, under the lock. An http(s) store is locked only if ``lock_path`` is given;
+    without it, concurrent importers could create a row's parent run twice.
     """
     tables = _group_by_table(entries)
     db = _sqlite_path(tracking_uri)
@@ -307,7 +325,9 @@ def import_runs(tracking_uri: str, entries: Sequence[TrackEntry],
         db.parent.mkdir(parents=True, exist_ok=True)
         lock_path = lock_path or db.with_name(f"{db.name}.lock")
     counts = dict.fromkeys(_COUNTS, 0)
-    with _exclusive_lock(lock_path):
+    # MLflow prints two "View run" links per finished run on http stores; stdout stays the
+    # caller's (e.g. a summary printed by the CLI).
+    with _exclusive_lock(lock_path), redirect_stdout(sys.stderr):
         from mlflow import MlflowClient
 
         client = MlflowClient(tracking_uri)
@@ -324,20 +344,18 @@ def import_runs(tracking_uri: str, entries: Sequence[TrackEntry],
 def _group_by_table(entries: Sequence[TrackEntry]) -> dict[str, list[TrackEntry]]:
     """Entries grouped by MLflow experiment name; rows must be unique within a table."""
     tables: dict[str, list[TrackEntry]] = {}
-    table_of: dict[str, str] = {}
+    title_of: dict[str, str | None] = {}
     for entry in entries:
-        experiment = entry.experiment_title or f"splitnet/{entry.table}"
-        if table_of.setdefault(experiment, entry.table) != entry.table:
-            raise ValueError(f"tables {table_of[experiment]!r} and {entry.table!r} share "
-                             f"the experiment {experiment!r}")
-        rows = tables.setdefault(experiment, [])
-        if any(other.table == entry.table and other.row == entry.row for other in rows):
-            raise ValueError(f"row {entry.row!r} is listed twice in table {entry.table!r}")
-        if any(other.table == entry.table and other.experiment_title != entry.experiment_title
-               for other in rows):
+        if title_of.setdefault(entry.table, entry.experiment_title) != entry.experiment_title:
             raise ValueError(f"table {entry.table!r} has two experiment titles")
+        rows = tables.setdefault(entry.table, [])
+        if any(other.row == entry.row for other in rows):
+            raise ValueError(f"row {entry.row!r} is listed twice in table {entry.table!r}")
         rows.append(entry)
-    return tables
+    names = {table: title_of[table] or f"splitnet/{table}" for table in tables}
+    if len(set(names.values())) != len(names):
+        raise ValueError(f"two tables share an MLflow experiment: {names}")
+    return {names[table]: rows for table, rows in tables.items()}
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -451,10 +469,6 @@ def _sync_child(client: MlflowClient, experiment_id: str, parent_id: str, entry:
 def _log_child(client: MlflowClient, experiment_id: str, parent_id: str, entry: TrackEntry,
                path: Path, record: dict[str, Any], sha: str) -> None:
     """Create the nested run of one stage record with everything the record holds."""
-    from mlflow.entities import Metric, Param, RunTag
-    from mlflow.utils.validation import (MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH,
-                                         MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VAL_LENGTH)
-
     identity = {TAG_PARENT: parent_id, TAG_KIND: "stage", TAG_STAGE: record["stage"]}
     run = client.create_run(experiment_id, start_time=_iso_to_ms(record["started"]),
                             run_name=f"{entry.row}/{record['stage']}", tags=identity)
@@ -463,16 +477,7 @@ def _log_child(client: MlflowClient, experiment_id: str, parent_id: str, entry: 
     tags = record["tags"] | identity | {
         TAG_TABLE: entry.table, TAG_ROW: entry.row, "splitnet.name": record["name"],
         "splitnet.scale": record["scale"], "splitnet.record_path": str(path.resolve())}
-    tag_list = [RunTag(key, str(value)[:MAX_TAG_VAL_LENGTH]) for key, value in tags.items()]
-    params = [Param(key, value[:MAX_PARAM_VAL_LENGTH])
-              for key, value in flatten_config(record["config"]).items()]
-    for chunk in _chunks(tag_list, MAX_PARAMS_TAGS_PER_BATCH):
-        client.log_batch(run_id, tags=chunk)
-    for chunk in _chunks(params, MAX_PARAMS_TAGS_PER_BATCH):
-        client.log_batch(run_id, params=chunk)
-    metrics = [Metric(key, value, stamp, step) for key, value, stamp, step in _metric_points(record)]
-    for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
-        client.log_batch(run_id, metrics=chunk)
+    _log_values(client, run_id, tags, record)
     client.log_dict(run_id, record["config"], "config.json")
     client.log_artifact(run_id, str(path))
     _log_record_artifacts(client, run_id, path.parent, record["artifacts"])
@@ -481,6 +486,26 @@ def _log_child(client: MlflowClient, experiment_id: str, parent_id: str, entry: 
         client.set_terminated(run_id, record["status"],
                               end_time=_iso_to_ms(finished) if finished else None)
     client.set_tag(run_id, TAG_SHA, sha)  # last: marks the import as complete
+
+
+def _log_values(client: MlflowClient, run_id: str, tags: dict[str, Any],
+                record: dict[str, Any]) -> None:
+    """Tags, flattened config params and metric points, within MLflow's batch and size limits."""
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.utils.validation import (MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH,
+                                         MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VAL_LENGTH)
+
+    tag_list = [RunTag(key, str(value)[:MAX_TAG_VAL_LENGTH]) for key, value in tags.items()]
+    params = [Param(key, value[:MAX_PARAM_VAL_LENGTH])
+              for key, value in flatten_config(record["config"]).items()]
+    metrics = [Metric(key, value, stamp, step)
+               for key, value, stamp, step in _metric_points(record)]
+    for chunk in _chunks(tag_list, MAX_PARAMS_TAGS_PER_BATCH):
+        client.log_batch(run_id, tags=chunk)
+    for chunk in _chunks(params, MAX_PARAMS_TAGS_PER_BATCH):
+        client.log_batch(run_id, params=chunk)
+    for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=chunk)
 
 
 def _metric_points(record: dict[str, Any]) -> list[tuple[str, float, int, int]]:
@@ -538,7 +563,7 @@ def _sync_parent(client: MlflowClient, parent: Run, records: list[dict[str, Any]
     for record in records:
         wanted.update({key: float(value) for key, value in record["metrics"].items()})
     have = parent.data.metrics
-    now = _iso_to_ms(_now_iso())
+    now = int(time.time() * 1000)
     changed = [Metric(key, value, now, 0) for key, value in wanted.items()
                if not _same_float(have.get(key), value)]
     if changed:

@@ -1,0 +1,23 @@
+# SplitNet reproduction: data -> baseline -> grouping -> split -> finetune -> evaluate -> tables.
+#   snakemake --cores all                        # smoke scale (default), local
+#   snakemake --cores all --config scale=paper --profile workflow/profiles/slurm
+# Experiments, scales and paper numbers live in params/; the rules live in workflow/rules/.
+
+configfile: "params/pipeline.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/results.smk"
+
+
+report: "workflow/report/workflow.rst"
+
+
+rule all:
+    default_target: True
+    input:
+        TABLE_FILES,
+        FIGURE_FILES,
+        TRACKING_FILE,

@@ -1,0 +1,116 @@
+"""Figures (PNG + PDF) regenerated from run artifacts.
+
+* ``fig1_assignment_dynamics``: the supplement's Fig. 1 analogue — how the class-to-group
+  assignments sharpen over training, softmax reparametrisation vs direct simplex variables with
+  the reduced gradient (per-epoch snapshots written by ``learn-groups``).
+* ``fig2_block_structure``: the supplement's Fig. 2 analogue — the learned assignment matrices
+  (nodes sorted by group) and the block-diagonal structure of split layers' weights once rows
+  and columns are ordered by group.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from .artifacts import load_artifact, plan_from_dict  # noqa: E402
+from .assignment import merge_rows  # noqa: E402
+from .spec import SplitSpec  # noqa: E402
+from .topology import build_topology  # noqa: E402
+
+plt.rcParams.update({"figure.dpi": 120, "savefig.dpi": 150, "font.size": 8, "svg.hashsalt": "splitnet",
+                     "pdf.fonttype": 42})
+
+
+def _save(fig, out_base: Path) -> list[Path]:
+    out_base.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext in ("png", "pdf"):
+        path = out_base.with_suffix(f".{ext}")
+        tmp = path.with_name(f".{path.name}.tmp")
+        # Fixed metadata so regenerated files only change when the data does.
+        meta = {"Software": None} if ext == "png" else {"CreationDate": None, "ModDate": None, "Producer": None}
+        fig.savefig(tmp, format=ext, metadata=meta, bbox_inches="tight")
+        tmp.replace(path)
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def _snapshots(run_dir: Path, vector: str) -> tuple[list[int], list[torch.Tensor]]:
+    files = sorted((run_dir / "assignments").glob("epoch_*.pt"))
+    if not files:
+        raise FileNotFoundError(f"no assignment snapshots under {run_dir / 'assignments'}: run learn-groups first")
+    epochs = [int(f.stem.split("_")[1]) for f in files]
+    return epochs, [torch.load(f, weights_only=True)[vector] for f in files]
+
+
+def fig1_assignment_dynamics(runs: dict[str, Path], out_base: Path, vector: str = "head_out") -> list[Path]:
+    """One panel per parametrisation: per class, the largest group assignment over epochs
+    (thin lines) and the mean (thick); 1/G is the uniform start, 1 a hard assignment."""
+    fig, axes = plt.subplots(1, len(runs), figsize=(3.4 * len(runs), 2.6), sharey=True, squeeze=False)
+    for ax, (title, run_dir) in zip(axes[0], runs.items()):
+        epochs, mats = _snapshots(run_dir, vector)
+        top = torch.stack([m.max(0).values for m in mats])  # epochs x classes
+        groups = mats[0].shape[0]
+        ax.plot(epochs, top.numpy(), color="tab:blue", alpha=0.25, linewidth=0.7)
+        ax.plot(epochs, top.mean(1).numpy(), color="black", linewidth=2, label="mean over classes")
+        ax.axhline(1.0 / groups, color="gray", linestyle=":", linewidth=1, label="uniform 1/G")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylim(0, 1.02)
+    axes[0][0].set_ylabel(f"largest assignment of each class ({vector})")
+    axes[0][0].legend(loc="lower right", fontsize=6)
+    fig.suptitle("Class-to-group assignments during grouping")
+    return _save(fig, out_base)
+
+
+def _order(matrix: torch.Tensor) -> torch.Tensor:
+    """Node order: by argmax group, then by confidence (descending) within the group."""
+    group = matrix.argmax(0)
+    return torch.tensor(sorted(range(matrix.shape[1]), key=lambda n: (int(group[n]), -float(matrix[group[n], n]))))
+
+
+def fig2_block_structure(grouping_model: Path, out_base: Path) -> list[Path]:
+    """Top: every learned assignment matrix (nodes sorted by group).  Bottom: |W| of a few split
+    layers with outputs/inputs ordered by their groups: the block diagonal is what survives."""
+    blob = load_artifact(grouping_model)
+    mats = blob["assignments"]
+    plan = plan_from_dict(blob["plan"])
+    topology = build_topology(plan, SplitSpec.parse(blob["split"]))
+    state = blob["state_dict"]
+    merged = {v.name: v for v in topology.vectors.values()}
+    layers = [topology.layers[0], topology.layers[len(topology.layers) // 2], topology.layers[-1]]
+    ncols = max(len(mats), len(layers))
+    fig, axes = plt.subplots(2, ncols, figsize=(2.2 * ncols, 4.6), squeeze=False)
+    for ax, (name, m) in zip(axes[0], sorted(mats.items())):
+        ax.imshow(m[:, _order(m)].numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(name, fontsize=7)
+        ax.set_yticks(range(m.shape[0]))
+        ax.set_xticks([])
+    for ax in axes[0][len(mats):]:
+        ax.axis("off")
+
+    def full(name: str) -> torch.Tensor:
+        v = merged[name]
+        if v.source is None:
+            return mats[name]
+        return merge_rows(mats[v.source], v.groups)
+
+    for ax, layer in zip(axes[1], layers):
+        w = state[f"{layer.path}.weight"].float()
+        w = w.abs().mean((2, 3)) if w.dim() == 4 else w.abs()
+        out_order, in_order = _order(full(layer.output)), _order(full(layer.input))
+        ax.imshow(w[out_order][:, in_order].numpy(), aspect="auto", cmap="magma", interpolation="nearest")
+        ax.set_title(f"|W| {layer.path}\n({layer.output} x {layer.input})", fontsize=6)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axes[1][len(layers):]:
+        ax.axis("off")
+    fig.suptitle(f"Learned groups and block structure (split {blob['split']})")
+    return _save(fig, out_base)

@@ -1,0 +1,411 @@
+"""Run records and their import into a real MLflow SQLite store (no mocks)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from splitnet.tracking import (
+    RUN_RECORD,
+    RunRecorder,
+    TrackEntry,
+    default_tracking_uri,
+    flatten_config,
+    import_runs,
+    provenance_tags,
+    read_record,
+)
+
+CONFIG = {"model": {"depth": 16, "widen": 8}, "optim": {"lr": 0.1, "milestones": [60, 120]},
+          "split": "2-2-2"}
+STAGES = ("train", "evaluate")
+# Helper processes stub torch out: they only run tracking code, and splitnet.io imports torch
+# at module level, which costs ~2 s per process (30 s for 16 processes on 2 cores).
+NO_TORCH = "import sys, types; sys.modules.setdefault('torch', types.ModuleType('torch'))\n"
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No telemetry, no inherited store, and any stray default ./mlflow.db lands in tmp."""
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.setenv("DO_NOT_TRACK", "true")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def record_run(run_dir: Path, name: str, stage: str, epochs: int = 5, offset: float = 0.0) -> Path:
+    """A finished stage with ``epochs`` steps of history and one artifact file."""
+    with RunRecorder(run_dir, name, stage, "smoke", CONFIG, tags={"origin": "test"}) as rec:
+        for epoch in range(epochs):
+            rec.log(epoch, {"loss": 1.0 / (epoch + 1) + offset, "acc": epoch / epochs})
+        (run_dir / "weights.txt").write_text(f"{name}/{stage}")
+        rec.finish({"test_error": 0.25 + offset}, ["weights.txt"])
+    return run_dir / RUN_RECORD
+
+
+def sqlite_uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+
+
+def entries_for(root: Path, table: str, rows: list[str]) -> list[TrackEntry]:
+    return [TrackEntry(table, row, [root / row / stage / RUN_RECORD for stage in STAGES])
+            for row in rows]
+
+
+def store_state(uri: str) -> dict[tuple[str, str], tuple[str, dict[str, float], str]]:
+    """(experiment, run name) -> (run id, latest metrics, status) of every active run."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    state = {}
+    for experiment in client.search_experiments(filter_string="name LIKE 'splitnet/%'"):
+        for run in client.search_runs([experiment.experiment_id]):
+            key = (experiment.name, run.info.run_name)
+            assert key not in state, f"duplicate run {key}"
+            state[key] = (run.info.run_id, run.data.metrics, run.info.status)
+    return state
+
+
+# --------------------------------------------------------------------------- RunRecorder
+
+
+def test_recorder_writes_a_complete_record(tmp_path: Path) -> None:
+    path = record_run(tmp_path / "run", "deep", "train", epochs=3)
+    record = read_record(path)
+    assert record["format"] == "splitnet-run/1"
+    assert (record["name"], record["stage"], record["scale"]) == ("deep", "train", "smoke")
+    assert record["config"] == CONFIG
+    assert [h["step"] for h in record["history"]] == [0, 1, 2]
+    assert record["history"][1]["metrics"] == {"loss": 0.5, "acc": pytest.approx(1 / 3)}
+    assert record["metrics"] == {"test_error": 0.25}
+    assert record["artifacts"] == ["weights.txt"]
+    assert record["status"] == "FINISHED"
+    assert record["started"] <= record["finished"]
+    assert record["tags"]["origin"] == "test"
+    assert set(provenance_tags()) <= set(record["tags"])
+    assert sorted(p.name for p in path.parent.iterdir()) == [RUN_RECORD, "weights.txt"]
+
+
+def test_provenance_names_the_checkout_commit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("SPLITNET_RULE", "learn_groups")
+    tags = provenance_tags()
+    repo = Path(__file__).resolve().parent
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True)
+    if head.returncode == 0:
+        assert tags["mlflow.source.git.commit"] == head.stdout.strip()
+        assert tags["splitnet.git_dirty"] in ("true", "false")
+    assert tags["splitnet.slurm_job_id"] == "4242"
+    assert tags["splitnet.rule"] == "learn_groups"
+    assert all(isinstance(value, str) for value in tags.values())
+
+
+def test_resume_replaces_the_steps_after_the_checkpoint(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    with pytest.raises(RuntimeError), RunRecorder(run_dir, "deep", "train", "smoke", CONFIG) as rec:
+        for epoch in range(7):
+            rec.log(epoch, {"loss": float(epoch)})
+        raise RuntimeError("node died")
+    crashed = read_record(run_dir / RUN_RECORD)
+    assert crashed["status"] == "FAILED" and crashed["finished"] is not None
+
+    # The last checkpoint was taken after epoch 4: epochs 5 and 6 are trained again.
+    rec = RunRecorder(run_dir, "deep", "train", "smoke", CONFIG, resume=True)
+    assert rec.record["status"] == "RUNNING" and rec.record["finished"] is None
+    assert rec.record["started"] == crashed["started"]
+    assert rec.last_step == 6
+    for epoch in range(5, 10):
+        rec.log(epoch, {"loss": 10.0 * epoch})
+    rec.finish({"test_error": 0.2})
+    record = read_record(run_dir / RUN_RECORD)
+    assert [h["step"] for h in record["history"]] == list(range(10))
+    assert [h["metrics"]["loss"] for h in record["history"]][4:7] == [4.0, 50.0, 60.0]
+    assert record["status"] == "FINISHED"
+
+
+def test_truncate_after_drops_stale_steps_at_once(tmp_path: Path) -> None:
+    rec = RunRecorder(tmp_path, "deep", "train", "smoke", CONFIG)
+    for epoch in range(1, 8):
+        rec.log(epoch, {"loss": 1.0})
+    rec = RunRecorder(tmp_path, "deep", "train", "smoke", CONFIG, resume=True)
+    rec.truncate_after(4)
+    assert [h["step"] for h in read_record(tmp_path / RUN_RECORD)["history"]] == [1, 2, 3, 4]
+
+
+def test_resume_refuses_another_runs_record(tmp_path: Path) -> None:
+    RunRecorder(tmp_path, "deep", "train", "smoke", CONFIG)
+    with pytest.raises(ValueError, match="belongs to"):
+        RunRecorder(tmp_path, "deep", "evaluate", "smoke", CONFIG, resume=True)
+    fresh = RunRecorder(tmp_path / "new", "deep", "train", "smoke", CONFIG, resume=True)
+    assert fresh.record["history"] == []
+
+
+def test_artifacts_are_stored_relative_to_the_run_directory(tmp_path: Path) -> None:
+    run_dir = Path("results") / "runs" / "deep" / "train"  # relative, as a CLI passes it
+    rec = RunRecorder(run_dir, "deep", "train", "smoke", CONFIG)
+    for outside in ("../elsewhere.pt", tmp_path / "elsewhere.pt"):
+        with pytest.raises(ValueError, match="outside"):
+            rec.finish({}, [outside])
+    (tmp_path / "scratch").symlink_to(tmp_path / "results")
+    resolved = tmp_path / "scratch" / "runs" / "deep" / "train" / "r.pt"
+    rec.finish({}, [run_dir / "model.pt", tmp_path / run_dir / "sub" / "w.pt", "plots", resolved])
+    assert rec.record["artifacts"] == ["model.pt", "sub/w.pt", "plots", "r.pt"]
+
+
+def test_record_is_replaced_atomically(tmp_path: Path) -> None:
+    """A reader polling run.json while another process logs never sees a partial file."""
+    path = tmp_path / "run" / RUN_RECORD
+    writer = subprocess.Popen([sys.executable, "-c", NO_TORCH + textwrap.dedent(f"""
+        from splitnet.tracking import RunRecorder
+        rec = RunRecorder({str(path.parent)!r}, "deep", "train", "smoke", {{"pad": "x" * 20000}})
+        for step in range(200):
+            rec.log(step, {{"loss": 1.0}})
+        rec.finish({{}})
+    """)])
+    reads = 0
+    while writer.poll() is None or reads == 0:
+        if path.exists():
+            json.loads(path.read_text())  # raises on a torn write
+            reads += 1
+    assert writer.returncode == 0
+    assert len(read_record(path)["history"]) == 200
+    assert [p.name for p in path.parent.iterdir()] == [RUN_RECORD]  # no temp files left
+    assert reads > 1
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def test_flatten_config_uses_dotted_keys_and_json_leaves() -> None:
+    flat = flatten_config({"a": {"b": {"c": 1}, "d": "x"}, "e": [1, 2], "f": None, "g": {}})
+    assert flat == {"a.b.c": "1", "a.d": "x", "e": "[1, 2]", "f": "null", "g": "{}"}
+
+
+def test_default_tracking_uri(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert default_tracking_uri("results") == f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert default_tracking_uri("results") == "http://127.0.0.1:5000"
+
+
+# --------------------------------------------------------------------------- import_runs
+
+
+def test_reimport_is_a_no_op_and_a_rerun_replaces_only_its_child(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    runs = tmp_path / "runs"
+    for row in ("fc", "deep"):
+        for stage in STAGES:
+            record_run(runs / row / stage, row, stage)
+    entries = entries_for(runs, "table1", ["fc", "deep", "hier"])  # hier has not run yet
+    uri = sqlite_uri(tmp_path)
+
+    assert import_runs(uri, entries) == {"created": 4, "updated": 0, "unchanged": 0, "missing": 2}
+    before = store_state(uri)
+    assert set(before) == {("splitnet/table1", name) for name in
+                           ("fc", "fc/train", "fc/evaluate", "deep", "deep/train", "deep/evaluate")}
+    assert before[("splitnet/table1", "deep")][2] == "FINISHED"
+    assert import_runs(uri, entries) == {"created": 0, "updated": 0, "unchanged": 4, "missing": 2}
+    assert store_state(uri) == before
+
+    record_run(runs / "deep" / "evaluate", "deep", "evaluate", offset=0.5)  # the stage re-ran
+    assert import_runs(uri, entries) == {"created": 0, "updated": 1, "unchanged": 3, "missing": 2}
+    after = store_state(uri)
+    key = ("splitnet/table1", "deep/evaluate")
+    old_id, new_id = before[key][0], after[key][0]
+    assert new_id != old_id and after[key][1]["test_error"] == 0.75
+    assert MlflowClient(uri).get_run(old_id).info.lifecycle_stage == "deleted"
+    changed = {k for k in before if before[k] != after[k]}
+    assert changed == {key, ("splitnet/table1", "deep")}  # the child and its row's metrics
+    assert after[("splitnet/table1", "deep")][0] == before[("splitnet/table1", "deep")][0]
+    assert after[("splitnet/table1", "deep")][1]["test_error"] == 0.75
+
+
+def test_interrupted_import_is_redone(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    runs = tmp_path / "runs"
+    record_run(runs / "fc" / "train", "fc", "train")
+    entries = [TrackEntry("table1", "fc", [runs / "fc" / "train" / RUN_RECORD])]
+    uri = sqlite_uri(tmp_path)
+    import_runs(uri, entries)
+    client = MlflowClient(uri)
+    half_done = store_state(uri)[("splitnet/table1", "fc/train")][0]
+    client.delete_tag(half_done, "splitnet.record_sha256")  # as if the importer died mid-run
+    assert import_runs(uri, entries)["updated"] == 1
+    assert client.get_run(half_done).info.lifecycle_stage == "deleted"
+    assert "splitnet.record_sha256" in client.get_run(
+        store_state(uri)[("splitnet/table1", "fc/train")][0]).data.tags
+
+
+def test_a_record_shared_by_two_tables_is_a_child_in_both(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    runs = tmp_path / "runs"
+    for stage in STAGES:
+        record_run(runs / "baseline" / stage, "baseline", stage)
+    entries = entries_for(runs, "table1", ["baseline"]) + [
+        TrackEntry("table2", "baseline", [runs / "baseline" / "train" / RUN_RECORD],
+                   experiment_title="SplitNet Table 2")]
+    uri = sqlite_uri(tmp_path)
+    assert import_runs(uri, entries)["created"] == 3
+    client = MlflowClient(uri)
+    for title, children in (("splitnet/table1", 2), ("SplitNet Table 2", 1)):
+        experiment = client.get_experiment_by_name(title)
+        runs_found = client.search_runs([experiment.experiment_id])
+        parent = [r for r in runs_found if r.info.run_name == "baseline"]
+        assert len(parent) == 1
+        kids = [r for r in runs_found
+                if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
+        assert len(kids) == children
+        assert experiment.artifact_location.startswith((tmp_path / "store").as_uri())
+
+
+def test_a_row_with_missing_stages_waits(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    record_run(runs / "deep" / "train", "deep", "train")
+    uri = sqlite_uri(tmp_path)
+    assert import_runs(uri, entries_for(runs, "table1", ["deep"]))["missing"] == 1
+    assert store_state(uri)[("splitnet/table1", "deep")][2] == "SCHEDULED"
+
+
+def test_ambiguous_entries_are_refused_before_touching_the_store(tmp_path: Path) -> None:
+    uri = sqlite_uri(tmp_path)
+    twice = [TrackEntry("table1", "deep", []), TrackEntry("table1", "deep", [])]
+    with pytest.raises(ValueError, match="listed twice"):
+        import_runs(uri, twice)
+    retitled = [TrackEntry("table1", "deep", []), TrackEntry("table1", "fc", [], "T1")]
+    with pytest.raises(ValueError, match="two experiment titles"):
+        import_runs(uri, retitled)
+    assert not (tmp_path / "store").exists()
+
+
+# --------------------------------------------------------------------------- concurrency
+
+WRITER = NO_TORCH + """
+import sys
+from pathlib import Path
+from splitnet.tracking import RunRecorder
+run_dir, name, stage = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+config = {"model": {"depth": 16, "widen": 8}, "optim": {"lr": 0.1}, "row": name}
+with RunRecorder(run_dir, name, stage, "smoke", config, tags={"writer": name + "/" + stage}) as rec:
+    for epoch in range(50):
+        rec.log(epoch, {"loss": 1.0 / (epoch + 1), "acc": epoch / 50})
+    (run_dir / "plots").mkdir()
+    (run_dir / "plots" / "curve.txt").write_text("curve")
+    (run_dir / "weights.txt").write_text(name)
+    rec.finish({"test_error": 0.3}, ["weights.txt", "plots"])
+"""
+
+IMPORTER = NO_TORCH + """
+import json, sys, time
+from pathlib import Path
+import mlflow  # import first, so the importers reach the barrier together
+from splitnet.tracking import TrackEntry, import_runs
+uri, spec, go = sys.argv[1], json.loads(sys.argv[2]), Path(sys.argv[3])
+entries = [TrackEntry(e["table"], e["row"], [Path(p) for p in e["paths"]]) for e in spec]
+while not go.exists():
+    time.sleep(0.01)
+print(json.dumps(import_runs(uri, entries)))
+"""
+
+
+def run_all(commands: list[list[str]]) -> list[subprocess.CompletedProcess[str]]:
+    """Start every command at once, then wait for all of them."""
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for c in commands]
+    results = []
+    for command, proc in zip(commands, procs):
+        out, err = proc.communicate(timeout=300)
+        results.append(subprocess.CompletedProcess(command, proc.returncode, out, err))
+    return results
+
+
+@pytest.mark.slow
+def test_parallel_jobs_and_concurrent_importers_on_a_fresh_store(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    runs = tmp_path / "runs"
+    table1 = ["baseline", "fc", "shallow", "deep", "hier"]
+    table2 = ["baseline", "r5", "r6", "r7"]
+    rows = sorted(set(table1 + table2))
+    jobs = [[sys.executable, "-c", WRITER, str(runs / row / stage), row, stage]
+            for row in rows for stage in STAGES]
+    assert len(jobs) == 16
+    for job in run_all(jobs):
+        assert job.returncode == 0, job.stderr
+
+    uri = sqlite_uri(tmp_path)
+    go = tmp_path / "go"
+    spec = {name: [{"table": e.table, "row": e.row, "paths": [str(p) for p in e.record_paths]}
+                   for e in entries_for(runs, name, table_rows)]
+            for name, table_rows in (("table1", table1), ("table2", table2))}
+    overlapping = [spec["table1"], spec["table2"], spec["table1"] + spec["table2"]]
+    importers = [subprocess.Popen([sys.executable, "-c", IMPORTER, uri, json.dumps(s), str(go)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for s in overlapping]
+    time.sleep(1.0)  # let them start; they spin on the barrier after importing mlflow
+    assert not (tmp_path / "store" / "mlflow.db").exists()
+    go.touch()
+    summaries = []
+    for proc in importers:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        assert "database is locked" not in err
+        summaries.append(json.loads(out.strip().splitlines()[-1]))
+    assert sum(s["created"] for s in summaries) == 2 * (len(table1) + len(table2))
+    assert sum(s["updated"] + s["missing"] for s in summaries) == 0
+
+    db = tmp_path / "store" / "mlflow.db"
+    with sqlite3.connect(db) as con:
+        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        leftovers = con.execute(
+            "SELECT name FROM sqlite_master WHERE name LIKE '_alembic_tmp%'").fetchall()
+        assert leftovers == []
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # for the fluent mlflow.search_runs
+    client = MlflowClient(uri)
+    for name, table_rows in (("table1", table1), ("table2", table2)):
+        found = client.search_experiments(filter_string=f"name = 'splitnet/{name}'")
+        assert len(found) == 1
+        frame = mlflow.search_runs(experiment_ids=[found[0].experiment_id])
+        parents = frame[frame["tags.splitnet.kind"] == "row"]
+        assert sorted(parents["tags.splitnet.row"]) == sorted(table_rows)
+        children = frame[frame["tags.splitnet.kind"] == "stage"]
+        assert len(children) == len(STAGES) * len(table_rows)
+        parent_of = dict(zip(parents["run_id"], parents["tags.splitnet.row"]))
+        pairs = sorted(zip(children["tags.mlflow.parentRunId"].map(parent_of),
+                           children["tags.splitnet.stage"]))
+        assert pairs == sorted((row, stage) for row in table_rows for stage in STAGES)
+        assert (parents["metrics.test_error"] == 0.3).all()
+        for run_id in children["run_id"]:
+            check_child(client, run_id)
+
+
+def check_child(client, run_id: str) -> None:
+    """A child run holds the whole record: curves, params, tags, artifacts, status."""
+    run = client.get_run(run_id)
+    row, stage = run.data.tags["splitnet.row"], run.data.tags["splitnet.stage"]
+    assert run.info.run_name == f"{row}/{stage}"
+    assert run.info.status == "FINISHED" and run.info.end_time >= run.info.start_time
+    history = client.get_metric_history(run_id, "loss")
+    assert sorted(m.step for m in history) == list(range(50))
+    assert run.data.metrics["test_error"] == 0.3
+    assert run.data.params == {"model.depth": "16", "model.widen": "8", "optim.lr": "0.1",
+                               "row": row}
+    tags = run.data.tags
+    assert tags["writer"] == f"{row}/{stage}" and tags["splitnet.scale"] == "smoke"
+    assert len(tags["splitnet.record_sha256"]) == 64
+    assert "splitnet.host" in tags and "mlflow.source.git.commit" in tags
+    top = {a.path for a in client.list_artifacts(run_id)}
+    assert top == {"config.json", RUN_RECORD, "weights.txt", "plots"}
+    assert [a.path for a in client.list_artifacts(run_id, "plots")] == ["plots/curve.txt"]
