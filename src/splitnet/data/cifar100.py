@@ -33,8 +33,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchvision.datasets import CIFAR100
-from torchvision.datasets.utils import download_and_extract_archive, extract_archive
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torchvision costs ~1.5 s to import; only CIFAR runs need it
+    from torchvision.datasets import CIFAR100
 
 from splitnet.data.errors import DataError
 from splitnet.data.source import ImageSet, SourceData
@@ -96,6 +98,8 @@ def _extract(archive: Path, md5: str) -> Path:
         raise _md5_mismatch(archive, md5, got)
     base = archive.parent
     with tempfile.TemporaryDirectory(prefix=".cifar-extract-", dir=base) as tmp:
+        from torchvision.datasets.utils import extract_archive
+
         extract_archive(str(archive), tmp)
         extracted = Path(tmp) / FOLDER
         if not extracted.is_dir():
@@ -118,6 +122,9 @@ def locate_cifar100(root: Path, md5: Mapping[str, str], download: bool = False) 
         return _extract(root / ARCHIVE, md5[ARCHIVE])
     if download:
         root.mkdir(parents=True, exist_ok=True)
+        from torchvision.datasets import CIFAR100
+        from torchvision.datasets.utils import download_and_extract_archive
+
         download_and_extract_archive(CIFAR100.url, str(root), filename=ARCHIVE, md5=md5[ARCHIVE])
         return root
     raise DataError(
@@ -128,6 +135,8 @@ def locate_cifar100(root: Path, md5: Mapping[str, str], download: bool = False) 
 
 def _torchvision_class(md5: Mapping[str, str]) -> type[CIFAR100]:
     """``CIFAR100`` whose integrity checks use ``md5`` instead of the hard-coded official sums."""
+    from torchvision.datasets import CIFAR100
+
     return type(
         "VerifiedCIFAR100",
         (CIFAR100,),

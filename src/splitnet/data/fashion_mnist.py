@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.datasets import FashionMNIST
 
 from splitnet.data.errors import DataError
 from splitnet.data.source import ImageSet, SourceData
@@ -58,6 +57,8 @@ def locate_fashion_mnist(root: Path, download: bool = False) -> Path:
         if all((directory / name).is_file() for name in _all_files()):
             return directory
     if download:
+        from torchvision.datasets import FashionMNIST  # slow import, needed only to download
+
         FashionMNIST(str(root), train=True, download=True)
         return candidates[1]
     if root.is_dir():
