@@ -53,9 +53,8 @@ def load_registry(params_dir: str | Path = "params") -> dict:
     scales = _read_yaml(params_dir / SCALES_FILE)
     registry = {**experiments, **{k: v for k, v in scales.items()}}
     validator = jsonschema.Draft202012Validator(_schema())
-    errors = sorted(validator.iter_errors(registry), key=lambda e: list(e.absolute_path))
-    if errors:
-        err = errors[0]
+    err = jsonschema.exceptions.best_match(validator.iter_errors(registry))
+    if err is not None:
         key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
         where = params_dir / (SCALES_FILE if key.startswith("scales") else EXPERIMENTS_FILE)
         raise ConfigError(f"{where}: {key}: {err.message}")

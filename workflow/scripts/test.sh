@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The test job: set up (plus SLURM packages when root), then every test, slow end-to-end ones
+# included (pipeline at ci scale through Snakemake, DVC in a fresh clone, and a real SLURM).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+apt_install slurm-wlm munge || echo "test: SLURM packages unavailable; the SLURM test will skip" >&2
+python -m pytest -m "slow or not slow" "$@"
