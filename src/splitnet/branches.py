@@ -33,9 +33,11 @@ class ChannelSelect(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.identity:
             return x
-        if self.start is not None:
-            return x.narrow(1, self.start, self.width)
-        return x.index_select(1, self.index)
+        y = x.narrow(1, self.start, self.width) if self.start is not None else x.index_select(1, self.index)
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+            # A channel slice of an NHWC tensor is strided; convs would fall back to NCHW.
+            y = y.contiguous(memory_format=torch.channels_last)
+        return y
 
     def extra_repr(self) -> str:
         if self.identity:

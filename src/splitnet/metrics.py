@@ -69,7 +69,7 @@ def class_group_table(
 @torch.inference_mode()
 def throughput(model: nn.Module, input_shape: tuple[int, int, int], batch: int, repeats: int,
                device: torch.device, channels_last: bool, warmup: int = 2) -> dict:
-    """Median eval-mode images/s on random input of the given shape."""
+    """Median eval-mode images/s on random input of the given shape (spread = (max-min)/median)."""
     was_training = model.training
     model.eval()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -89,5 +89,7 @@ def throughput(model: nn.Module, input_shape: tuple[int, int, int], batch: int, 
         sync()
         rates.append(batch / (time.perf_counter() - start))
     model.train(was_training)
-    return {"images_per_s": statistics.median(rates), "batch": batch, "repeats": repeats, "device": str(device),
+    median = statistics.median(rates)
+    return {"images_per_s": median, "spread": (max(rates) - min(rates)) / median, "batch": batch,
+            "repeats": repeats, "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}

@@ -1,0 +1,81 @@
+"""Inference throughput of dense WRN-16-8 vs its Shallow / Deep / Hierarchical splits.
+
+Prints images/s per model and memory format, the measured speedup over the dense model and the
+FLOP ratio (dense FLOPs / split FLOPs), and records everything with machine info in
+benchmarks/results/split_inference-<device>.json.  Target: speedup >= 0.9 x FLOP ratio.
+
+    python benchmarks/split_inference.py [--device cpu|cuda] [--batch 64] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_info  # noqa: E402
+
+from splitnet.counting import count_model  # noqa: E402
+from splitnet.io import atomic_write_json  # noqa: E402
+from splitnet.metrics import throughput  # noqa: E402
+from splitnet.model import wide_resnet  # noqa: E402
+from splitnet.partition import balanced_partition, random_partition  # noqa: E402
+from splitnet.spec import SplitSpec  # noqa: E402
+from splitnet.split import build_split_network  # noqa: E402
+from splitnet.topology import build_topology  # noqa: E402
+
+SPLITS = {"shallow": "1-2-2", "deep": "2-2-2", "hier": "2-4-4"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--groups", choices=("balanced", "random"), default="balanced")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    dense = wide_resnet("wrn-16-8").eval()
+    models = {"dense": dense}
+    for name, code in SPLITS.items():
+        top = build_topology(dense.plan, SplitSpec.parse(code))
+        part = balanced_partition(top) if args.groups == "balanced" else random_partition(top, seed=0)
+        models[name] = build_split_network(top, part, "shared", "preact", dense=dense).eval()
+    flops = {name: count_model(m, (3, 32, 32)).flops for name, m in models.items()}
+
+    rows = []
+    for fmt in ("contiguous", "channels_last"):
+        memory_format = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
+        base = None
+        for name, model in models.items():
+            model = model.to(args.device, memory_format=memory_format)
+            measured = throughput(model, (3, 32, 32), args.batch, args.repeats, torch.device(args.device),
+                                  fmt == "channels_last", warmup=args.warmup)
+            rate, spread = measured["images_per_s"], measured["spread"]
+            base = rate if name == "dense" else base
+            flop_ratio = flops["dense"] / flops[name]
+            speedup = rate / base
+            rows.append({
+                "model": name, "memory_format": fmt, "images_per_s": round(rate, 2), "spread": round(spread, 3),
+                "flops": flops[name], "flop_ratio": round(flop_ratio, 4), "speedup": round(speedup, 4),
+                "speedup_over_flop_ratio": round(speedup / flop_ratio, 4),
+            })
+            print(f"{fmt:13s} {name:8s} {rate:9.1f} img/s (spread {spread:.0%})  speedup {speedup:5.2f}x  "
+                  f"FLOP ratio {flop_ratio:5.2f}x  speedup/FLOP ratio {speedup / flop_ratio:5.2f}", flush=True)
+
+    out = Path(args.out or Path(__file__).parent / "results" / f"split_inference-{args.device}.json")
+    atomic_write_json(out, {"benchmark": "split_inference", "arch": "wrn-16-8", "batch": args.batch,
+                            "groups": args.groups, "repeats": args.repeats, "device": args.device,
+                            "machine": machine_info(), "results": rows})
+    print(f"recorded {out}")
+
+
+if __name__ == "__main__":
+    main()
