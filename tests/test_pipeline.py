@@ -173,8 +173,9 @@ def test_pipeline_through_real_slurm(slurm_cluster, tmp_path):  # noqa: F811
     results = tmp_path / "results"
     rows = ["baseline", "shallow", "shallow_g3", "shallow_g4"]  # Table 2
     targets = [str(results / "runs" / "ci" / r / "evaluate" / "metrics.json") for r in rows]
-    proc = check(snakemake("--profile", str(ROOT / "workflow" / "profiles" / "slurm"), "--config", "scale=ci",
-                           f"params_dir={params}", f"results={results}", *targets, timeout=1500))
+    # Targets before --config: --config takes every following word as a key=value pair.
+    proc = check(snakemake("--profile", str(ROOT / "workflow" / "profiles" / "slurm"), *targets, "--config",
+                           "scale=ci", f"params_dir={params}", f"results={results}", timeout=1500))
     for r in rows:
         record = json.loads((results / "runs" / "ci" / r / "evaluate" / "run.json").read_text())
         assert record["status"] == "FINISHED"
