@@ -20,14 +20,7 @@ say() { echo "slurm-down: $*" >&2; }
 
 [ -d "$STATE" ] || { echo "slurm down: nothing to stop ($STATE absent)"; exit 0; }
 
-pid_of() {
-    local f="$STATE/$1.pid" p
-    [ -s "$f" ] || return 1
-    p="$(tr -dc 0-9 <"$f")"
-    [ -n "$p" ] || return 1
-    [ "$(ps -o comm= -p "$p" 2>/dev/null || true)" = "$1" ] || return 1
-    echo "$p"
-}
+source "$(dirname "${BASH_SOURCE[0]}")/slurm-lib.sh"
 
 # cancel leftover jobs while slurmctld and slurmd can still clean them up
 if pid_of slurmctld >/dev/null && pid_of slurmd >/dev/null; then
