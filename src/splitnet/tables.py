@@ -59,6 +59,10 @@ def fmt(key: str, value: float | None, default: int, missing: str) -> str:
     return f"{value:.{_decimals(key, value, default)}f}"
 
 
+def fmt_delta(key: str, delta: float | None, default: int) -> str:
+    return "–" if delta is None else f"{delta:+.{_decimals(key, delta, default)}f}"
+
+
 def build_rows(table: str, registry: dict, paper: dict, metrics_dir: Path, scale: str) -> list[dict]:
     """One dict per table row: label, experiment, per-column Cell, and the raw metrics (or None)."""
     tol = paper["tolerance"]
@@ -105,8 +109,7 @@ def render_markdown(rows: list[dict], cap: str) -> str:
             c = row["cells"][key]
             missing = "missing" if row["metrics"] is None else "n/a"
             cells += [fmt(key, c.paper, dec, "n/a"), fmt(key, c.reproduced, dec, missing),
-                      fmt(key, c.delta, dec, "–") if c.delta is None or c.delta < 0 else "+" + fmt(key, c.delta, dec, "–"),
-                      c.ok]
+                      fmt_delta(key, c.delta, dec), c.ok]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -132,8 +135,8 @@ def render_latex(rows: list[dict], cap: str, label: str) -> str:
             c = row["cells"][key]
             missing = "missing" if row["metrics"] is None else "n/a"
             ok = {"✓": r"\checkmark", "✗": r"$\times$", "–": "--", "n/c": "n/c"}[c.ok]
-            delta = "--" if c.delta is None else f"{c.delta:+.{_decimals(key, c.delta, dec)}f}"
-            cells += [fmt(key, c.paper, dec, "n/a"), fmt(key, c.reproduced, dec, missing), delta, ok]
+            cells += [fmt(key, c.paper, dec, "n/a"), fmt(key, c.reproduced, dec, missing),
+                      fmt_delta(key, c.delta, dec).replace("–", "--"), ok]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table*}"]
     return "\n".join(lines) + "\n"

@@ -1,0 +1,57 @@
+import json
+
+from splitnet.arch_check import arch_check_rows
+from splitnet.config import load_registry
+from splitnet.tables import build_rows, render_csv, render_latex, render_markdown, write_tables
+
+import yaml
+
+
+def _metrics(params, flops, error):
+    return {"params": params, "flops": flops, "params_reduced_pct": 100 * (1 - params / 10_999_908),
+            "flops_reduced_pct": 100 * (1 - flops / 3_095_498_952), "test_error": error}
+
+
+def _write(runs, exp, metrics):
+    path = runs / exp / "evaluate" / "metrics.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(metrics))
+
+
+def test_missing_rows_show_missing_and_paper_scale_gets_checkmarks(tmp_path):
+    registry = load_registry("params")
+    paper = yaml.safe_load(open("params/paper_results.yaml"))
+    _write(tmp_path, "shallow", _metrics(7_435_364, 2_642_416_840, 24.5))
+    rows = build_rows("table1", registry, paper, tmp_path, "paper")
+    by = {r["experiment"]: r for r in rows}
+    assert by["deep"]["metrics"] is None
+    md = render_markdown(rows, "caption")
+    deep_line = next(line for line in md.splitlines() if line.startswith("| Deep Split"))
+    assert "missing" in deep_line and not any(ch.isdigit() for ch in deep_line.split("|")[3])
+    cells = by["shallow"]["cells"]
+    assert cells["params_reduced_pct"].ok == "✓"  # 32.41 vs 32.54
+    assert cells["test_error"].ok == "✓" and round(cells["test_error"].delta, 2) == 0.54
+    assert by["baseline"]["cells"]["test_error"].ok == "–"  # the paper value is not available
+    smoke = build_rows("table1", registry, paper, tmp_path, "smoke")
+    assert {c.ok for r in smoke for c in r["cells"].values()} <= {"n/c", "–"}
+    assert "\\checkmark" in render_latex(rows, "c", "tab:t1")
+    assert "table1,shallow,Shallow Split (G=2),params_reduced_pct,32.54,32.41,-0.13,✓,paper" in render_csv(rows, "table1", "paper", "CIFAR-100")
+
+
+def test_regenerated_tables_are_byte_identical(tmp_path):
+    registry = load_registry("params")
+    runs = tmp_path / "runs"
+    _write(runs, "baseline", _metrics(10_999_908, 3_095_498_952, 21.0))
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"out{i}"
+        write_tables(registry, "params/paper_results.yaml", runs, out, out / "summary.json", "smoke")
+        outs.append({p.name: p.read_bytes() for p in sorted(out.iterdir())})
+    assert outs[0] == outs[1] and "table1.tex" in outs[0]
+    assert b"NOT CIFAR-100 numbers" in outs[0]["table1.md"]
+
+
+def test_arch_check_rows_all_within_tolerance():
+    rows = arch_check_rows(yaml.safe_load(open("params/paper_results.yaml")))
+    assert all(r["ok_params_reduced_pct"] for r in rows)
+    assert all(r["ok_flops_reduced_pct"] in (True, None) for r in rows)
