@@ -59,14 +59,14 @@ def fig1_assignment_dynamics(runs: dict[str, Path], out_base: Path, vector: str 
         top = torch.stack([m.max(0).values for m in mats])  # epochs x classes
         groups = mats[0].shape[0]
         ax.plot(epochs, top.numpy(), color="tab:blue", alpha=0.25, linewidth=0.7)
-        ax.plot(epochs, top.mean(1).numpy(), color="black", linewidth=2, label="mean over classes")
+        ax.plot(epochs, top.mean(1).numpy(), color="black", linewidth=2, marker=".", label="mean over classes")
         ax.axhline(1.0 / groups, color="gray", linestyle=":", linewidth=1, label="uniform 1/G")
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.set_ylim(0, 1.02)
     axes[0][0].set_ylabel(f"largest assignment of each class ({vector})")
     axes[0][0].legend(loc="lower right", fontsize=6)
-    fig.suptitle("Class-to-group assignments during grouping")
+    fig.suptitle("Class-to-group assignments during grouping", y=1.04)
     return _save(fig, out_base)
 
 
@@ -112,5 +112,5 @@ def fig2_block_structure(grouping_model: Path, out_base: Path) -> list[Path]:
         ax.set_yticks([])
     for ax in axes[1][len(layers):]:
         ax.axis("off")
-    fig.suptitle(f"Learned groups and block structure (split {blob['split']})")
+    fig.suptitle(f"Learned groups and block structure (split {blob['split']})", y=1.02)
     return _save(fig, out_base)

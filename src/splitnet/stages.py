@@ -188,11 +188,17 @@ def stage_learn_groups(cfg: dict, data_dir: Path, out_dir: Path, baseline: Path 
                                                 momentum=g["schedule"].get("momentum", 0.9), rule=g["simplex_rule"]))
         overlap = g.get("overlap")
 
-        def end_of_epoch(epoch: int) -> dict:
+        def snapshot(epoch: int) -> None:
             # One small file per epoch (resume-safe) for the assignment-dynamics figure.
             with torch.no_grad():
-                snapshot = {n: assignments.matrix(n).detach().float().cpu() for n in assignments.names}
-            atomic_torch_save(snapshot, out_dir / SNAPSHOT_DIR / f"epoch_{epoch + 1:04d}.pt")
+                mats = {n: assignments.matrix(n).detach().float().cpu() for n in assignments.names}
+            atomic_torch_save(mats, out_dir / SNAPSHOT_DIR / f"epoch_{epoch:04d}.pt")
+
+        if not (out_dir / SNAPSHOT_DIR / "epoch_0000.pt").exists():
+            snapshot(0)  # the initial assignments
+
+        def end_of_epoch(epoch: int) -> dict:
+            snapshot(epoch + 1)
             row = {}
             if overlap:
                 update_freezing(assignments, overlap["threshold"], overlap["freeze_below"])
