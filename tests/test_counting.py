@@ -86,3 +86,24 @@ def test_summary_cli_json_and_table(capsys):
 def test_summary_cli_rejects_bad_split(capsys):
     assert main(["summary", "--split", "4-2-1"]) == 2
     assert "must not decrease" in capsys.readouterr().err
+
+
+def test_summary_cli_counts_a_saved_split_model_with_learned_groups(tmp_path, capsys):
+    from splitnet.artifacts import save_split
+    from splitnet.partition import random_partition
+
+    model = wide_resnet("wrn-10-1", in_channels=1, num_classes=10)
+    top = build_topology(model.plan, SplitSpec.parse("1-3-3"))
+    part = random_partition(top, seed=0)
+    with torch.no_grad():  # unequal groups: move one node of head_in from group 0 to group 1
+        n = int(part["head_in"][0].nonzero()[0])
+        part["head_in"][:, n] = torch.tensor([False, True, False])
+    from splitnet.partition import complete_partition
+
+    part = complete_partition(top, {v.name: part[v.name] for v in top.variables()})
+    split = build_split_network(top, part, dense=model)
+    save_split(split, model.plan, top.spec, part, "shared", "preact", tmp_path / "model.pt")
+    assert main(["summary", "--model", str(tmp_path / "model.pt"), "--image-size", "16", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["params"] == count_model(split, (1, 16, 16)).params
+    assert out["groups"] == "given"

@@ -24,18 +24,23 @@ def resolve_split(text: str, params_dir: Path) -> SplitSpec:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from .model import wide_resnet
+    from .model import WideResNet, wide_resnet
     from .summary import format_summary, summarize
 
-    spec = resolve_split(args.split, Path(args.params_dir))
-    dense = wide_resnet(args.arch, in_channels=args.in_channels, num_classes=args.num_classes)
-    result = summarize(
-        dense,
-        spec,
-        (args.in_channels, args.image_size, args.image_size),
-        convention=args.convention,
-        layout=args.layout,
-    )
+    if args.model:  # the learned groups of a split model file (results/runs/.../split/model.pt)
+        from .artifacts import load_artifact, plan_from_dict
+
+        blob = load_artifact(args.model)
+        if blob["kind"] != "split":
+            raise ValueError(f"{args.model} is a {blob['kind']} model, not a split one")
+        plan = plan_from_dict(blob["plan"])
+        result = summarize(WideResNet(plan), SplitSpec.parse(blob["split"]), (plan.in_channels, args.image_size, args.image_size),
+                           partition=blob["partition"], convention=blob["convention"], layout=blob["layout"])
+    else:
+        spec = resolve_split(args.split, Path(args.params_dir))
+        dense = wide_resnet(args.arch, in_channels=args.in_channels, num_classes=args.num_classes)
+        result = summarize(dense, spec, (args.in_channels, args.image_size, args.image_size),
+                           convention=args.convention, layout=args.layout)
     print(json.dumps(result, indent=2) if args.json else format_summary(result))
     return 0
 
@@ -143,9 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("summary", help="per-layer and total params/FLOPs of a split WRN vs the unsplit one")
-    p.add_argument("--split", required=True, help="G3-G2-G1 spec (1-1-4, 1-2-2, 2-2-2, 2-4-4) or a name in params/splits.yaml")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--split", help="G3-G2-G1 spec (1-1-4, 1-2-2, 2-2-2, 2-4-4) or a name in params/splits.yaml")
+    what.add_argument("--model", help="a split model file: count its learned (unequal) groups instead")
     p.add_argument("--arch", default="wrn-16-8", help="wrn-<depth>-<width> (default wrn-16-8)")
-    p.add_argument("--balanced", action="store_true", default=True, help="equal-size groups (the default)")
+    p.add_argument("--balanced", action="store_true", help="equal-size groups (what --split always uses; the paper's check)")
     p.add_argument("--convention", choices=("shared", "partitioned"), default="shared",
                    help="inputs of a split stage's first layers: whole parent branch (shared, reproduces the paper) or learned partition (official code)")
     p.add_argument("--layout", choices=("preact", "official"), default="preact", help="split unit layout")

@@ -102,9 +102,9 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on conv/fc weights only (official); none on BN, biases or assignments."""
     decay, rest = [], []
     for module in model.modules():
+        # Frozen parameters stay in the groups (SGD skips a None grad), so a checkpoint's
+        # optimizer state always matches the groups of a freshly built model.
         for name, p in module.named_parameters(recurse=False):
-            if not p.requires_grad and not isinstance(module, nn.BatchNorm2d):
-                continue
             if name == "weight" and isinstance(module, (nn.Conv2d, nn.Linear)):
                 decay.append(p)
             else:
