@@ -10,6 +10,7 @@ benchmarks/results/split_inference-<device>.json.  Target: speedup >= 0.9 x FLOP
 from __future__ import annotations
 
 import argparse
+import statistics
 import json
 import sys
 from pathlib import Path
@@ -35,7 +36,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per round (median)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds over all models (median)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--groups", choices=("balanced", "random"), default="balanced")
     parser.add_argument("--out", default=None)
@@ -53,26 +55,32 @@ def main() -> None:
     rows = []
     for fmt in ("contiguous", "channels_last"):
         memory_format = torch.channels_last if fmt == "channels_last" else torch.contiguous_format
-        base = None
-        for name, model in models.items():
-            model = model.to(args.device, memory_format=memory_format)
-            measured = throughput(model, (3, 32, 32), args.batch, args.repeats, torch.device(args.device),
-                                  fmt == "channels_last", warmup=args.warmup)
-            rate, spread = measured["images_per_s"], measured["spread"]
-            base = rate if name == "dense" else base
+        for model in models.values():
+            model.to(args.device, memory_format=memory_format)
+        # Interleaved rounds: machine drift hits every model alike instead of the last one measured.
+        rates: dict[str, list[float]] = {name: [] for name in models}
+        for _ in range(args.rounds):
+            for name, model in models.items():
+                measured = throughput(model, (3, 32, 32), args.batch, args.repeats, torch.device(args.device),
+                                      fmt == "channels_last", warmup=args.warmup)
+                rates[name].append(measured["images_per_s"])
+        base = statistics.median(rates["dense"])
+        for name in models:
+            rate = statistics.median(rates[name])
+            spread = (max(rates[name]) - min(rates[name])) / rate
             flop_ratio = flops["dense"] / flops[name]
             speedup = rate / base
             rows.append({
                 "model": name, "memory_format": fmt, "images_per_s": round(rate, 2), "spread": round(spread, 3),
-                "flops": flops[name], "flop_ratio": round(flop_ratio, 4), "speedup": round(speedup, 4),
-                "speedup_over_flop_ratio": round(speedup / flop_ratio, 4),
+                "rounds": [round(r, 2) for r in rates[name]], "flops": flops[name], "flop_ratio": round(flop_ratio, 4),
+                "speedup": round(speedup, 4), "speedup_over_flop_ratio": round(speedup / flop_ratio, 4),
             })
             print(f"{fmt:13s} {name:8s} {rate:9.1f} img/s (spread {spread:.0%})  speedup {speedup:5.2f}x  "
                   f"FLOP ratio {flop_ratio:5.2f}x  speedup/FLOP ratio {speedup / flop_ratio:5.2f}", flush=True)
 
     out = Path(args.out or Path(__file__).parent / "results" / f"split_inference-{args.device}.json")
     atomic_write_json(out, {"benchmark": "split_inference", "arch": "wrn-16-8", "batch": args.batch,
-                            "groups": args.groups, "repeats": args.repeats, "device": args.device,
+                            "groups": args.groups, "repeats": args.repeats, "rounds": args.rounds, "device": args.device,
                             "machine": machine_info(), "results": rows})
     print(f"recorded {out}")
 
