@@ -10,8 +10,8 @@ benchmarks/results/split_inference-<device>.json.  Target: speedup >= 0.9 x FLOP
 from __future__ import annotations
 
 import argparse
-import statistics
 import json
+import statistics
 import sys
 from pathlib import Path
 

@@ -88,6 +88,14 @@ def batch_norm(channels: int, frozen_scale: bool = False) -> nn.BatchNorm2d:
     return bn
 
 
+@torch.no_grad()
+def copy_batch_norm(dst: nn.BatchNorm2d, src: nn.BatchNorm2d, channels: torch.Tensor) -> None:
+    """Copy the affine parameters and running statistics of ``channels`` (BN is per channel)."""
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        getattr(dst, name).copy_(getattr(src, name)[channels])
+    dst.num_batches_tracked.copy_(src.num_batches_tracked)
+
+
 class PreActUnit(nn.Module):
     """BN-ReLU-conv-BN-ReLU-conv with an identity or 1x1-projection shortcut."""
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .branches import ChannelSelect, HeadBranch, SplitWideResNet, StageBranch, Trunk
-from .model import PostActUnit, PreActUnit, WideResNet, WRNPlan, batch_norm, build_stage, conv, linear
+from .model import PostActUnit, PreActUnit, WideResNet, WRNPlan, batch_norm, build_stage, conv, copy_batch_norm, linear
 from .partition import Partition
 from .spec import SplitSpec, even_merge_indices
 from .topology import HEAD, SplitLayer, Topology, stage_hidden, stage_in, stage_out
@@ -133,13 +133,6 @@ def _copy_conv(dst: nn.Conv2d, src: nn.Conv2d, out_idx: torch.Tensor, in_idx: to
     dst.weight.copy_(src.weight[out_idx][:, in_idx])
 
 
-@torch.no_grad()
-def _copy_bn(dst: nn.BatchNorm2d, src: nn.BatchNorm2d, idx: torch.Tensor) -> None:
-    for name in ("weight", "bias", "running_mean", "running_var"):
-        getattr(dst, name).copy_(getattr(src, name)[idx])
-    dst.num_batches_tracked.copy_(src.num_batches_tracked)
-
-
 class _Builder:
     def __init__(self, topology, partition, convention, layout, dense):
         self.top, self.part, self.conv_, self.layout, self.dense = topology, partition, convention, layout, dense
@@ -169,7 +162,7 @@ class _Builder:
         if segment == HEAD - 1:
             final_bn = batch_norm(len(order))
             if self.dense is not None:
-                _copy_bn(final_bn, self.dense.final_bn, order)
+                copy_batch_norm(final_bn, self.dense.final_bn, order)
         children = [self.branch(segment + 1, h, order) for h in kids]
         return StageBranch(select, units, final_bn, children)
 
@@ -190,8 +183,8 @@ class _Builder:
                 if u == 0:
                     _copy_conv(unit.shortcut, ref.shortcut, stream, src_idx)
                 if self.layout == "preact":  # official layout: fresh BN, as resnet_split.py
-                    _copy_bn(unit.bn1, ref.bn1, src_idx)
-                    _copy_bn(unit.bn2, ref.bn2, hidden)
+                    copy_batch_norm(unit.bn1, ref.bn1, src_idx)
+                    copy_batch_norm(unit.bn2, ref.bn2, hidden)
             units.append(unit)
         return nn.Sequential(*units)
 

@@ -17,9 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from .model import PreActUnit, StagePlan, WideResNet, WRNPlan
+from .model import PreActUnit, StagePlan, WideResNet, WRNPlan, copy_batch_norm
 
 _TINY = 1e-12  # keeps the group norm differentiable at exactly zero
 
@@ -112,19 +111,14 @@ def prune(model: WideResNet, kept: KeptChannels) -> WideResNet:
         for u, (big, little) in enumerate(zip(big_stage, small_stage)):
             c_in = kept.streams[s] if u == 0 else kept.streams[s + 1]
             c_out, h = kept.streams[s + 1], kept.hidden[s][u]
-            _copy_bn(little.bn1, big.bn1, c_in)
+            copy_batch_norm(little.bn1, big.bn1, c_in)
             little.conv1.weight.copy_(big.conv1.weight[h][:, c_in])
-            _copy_bn(little.bn2, big.bn2, h)
+            copy_batch_norm(little.bn2, big.bn2, h)
             little.conv2.weight.copy_(big.conv2.weight[c_out][:, h])
             if big.shortcut is not None:
                 little.shortcut.weight.copy_(big.shortcut.weight[c_out][:, c_in])
-    _copy_bn(small.final_bn, model.final_bn, kept.streams[-1])
+    copy_batch_norm(small.final_bn, model.final_bn, kept.streams[-1])
     small.fc.weight.copy_(model.fc.weight[:, kept.streams[-1]])
     small.fc.bias.copy_(model.fc.bias)
     small.train(model.training)
     return small
-
-
-def _copy_bn(dst: nn.BatchNorm2d, src: nn.BatchNorm2d, idx: torch.Tensor) -> None:
-    for name in ("weight", "bias", "running_mean", "running_var"):
-        getattr(dst, name).copy_(getattr(src, name)[idx])
