@@ -146,7 +146,7 @@ def test_resume_with_other_config_starts_from_scratch(straight, tmp_path, capsys
     other = Schedule(epochs=1, lr=0.01)
     result = train(model, H.tiny_data(), other, cfg, tmp_path, normalizer=Normalizer("per_image"), resume=True)
     assert result.resumed_from is None
-    assert "different configuration" in capsys.readouterr().out
+    assert "made from other inputs" in capsys.readouterr().out
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):

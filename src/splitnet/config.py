@@ -121,3 +121,20 @@ def resolve(registry: dict, experiment: str, scale: str) -> dict[str, Any]:
 
 def table_rows(registry: dict) -> dict[str, list[dict]]:
     return {name: spec["rows"] for name, spec in registry["tables"].items()}
+
+
+# The config sections each pipeline stage reads. One source of truth: the stage's run record,
+# its resume digest and the Snakemake params that trigger its reruns all derive from it.
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "prepare_data": ("data",),
+    "train": ("model", "engine", "train"),
+    "learn_groups": ("model", "engine", "group", "ssl"),
+    "split": ("model", "group", "split", "ssl"),
+    "finetune": ("engine", "finetune"),
+    "evaluate": ("model", "engine", "evaluate"),
+}
+
+
+def stage_config(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
+    """The part of a row's resolved config that ``stage`` reads (plus the row's identity)."""
+    return {k: cfg[k] for k in ("experiment", "scale", "method", *STAGE_SECTIONS[stage]) if k in cfg}

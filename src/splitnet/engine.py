@@ -115,8 +115,17 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return groups
 
 
-def config_digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def default_digest(schedule: Schedule, cfg: EngineConfig) -> str:
+    """For direct library use; the pipeline stages pass :func:`splitnet.fingerprint.stage_digest`."""
+    return hashlib.sha256(json.dumps([asdict(schedule), asdict(cfg)], sort_keys=True).encode()).hexdigest()
+
+
+def checkpoint_digest(run_dir: Path) -> str | None:
+    """The input digest a run directory's checkpoint was written with (None: no checkpoint)."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.exists():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)["digest"]
 
 
 class _Progress:
@@ -206,7 +215,7 @@ def train(
     end_of_epoch: Callable[[int], dict[str, float]] | None = None,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     resume: bool = False,
-    config_for_digest=None,
+    digest: str | None = None,
 ) -> TrainResult:
     """Train ``model`` in place; the model must already be on the data's device.
 
@@ -214,6 +223,8 @@ def train(
     ``extra_optimizers`` step after the SGD optimizer (e.g. the simplex assignments);
     ``after_step`` runs after every update; ``end_of_epoch(epoch)`` returns extra metrics
     (validation, freezing events) for the epoch's history row, which also goes to ``on_log``.
+    ``digest`` names everything the result depends on: a checkpoint written with another digest
+    is never loaded (the run starts from scratch and says so in one line).
     """
     run_dir = Path(run_dir)
     device = data.images.device
@@ -228,7 +239,7 @@ def train(
     steps_per_epoch = len(data) // cfg.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"batch size {cfg.batch_size} exceeds the {len(data)} training images")
-    digest = config_digest(config_for_digest if config_for_digest is not None else asdict(schedule))
+    digest = digest if digest is not None else default_digest(schedule, cfg)
     result = TrainResult()
     epoch, step, perm = 0, 0, None
     partial = None  # the interrupted epoch's loss sums, restored on a mid-epoch resume
@@ -236,12 +247,13 @@ def train(
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=device, weights_only=True)
         if state["digest"] != digest:
-            print(f"{ckpt_path} was written with a different configuration; starting from scratch", flush=True)
+            print(f"{ckpt_path} was made from other inputs (config, data, source model or code); "
+                  "not resuming it, starting from scratch", flush=True)
         else:
             model.load_state_dict(state["model"])
             for o, s in zip(optimizers, state["optimizers"]):
                 o.load_state_dict(s)
-            gen.set_state(state["data_rng"].cpu() if device.type == "cpu" else state["data_rng"].cpu())
+            gen.set_state(state["data_rng"].cpu())
             torch.set_rng_state(state["torch_rng"].cpu())
             if device.type == "cuda" and state.get("cuda_rng") is not None:
                 torch.cuda.set_rng_state(state["cuda_rng"].cpu())

@@ -40,6 +40,21 @@ def _atomic_file(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
     _fsync_dir(target.parent)
 
 
+def remove_stale_temp_files(directory: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files that killed atomic writes left under ``directory``.
+
+    Only for a directory with a single writer (a stage's own output directory), called before
+    that writer starts: no temporary file there can belong to a live write.
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        return []
+    stale = [p for p in root.rglob(".*.tmp") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def _fsync_dir(directory: Path) -> None:
     """Persist the rename itself; some platforms cannot open directories, which is harmless."""
     try:

@@ -16,19 +16,24 @@ ssl           group lasso from the baseline   prune zeroed channels         yes
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from . import artifacts
+from . import artifacts, finished
 from .assignment import GroupAssignments
 from .augment import Normalizer
 from .counting import count_model, reduction_pct
+from .config import stage_config
 from .data import load_split, prepare_data, read_manifest
-from .io import atomic_torch_save, atomic_write_json
-from .engine import DeviceData, EngineConfig, Schedule, evaluate, resolve_device, train
+from .data.prepare import MANIFEST
+from .engine import CHECKPOINT, DeviceData, EngineConfig, Schedule, checkpoint_digest, evaluate, resolve_device, train
+from .fingerprint import stage_digest
+from .io import atomic_torch_save, atomic_write_json, remove_stale_temp_files
 from .metrics import class_group_table, throughput
 from .model import WideResNet, parse_arch, wrn_plan
 from .overlap import update_freezing
@@ -39,7 +44,7 @@ from .spec import SplitSpec
 from .split import build_split_network
 from .ssl import channels_to_keep, group_lasso_penalty, prune, zero_pruned_weights
 from .topology import build_topology
-from .tracking import RunRecorder
+from .tracking import RUN_RECORD, RunRecorder
 
 MODEL_FILE = "model.pt"
 SNAPSHOT_DIR = "assignments"
@@ -94,7 +99,7 @@ def _normalizer(cfg: EngineConfig, train_data: DeviceData) -> Normalizer:
 
 
 def _run(model: nn.Module, cfg: dict, section: str, data_dir: Path, out_dir: Path, recorder: RunRecorder,
-         resume: bool, regularizer=None, extra_optimizers=(), end_of_epoch=None, digest_extra=None) -> dict:
+         start: StageStart, regularizer=None, extra_optimizers=(), end_of_epoch=None) -> dict:
     """Train with the shared engine, logging each epoch (with validation) to the run record."""
     engine, device = _engine(cfg)
     torch.manual_seed(engine.seed)
@@ -113,12 +118,11 @@ def _run(model: nn.Module, cfg: dict, section: str, data_dir: Path, out_dir: Pat
     result = train(
         model, train_data, _schedule(cfg[section]), engine, out_dir, normalizer=normalizer,
         regularizer=regularizer, extra_optimizers=list(extra_optimizers), end_of_epoch=epoch_end,
-        on_log=recorder.log, resume=resume,
-        config_for_digest={"section": cfg[section], "engine": cfg["engine"], "extra": digest_extra},
+        on_log=recorder.log, resume=start.resume, digest=start.digest,
     )
     if result.resumed_from is not None:
-        # Snakemake deletes a rerun job's outputs (run.json) but not its checkpoint: put the
-        # epochs before the checkpoint back into the record from the checkpoint's history.
+        # The record may lack the epochs before the checkpoint (e.g. Snakemake deleted it before
+        # a retry): put them back from the checkpoint's history.
         recorder.truncate_after(0)
         for row in result.history:
             recorder.log(row["epoch"], {k: v for k, v in row.items() if k != "epoch"})
@@ -126,9 +130,46 @@ def _run(model: nn.Module, cfg: dict, section: str, data_dir: Path, out_dir: Pat
     return {k: v for k, v in last.items() if k != "epoch"}
 
 
-def _recorder(cfg: dict, stage: str, out_dir: Path, sections: tuple[str, ...], resume: bool) -> RunRecorder:
-    config = {k: cfg[k] for k in ("experiment", "scale", "method", *sections) if k in cfg}
-    return RunRecorder(out_dir, cfg["experiment"], stage, cfg["scale"], config, resume=resume)
+@dataclass(frozen=True)
+class StageStart:
+    """How a stage starts: the digest of all its inputs, and what earlier work it may reuse."""
+
+    digest: str
+    resume: bool  # continue the checkpoint in the output directory
+    restored: bool = False  # the finished outputs of identical inputs were put back: nothing to do
+
+
+# What a finished stage keeps under its digest (see finished.py); SNAPSHOT_DIR only exists for grouping.
+KEPT_OUTPUTS = [MODEL_FILE, RUN_RECORD, SNAPSHOT_DIR]
+
+
+def _start(cfg: dict, stage: str, out_dir: Path, inputs: dict[str, Path | None], resume: bool) -> StageStart:
+    """Clean up after killed writes, digest the stage's inputs, decide what may be reused.
+
+    With ``resume``, a finished result of exactly these inputs (config sections, input file
+    bytes, code) is restored, or else a checkpoint written from them is continued; any other
+    checkpoint is ignored and replaced by the fresh run.
+    """
+    remove_stale_temp_files(out_dir)
+    digest = stage_digest(stage_config(cfg, stage), inputs)
+    if resume and finished.restore(out_dir, digest):
+        print(f"{out_dir}: reusing the finished result of identical inputs (digest {digest[:12]})", flush=True)
+        return StageStart(digest, resume=False, restored=True)
+    found = checkpoint_digest(out_dir) if resume else None
+    if found is not None and found != digest:
+        print(f"{out_dir / CHECKPOINT} was made from other inputs (config, data, source model or code); "
+              "starting fresh", flush=True)
+    return StageStart(digest, resume=found == digest)
+
+
+def _recorder(cfg: dict, stage: str, out_dir: Path, start: StageStart) -> RunRecorder:
+    return RunRecorder(out_dir, cfg["experiment"], stage, cfg["scale"], stage_config(cfg, stage),
+                       tags={"splitnet.inputs_digest": start.digest}, resume=start.resume)
+
+
+def _manifest(data_dir: Path) -> Path:
+    read_manifest(data_dir)  # a clear error if the data was never prepared
+    return Path(data_dir) / MANIFEST
 
 
 # ----------------------------------------------------------------------------- stages
@@ -141,13 +182,17 @@ def stage_prepare_data(cfg: dict, out_dir: Path) -> dict:
 def stage_train(cfg: dict, data_dir: Path, out_dir: Path, resume: bool = False) -> Path:
     """Baseline: train the dense WRN."""
     out_dir = Path(out_dir)
-    with _recorder(cfg, "train", out_dir, ("model", "engine", "train"), resume) as rec:
+    start = _start(cfg, "train", out_dir, {"data": _manifest(data_dir)}, resume)
+    if start.restored:
+        return out_dir / MODEL_FILE
+    with _recorder(cfg, "train", out_dir, start) as rec:
         engine, _ = _engine(cfg)
         torch.manual_seed(engine.seed)
         model = WideResNet(_plan_for(cfg, data_dir), bn_no_scale=cfg["model"]["bn_no_scale"])
-        final = _run(model, cfg, "train", data_dir, out_dir, rec, resume)
-        artifacts.save_dense(model, out_dir / MODEL_FILE)
+        final = _run(model, cfg, "train", data_dir, out_dir, rec, start)
+        artifacts.save_dense(model, out_dir / MODEL_FILE, inputs_digest=start.digest)
         rec.finish(final, [out_dir / MODEL_FILE])
+    finished.keep(out_dir, start.digest, KEPT_OUTPUTS)
     return out_dir / MODEL_FILE
 
 
@@ -167,7 +212,10 @@ def stage_learn_groups(cfg: dict, data_dir: Path, out_dir: Path, baseline: Path 
         raise ValueError(f"method {cfg['method']!r} has no learn-groups stage")
     g = cfg["group"]
     spec = SplitSpec.parse(g["split"])
-    with _recorder(cfg, "learn_groups", out_dir, ("model", "engine", "group"), resume) as rec:
+    start = _start(cfg, "learn_groups", out_dir, {"data": _manifest(data_dir)}, resume)
+    if start.restored:
+        return out_dir / MODEL_FILE
+    with _recorder(cfg, "learn_groups", out_dir, start) as rec:
         engine, _ = _engine(cfg)
         torch.manual_seed(engine.seed)
         plan = _plan_for(cfg, data_dir)
@@ -194,7 +242,8 @@ def stage_learn_groups(cfg: dict, data_dir: Path, out_dir: Path, baseline: Path 
                 mats = {n: assignments.matrix(n).detach().float().cpu() for n in assignments.names}
             atomic_torch_save(mats, out_dir / SNAPSHOT_DIR / f"epoch_{epoch:04d}.pt")
 
-        if not (out_dir / SNAPSHOT_DIR / "epoch_0000.pt").exists():
+        if not start.resume:  # snapshots of another run must not mix into this one's figure
+            shutil.rmtree(out_dir / SNAPSHOT_DIR, ignore_errors=True)
             snapshot(0)  # the initial assignments
 
         def end_of_epoch(epoch: int) -> dict:
@@ -205,13 +254,14 @@ def stage_learn_groups(cfg: dict, data_dir: Path, out_dir: Path, baseline: Path 
                 row["frozen_assignments"] = float(assignments.frozen.sum())
             return row
 
-        final = _run(model, cfg, "group", data_dir, out_dir, rec, resume, regularizer=regularizer,
+        final = _run(model, cfg, "group", data_dir, out_dir, rec, start, regularizer=regularizer,
                      extra_optimizers=extra, end_of_epoch=end_of_epoch)
         with torch.no_grad():
             matrices = {name: assignments.matrix(name) for name in assignments.names}
-        artifacts.save_grouping(net, spec, matrices, out_dir / MODEL_FILE,
+        artifacts.save_grouping(net, spec, matrices, out_dir / MODEL_FILE, inputs_digest=start.digest,
                                 frozen=[n for n in assignments.names if assignments.is_frozen(n)])
         rec.finish(final, [out_dir / MODEL_FILE])
+    finished.keep(out_dir, start.digest, KEPT_OUTPUTS)
     return out_dir / MODEL_FILE
 
 
@@ -219,16 +269,20 @@ def _learn_ssl(cfg: dict, data_dir: Path, out_dir: Path, baseline: Path | None, 
     if baseline is None:
         raise ValueError("SSL starts from the trained baseline: pass --baseline")
     strength = cfg["ssl"]["strength"]
-    with _recorder(cfg, "learn_groups", out_dir, ("engine", "ssl"), resume) as rec:
+    start = _start(cfg, "learn_groups", out_dir, {"data": _manifest(data_dir), "baseline": baseline}, resume)
+    if start.restored:
+        return out_dir / MODEL_FILE
+    with _recorder(cfg, "learn_groups", out_dir, start) as rec:
         model, _ = artifacts.load_model(baseline)
 
         def regularizer():
             penalty = group_lasso_penalty(model)
             return strength * penalty, {"reg_group_lasso": penalty}
 
-        final = _run(model, cfg, "ssl", data_dir, out_dir, rec, resume, regularizer=regularizer)
-        artifacts.save_dense(model, out_dir / MODEL_FILE)
+        final = _run(model, cfg, "ssl", data_dir, out_dir, rec, start, regularizer=regularizer)
+        artifacts.save_dense(model, out_dir / MODEL_FILE, inputs_digest=start.digest)
         rec.finish(final, [out_dir / MODEL_FILE])
+    finished.keep(out_dir, start.digest, KEPT_OUTPUTS)
     return out_dir / MODEL_FILE
 
 
@@ -236,7 +290,8 @@ def stage_split(cfg: dict, source: Path, out_dir: Path) -> Path:
     """Cut the network: learned (splitnet), random (random) or pruned (ssl)."""
     out_dir = Path(out_dir)
     s = cfg["split"]
-    with _recorder(cfg, "split", out_dir, ("group", "split", "ssl"), False) as rec:
+    start = _start(cfg, "split", out_dir, {"source": source}, False)
+    with _recorder(cfg, "split", out_dir, start) as rec:
         blob = artifacts.load_artifact(source)
         dense = artifacts.build_model(blob)
         metrics: dict[str, float] = {}
@@ -244,7 +299,7 @@ def stage_split(cfg: dict, source: Path, out_dir: Path) -> Path:
             kept = channels_to_keep(dense, cfg["ssl"]["prune_threshold"])
             zero_pruned_weights(dense, kept)
             small = prune(dense, kept)
-            artifacts.save_dense(small, out_dir / MODEL_FILE)
+            artifacts.save_dense(small, out_dir / MODEL_FILE, inputs_digest=start.digest)
             metrics["kept_channels"] = float(sum(len(k) for k in kept.streams[1:]) + sum(len(h) for hs in kept.hidden for h in hs))
         else:
             spec = SplitSpec.parse(cfg["group"]["split"])
@@ -259,27 +314,34 @@ def stage_split(cfg: dict, source: Path, out_dir: Path) -> Path:
             else:
                 raise ValueError(f"method {cfg['method']!r} has no split stage")
             model = build_split_network(topology, partition, s["convention"], s["layout"], dense=dense)
-            artifacts.save_split(model, dense.plan, spec, partition, s["convention"], s["layout"], out_dir / MODEL_FILE)
+            artifacts.save_split(model, dense.plan, spec, partition, s["convention"], s["layout"], out_dir / MODEL_FILE,
+                                 inputs_digest=start.digest)
         rec.finish(metrics, [out_dir / MODEL_FILE])
     return out_dir / MODEL_FILE
 
 
 def stage_finetune(cfg: dict, data_dir: Path, source: Path, out_dir: Path, resume: bool = False) -> Path:
     out_dir = Path(out_dir)
-    with _recorder(cfg, "finetune", out_dir, ("engine", "finetune"), resume) as rec:
+    start = _start(cfg, "finetune", out_dir, {"data": _manifest(data_dir), "source": source}, resume)
+    if start.restored:
+        return out_dir / MODEL_FILE
+    with _recorder(cfg, "finetune", out_dir, start) as rec:
         model, blob = artifacts.load_model(source)
-        final = _run(model, cfg, "finetune", data_dir, out_dir, rec, resume)
+        final = _run(model, cfg, "finetune", data_dir, out_dir, rec, start)
         model.cpu()
         blob["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        blob["inputs_digest"] = start.digest
         artifacts.save_like(blob, out_dir / MODEL_FILE)
         rec.finish(final, [out_dir / MODEL_FILE])
+    finished.keep(out_dir, start.digest, KEPT_OUTPUTS)
     return out_dir / MODEL_FILE
 
 
 def stage_evaluate(cfg: dict, data_dir: Path, source: Path, out_dir: Path) -> dict[str, Any]:
     """Test error, params/FLOPs (and % reduced vs the unsplit WRN), class groups, throughput."""
     out_dir = Path(out_dir)
-    with _recorder(cfg, "evaluate", out_dir, ("engine", "evaluate"), False) as rec:
+    start = _start(cfg, "evaluate", out_dir, {"data": _manifest(data_dir), "source": source}, False)
+    with _recorder(cfg, "evaluate", out_dir, start) as rec:
         engine, device = _engine(cfg)
         model, blob = artifacts.load_model(source)
         model.to(device)
