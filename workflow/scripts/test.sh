@@ -3,5 +3,5 @@
 # included (pipeline at ci scale through Snakemake, DVC in a fresh clone, and a real SLURM).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
-apt_install slurm-wlm munge || echo "test: SLURM packages unavailable; the SLURM test will skip" >&2
+apt_install slurm-wlm munge texlive-latex-base texlive-latex-recommended || echo "test: SLURM/LaTeX packages unavailable; the SLURM test will skip, the LaTeX test fails under CI (pdflatex, booktabs)" >&2
 python -m pytest -m "slow or not slow" "$@"
