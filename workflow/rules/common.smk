@@ -1,26 +1,35 @@
 # Shared helpers: the validated experiment registry, run paths, per-stage params.
+#
+# Every value that reaches a shell command is quoted with Snakemake's `:q` format (shlex.quote),
+# so config values and paths with spaces or shell syntax stay single arguments.
 import json
 import sys
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from splitnet.config import load_registry, resolve
+from splitnet.config import ConfigError, load_registry, resolve, stage_config
+from splitnet.outputs import ScaleOutputs, figure_rows
 
 validate(config, "../schemas/config.schema.yaml")
 
 SCALE = config["scale"]
 PARAMS = config["params_dir"]
 RESULTS = config["results"]
-REGISTRY = load_registry(PARAMS)  # validates params/*.yaml before any job starts
+try:
+    REGISTRY = load_registry(PARAMS)  # validates params/*.yaml before any job starts
+except ConfigError as err:
+    raise WorkflowError(str(err)) from None
 if SCALE not in REGISTRY["scales"]:
-    raise ValueError(f"--config scale={SCALE}: unknown scale; known: {', '.join(REGISTRY['scales'])}")
+    raise WorkflowError(f"--config scale={SCALE}: unknown scale; known: {', '.join(REGISTRY['scales'])}")
 GPUS = REGISTRY["scales"][SCALE]["gpus"]
-RUNS = f"{RESULTS}/runs/{SCALE}"
-DATA = f"{RUNS}/data"
-SPLITNET = f"{sys.executable} -m splitnet"  # the interpreter running Snakemake (venv-safe)
+OUT = ScaleOutputs(RESULTS, SCALE)  # results/<scale>/: every path this scale writes
+RUNS = str(OUT.runs)
+DATA = str(OUT.data)
+PYTHON = sys.executable  # the interpreter running Snakemake (venv-safe)
 
 TABLE_ROWS = sorted({row["experiment"] for t in REGISTRY["tables"].values() for row in t["rows"]})
-FIGURE_ROWS = ["shallow", "shallow_simplex", "deep"]
+FIGURE_ROWS = figure_rows(REGISTRY)
 EXPERIMENTS = sorted(set(TABLE_ROWS) | set(FIGURE_ROWS))
 
 
@@ -32,10 +41,9 @@ def method(exp):
     return REGISTRY["experiments"][exp]["method"]
 
 
-def stage_params(exp, *sections):
+def stage_params(exp, stage):
     """The config sections a stage reads, as JSON: a change reruns exactly the affected jobs."""
-    c = cfg(exp)
-    return json.dumps({k: c[k] for k in sections if k in c}, sort_keys=True)
+    return json.dumps(stage_config(cfg(exp), stage), sort_keys=True)
 
 
 def final_model(wildcards):
@@ -56,6 +64,11 @@ def learn_inputs(wildcards):
     if method(wildcards.exp) == "ssl":
         inputs["baseline"] = f"{RUNS}/baseline/train/model.pt"
     return inputs
+
+
+def baseline_args(wildcards, input):
+    """`--baseline <file>` for SSL rows, nothing otherwise (as an argument list for the shell)."""
+    return ["--baseline", input.baseline] if "baseline" in input.keys() else []
 
 
 def threads_of(exp):

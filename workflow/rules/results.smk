@@ -5,15 +5,10 @@ localrules:
     figures,
     track,
 
-TABLE_FILES = [f"{RESULTS}/tables/{t}.{ext}" for t in REGISTRY["tables"] for ext in ("md", "tex", "csv")] + [
-    f"{RESULTS}/tables/class_groups.md",
-    f"{RESULTS}/tables/arch_check.md",
-    f"{RESULTS}/tables/arch_check.csv",
-    f"{RESULTS}/metrics/summary.json",
-]
-FIGURE_FILES = [f"{RESULTS}/figures/{f}.{ext}" for f in ("fig1_assignment_dynamics", "fig2_block_structure")
-                for ext in ("png", "pdf")]
-TRACKING_FILE = f"{RESULTS}/tracking/{SCALE}.json"
+
+TABLE_FILES = [str(p) for p in OUT.table_files(REGISTRY)]
+FIGURE_FILES = [str(p) for p in OUT.figure_files(REGISTRY)]
+TRACKING_FILE = str(OUT.tracking)
 
 
 rule tables:
@@ -25,21 +20,23 @@ rule tables:
     params:
         tables=json.dumps(REGISTRY["tables"], sort_keys=True),
     log:
-        f"{RUNS}/logs/tables.log",
+        f"{OUT.logs}/tables.log",
     shell:
-        "{SPLITNET} tables --scale {SCALE} --params-dir {PARAMS} --results {RESULTS} > {log} 2>&1"
+        "{PYTHON:q} -m splitnet tables --scale {SCALE:q} --params-dir {PARAMS:q} --results {RESULTS:q} > {log:q} 2>&1"
 
 
 rule figures:
     input:
-        snapshots=expand(f"{RUNS}/{{exp}}/learn_groups/model.pt", exp=["shallow", "shallow_simplex", "deep"]),
+        models=expand(f"{RUNS}/{{exp}}/learn_groups/model.pt", exp=FIGURE_ROWS),
     output:
         [report(f, caption="../report/figures.rst", category="Figures") if f.endswith(".png") else f
          for f in FIGURE_FILES],
+    params:
+        figures=json.dumps(REGISTRY["figures"], sort_keys=True),
     log:
-        f"{RUNS}/logs/figures.log",
+        f"{OUT.logs}/figures.log",
     shell:
-        "{SPLITNET} figures --scale {SCALE} --results {RESULTS} > {log} 2>&1"
+        "{PYTHON:q} -m splitnet figures --scale {SCALE:q} --params-dir {PARAMS:q} --results {RESULTS:q} > {log:q} 2>&1"
 
 
 rule track:
@@ -48,6 +45,7 @@ rule track:
     output:
         TRACKING_FILE,
     log:
-        f"{RUNS}/logs/track.log",
+        f"{OUT.logs}/track.log",
     shell:
-        "{SPLITNET} track --scale {SCALE} --params-dir {PARAMS} --results {RESULTS} --summary-out {output} > {log} 2>&1"
+        "MLFLOW_DISABLE_TELEMETRY=true {PYTHON:q} -m splitnet track --scale {SCALE:q} --params-dir {PARAMS:q}"
+        " --results {RESULTS:q} --summary-out {output:q} > {log:q} 2>&1"

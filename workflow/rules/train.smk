@@ -1,5 +1,6 @@
-# Training stages. GPU jobs at paper scale; every job resumes from its own checkpoint when
-# Snakemake/SLURM retries it (--resume), and writes only its own directory.
+# Training stages. GPU jobs at paper scale. Every job passes --resume: it continues its own
+# checkpoint, or restores its finished result, only when made from identical inputs (config
+# sections, input file sha256, code; see src/splitnet/fingerprint.py); otherwise it starts fresh.
 
 
 rule train_baseline:
@@ -9,15 +10,16 @@ rule train_baseline:
         model=f"{RUNS}/baseline/train/model.pt",
         record=f"{RUNS}/baseline/train/run.json",
     params:
-        cfg=stage_params("baseline", "model", "engine", "train"),
+        cfg=stage_params("baseline", "train"),
+        out=f"{RUNS}/baseline/train",
     threads: threads_of("baseline")
     resources:
         **GPU_RESOURCES,
     log:
-        f"{RUNS}/logs/baseline/train.log",
+        f"{OUT.logs}/baseline/train.log",
     shell:
-        "SPLITNET_RULE={rule} {SPLITNET} train --experiment baseline --scale {SCALE} --params-dir {PARAMS}"
-        " --data {DATA} --out {RUNS}/baseline/train --resume > {log} 2>&1"
+        "SPLITNET_RULE={rule:q} {PYTHON:q} -m splitnet train --experiment baseline --scale {SCALE:q}"
+        " --params-dir {PARAMS:q} --data {DATA:q} --out {params.out:q} --resume > {log:q} 2>&1"
 
 
 rule learn_groups:
@@ -27,17 +29,17 @@ rule learn_groups:
         model=f"{RUNS}/{{exp}}/learn_groups/model.pt",
         record=f"{RUNS}/{{exp}}/learn_groups/run.json",
     params:
-        cfg=lambda w: stage_params(w.exp, "model", "engine", "group", "ssl"),
-        baseline=lambda w, input: f"--baseline {input.baseline}" if "baseline" in input.keys() else "",
+        cfg=lambda w: stage_params(w.exp, "learn_groups"),
+        baseline=baseline_args,
+        out=lambda w: f"{RUNS}/{w.exp}/learn_groups",
     threads: lambda w: threads_of(w.exp)
     resources:
         **GPU_RESOURCES,
     log:
-        f"{RUNS}/logs/{{exp}}/learn_groups.log",
+        f"{OUT.logs}/{{exp}}/learn_groups.log",
     shell:
-        "SPLITNET_RULE={rule} {SPLITNET} learn-groups --experiment {wildcards.exp} --scale {SCALE}"
-        " --params-dir {PARAMS} --data {DATA} {params.baseline} --out {RUNS}/{wildcards.exp}/learn_groups"
-        " --resume > {log} 2>&1"
+        "SPLITNET_RULE={rule:q} {PYTHON:q} -m splitnet learn-groups --experiment {wildcards.exp:q} --scale {SCALE:q}"
+        " --params-dir {PARAMS:q} --data {DATA:q} {params.baseline:q} --out {params.out:q} --resume > {log:q} 2>&1"
 
 
 rule split:
@@ -47,15 +49,16 @@ rule split:
         model=f"{RUNS}/{{exp}}/split/model.pt",
         record=f"{RUNS}/{{exp}}/split/run.json",
     params:
-        cfg=lambda w: stage_params(w.exp, "model", "group", "split", "ssl"),
+        cfg=lambda w: stage_params(w.exp, "split"),
+        out=lambda w: f"{RUNS}/{w.exp}/split",
     resources:
         mem_mb=4000,
         runtime=30,
     log:
-        f"{RUNS}/logs/{{exp}}/split.log",
+        f"{OUT.logs}/{{exp}}/split.log",
     shell:
-        "SPLITNET_RULE={rule} {SPLITNET} split --experiment {wildcards.exp} --scale {SCALE} --params-dir {PARAMS}"
-        " --source {input.source} --out {RUNS}/{wildcards.exp}/split > {log} 2>&1"
+        "SPLITNET_RULE={rule:q} {PYTHON:q} -m splitnet split --experiment {wildcards.exp:q} --scale {SCALE:q}"
+        " --params-dir {PARAMS:q} --source {input.source:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule finetune:
@@ -66,15 +69,17 @@ rule finetune:
         model=f"{RUNS}/{{exp}}/finetune/model.pt",
         record=f"{RUNS}/{{exp}}/finetune/run.json",
     params:
-        cfg=lambda w: stage_params(w.exp, "engine", "finetune"),
+        cfg=lambda w: stage_params(w.exp, "finetune"),
+        out=lambda w: f"{RUNS}/{w.exp}/finetune",
     threads: lambda w: threads_of(w.exp)
     resources:
         **GPU_RESOURCES,
     log:
-        f"{RUNS}/logs/{{exp}}/finetune.log",
+        f"{OUT.logs}/{{exp}}/finetune.log",
     shell:
-        "SPLITNET_RULE={rule} {SPLITNET} finetune --experiment {wildcards.exp} --scale {SCALE} --params-dir {PARAMS}"
-        " --data {DATA} --source {input.source} --out {RUNS}/{wildcards.exp}/finetune --resume > {log} 2>&1"
+        "SPLITNET_RULE={rule:q} {PYTHON:q} -m splitnet finetune --experiment {wildcards.exp:q} --scale {SCALE:q}"
+        " --params-dir {PARAMS:q} --data {DATA:q} --source {input.source:q} --out {params.out:q} --resume"
+        " > {log:q} 2>&1"
 
 
 rule evaluate:
@@ -85,12 +90,13 @@ rule evaluate:
         metrics=f"{RUNS}/{{exp}}/evaluate/metrics.json",
         record=f"{RUNS}/{{exp}}/evaluate/run.json",
     params:
-        cfg=lambda w: stage_params(w.exp, "model", "engine", "evaluate"),
+        cfg=lambda w: stage_params(w.exp, "evaluate"),
+        out=lambda w: f"{RUNS}/{w.exp}/evaluate",
     threads: lambda w: threads_of(w.exp)
     resources:
         **GPU_RESOURCES,
     log:
-        f"{RUNS}/logs/{{exp}}/evaluate.log",
+        f"{OUT.logs}/{{exp}}/evaluate.log",
     shell:
-        "SPLITNET_RULE={rule} {SPLITNET} evaluate --experiment {wildcards.exp} --scale {SCALE} --params-dir {PARAMS}"
-        " --data {DATA} --source {input.source} --out {RUNS}/{wildcards.exp}/evaluate > {log} 2>&1"
+        "SPLITNET_RULE={rule:q} {PYTHON:q} -m splitnet evaluate --experiment {wildcards.exp:q} --scale {SCALE:q}"
+        " --params-dir {PARAMS:q} --data {DATA:q} --source {input.source:q} --out {params.out:q} > {log:q} 2>&1"
