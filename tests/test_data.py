@@ -223,6 +223,53 @@ def test_missing_cifar_gives_clear_error(tmp_path: Path) -> None:
         load_cifar100(tmp_path / "nowhere")
 
 
+def _resave(root: Path, planted_root: Path, convert) -> dict[str, str]:
+    """Copies of the planted files re-pickled by Python 3 after ``convert``; returns their MD5s."""
+    sums = {}
+    for name in ("train", "test", "meta"):
+        with open(planted_root / FOLDER / name, "rb") as f:
+            content = convert(pickle.load(f, encoding="bytes"))  # the recipe on the CIFAR page
+        atomic_write_bytes(root / FOLDER / name, pickle.dumps(content))
+        sums[name] = md5_file(root / FOLDER / name)
+    return sums
+
+
+def test_cifar_python3_pickles_with_bytes_keys_load_like_the_official_ones(
+    tmp_path: Path, planted: tuple[Path, dict[str, str]]
+) -> None:
+    root, md5 = planted
+    official = load_cifar100(root, md5=md5)  # Python 2 pickles: str keys under encoding="latin1"
+    sums = _resave(tmp_path, root, lambda content: content)  # bytes keys (b"data", b"fine_labels", ...)
+    with open(tmp_path / FOLDER / "train", "rb") as f:
+        assert b"fine_labels" in pickle.load(f, encoding="latin1")
+    resaved = load_cifar100(tmp_path, md5=sums)
+    assert torch.equal(resaved.train.images, official.train.images)
+    assert torch.equal(resaved.test.labels, official.test.labels)
+    assert torch.equal(resaved.superclass, official.superclass)
+    assert resaved.class_names == official.class_names and resaved.superclass_names == official.superclass_names
+
+
+@pytest.mark.parametrize(
+    ("convert", "message"),
+    [
+        (lambda content: list(content), "holds a list, not a dict"),
+        (lambda content: {k: v for k, v in content.items() if k not in (b"fine_labels", b"fine_label_names")},
+         "lacks the key"),
+        (lambda content: {**content, b"data": content[b"data"][:, :100]} if b"data" in content else content,
+         "uint8 array of shape N x 3072"),
+    ],
+    ids=["not_a_dict", "missing_key", "wrong_image_size"],
+)
+def test_cifar_pickles_of_another_layout_are_refused(
+    tmp_path: Path, planted: tuple[Path, dict[str, str]], convert, message: str
+) -> None:
+    root, _ = planted
+    sums = _resave(tmp_path, root, convert)
+    with pytest.raises(DataError, match=message) as err:
+        load_cifar100(tmp_path, md5=sums)
+    assert str(tmp_path / FOLDER) in str(err.value) and "re-download" in str(err.value)
+
+
 # --- prepare-data on CIFAR format -----------------------------------------------------------
 
 

@@ -415,10 +415,10 @@ def test_unknown_experiment_and_scale(env, capsys):
     common = ["--params-dir", env["params"], "--data", env["data"]["tiny"], "--out", env["root"] / "bad"]
     assert cli("train", "--experiment", "nope", "--scale", "tiny", *common) == 2
     err = capsys.readouterr().err
-    assert "unknown experiment 'nope'" in err and "baseline" in err
+    assert "--experiment 'nope'" in err and "experiments.yaml" in err and "baseline" in err
     assert cli("train", "--experiment", "baseline", "--scale", "huge", *common) == 2
     err = capsys.readouterr().err
-    assert "unknown scale 'huge'" in err and "tiny" in err
+    assert "--scale 'huge'" in err and "scales.yaml" in err and "tiny" in err
     assert not (env["root"] / "bad").exists()
 
 
@@ -467,7 +467,7 @@ def test_missing_data_dir_is_a_clear_error(env, tmp_path, capsys):
                "--data", missing, "--out", tmp_path / "out")
     assert code == 2
     err = capsys.readouterr().err
-    assert str(missing / "manifest.json") in err and "prepare-data" in err
+    assert f"--data {missing} does not exist" in err and "prepare-data" in err
 
 
 def test_missing_raw_data_is_a_clear_error(env, tmp_path, capsys):
@@ -477,7 +477,7 @@ def test_missing_raw_data_is_a_clear_error(env, tmp_path, capsys):
                "--out", tmp_path / "data")
     assert code == 2
     err = capsys.readouterr().err
-    assert "Fashion-MNIST not found" in err and str(tmp_path / "nowhere") in err
+    assert "scales.yaml: scales.fmnist.data.root" in err and str(tmp_path / "nowhere") in err
 
 
 def test_missing_source_model_is_a_clear_error(env, tmp_path, capsys):

@@ -25,6 +25,11 @@ from .split import build_split_network
 from .topology import build_topology
 
 FORMAT = "splitnet-model/1"
+REQUIRED_KEYS = {  # kind -> what load_artifact's callers read
+    "dense": ("plan", "state_dict"),
+    "grouping": ("plan", "split", "state_dict", "assignments"),
+    "split": ("plan", "split", "partition", "convention", "layout", "state_dict"),
+}
 
 
 def plan_to_dict(plan: WRNPlan) -> dict:
@@ -63,10 +68,19 @@ def save_split(model: SplitWideResNet, plan: WRNPlan, spec: SplitSpec, partition
 def load_artifact(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run the stage that produces it first")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+        what = "is a directory, not a model file" if path.is_dir() else "not found"
+        raise FileNotFoundError(f"{path} {what}: pass the model.pt written by the stage before, or run that stage first")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types (and internal messages) for a file it cannot read
+        raise ValueError(f"{path} is not a readable torch file ({type(err).__name__}); "
+                         "re-run the stage that writes it") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a splitnet model file ({FORMAT})")
+        raise ValueError(f"{path} is not a splitnet model file ({FORMAT}); pass a model.pt written by a splitnet stage")
+    missing = [key for key in REQUIRED_KEYS.get(blob.get("kind"), ()) if key not in blob]
+    if blob.get("kind") not in REQUIRED_KEYS or missing:
+        problem = f"lacks {', '.join(missing)}" if missing else f"has an unknown kind {blob.get('kind')!r}"
+        raise ValueError(f"{path} {problem}: the file is damaged; re-run the stage that writes it")
     return blob
 
 

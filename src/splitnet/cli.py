@@ -6,17 +6,29 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
+
+import yaml
 
 from .data.errors import DataError
 from .spec import SpecError, SplitSpec, load_named_splits
+
+EXIT_BAD_INPUT = 2
+EXIT_UNEXPECTED = 1
 
 
 def resolve_split(text: str, params_dir: Path) -> SplitSpec:
     """A G3-G2-G1 string, or a name from ``params/splits.yaml``."""
     if any(ch.isdigit() for ch in text) and "-" in text:
-        return SplitSpec.parse(text)  # looks like a spec: report what is wrong with it
+        try:
+            return SplitSpec.parse(text)  # looks like a spec: report what is wrong with it
+        except SpecError as err:
+            raise SpecError(f"--split {text!r}: {err}") from None
     splits_file = params_dir / "splits.yaml"
-    named = load_named_splits(splits_file) if splits_file.exists() else {}
+    try:
+        named = load_named_splits(splits_file) if splits_file.is_file() else {}
+    except yaml.YAMLError as err:
+        raise SpecError(f"{splits_file} is not valid YAML ({err}); fix it or pass a G3-G2-G1 spec") from None
     if text in named:
         return named[text]
     known = ", ".join(sorted(named)) or f"none ({splits_file} not found)"
@@ -24,31 +36,39 @@ def resolve_split(text: str, params_dir: Path) -> SplitSpec:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from .model import WideResNet, wide_resnet
+    from .artifacts import plan_from_dict
+    from .model import WideResNet
     from .summary import format_summary, summarize
+    from .validate import SourceRule, check_split_fits, check_summary, dense_plan, load_source
 
+    check_summary(args)
     if args.model:  # the learned groups of a split model file (results/runs/.../split/model.pt)
-        from .artifacts import load_artifact, plan_from_dict
-
-        blob = load_artifact(args.model)
-        if blob["kind"] != "split":
-            raise ValueError(f"{args.model} is a {blob['kind']} model, not a split one")
+        rule = SourceRule("split", "a split/model.pt or finetune/model.pt of a splitnet or random row")
+        blob = load_source(Path(args.model), "--model", rule, "summary --model")
         plan = plan_from_dict(blob["plan"])
         result = summarize(WideResNet(plan), SplitSpec.parse(blob["split"]), (plan.in_channels, args.image_size, args.image_size),
                            partition=blob["partition"], convention=blob["convention"], layout=blob["layout"])
     else:
         spec = resolve_split(args.split, Path(args.params_dir))
-        dense = wide_resnet(args.arch, in_channels=args.in_channels, num_classes=args.num_classes)
-        result = summarize(dense, spec, (args.in_channels, args.image_size, args.image_size),
+        plan = dense_plan(args.arch, args.in_channels, args.num_classes, f"--arch {args.arch}")
+        check_split_fits(spec, plan, f"--split {args.split}", args.arch)
+        result = summarize(WideResNet(plan), spec, (args.in_channels, args.image_size, args.image_size),
                            convention=args.convention, layout=args.layout)
     print(json.dumps(result, indent=2) if args.json else format_summary(result))
     return 0
 
 
 def _run_config(args: argparse.Namespace) -> dict:
+    """The resolved config of ``--experiment`` at ``--scale``, once every input of the stage
+    command has been checked (nothing is computed or written before)."""
     from .config import load_registry, resolve
+    from .validate import check_names, check_stage
 
-    return resolve(load_registry(args.params_dir), args.experiment, args.scale)
+    registry = load_registry(args.params_dir)
+    check_names(registry, Path(args.params_dir), args.experiment, args.scale)
+    cfg = resolve(registry, args.experiment, args.scale)
+    check_stage(args, registry, cfg)
+    return cfg
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
@@ -143,8 +163,16 @@ def cmd_figures(args: argparse.Namespace) -> int:
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, ``splitnet <command>: error: ...`` (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="splitnet", description=__doc__)
+    parser = OneLineParser(prog="splitnet", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("summary", help="per-layer and total params/FLOPs of a split WRN vs the unsplit one")
@@ -152,7 +180,6 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--split", help="G3-G2-G1 spec (1-1-4, 1-2-2, 2-2-2, 2-4-4) or a name in params/splits.yaml")
     what.add_argument("--model", help="a split model file: count its learned (unequal) groups instead")
     p.add_argument("--arch", default="wrn-16-8", help="wrn-<depth>-<width> (default wrn-16-8)")
-    p.add_argument("--balanced", action="store_true", help="equal-size groups (what --split always uses; the paper's check)")
     p.add_argument("--convention", choices=("shared", "partitioned"), default="shared",
                    help="inputs of a split stage's first layers: whole parent branch (shared, reproduces the paper) or learned partition (official code)")
     p.add_argument("--layout", choices=("preact", "official"), default="preact", help="split unit layout")
@@ -208,13 +235,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; a bad input is one line on stderr and exit code 2 (``--debug``: the traceback)."""
     try:
+        args, unknown = build_parser().parse_known_args(argv)
+    except SystemExit as done:  # --help, or a usage error already printed as one line
+        return done.code if isinstance(done.code, int) else EXIT_BAD_INPUT
+    if unknown:  # reported here so that the line names the command, as argparse's other errors do
+        print(f"splitnet {args.command}: error: unrecognized arguments: {' '.join(unknown)}; "
+              f"see `splitnet {args.command} --help`", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        if args.command in ("tables", "figures", "track"):
+            from .validate import check_results_command
+
+            check_results_command(args)
         return args.func(args)
-    except (SpecError, ValueError, FileNotFoundError, DataError) as err:
-        print(f"splitnet {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:
+        if args.debug:
+            raise
+        from .partition import EmptyGroupError  # imported here: it needs torch, --help does not
+
+        # ValueError covers ConfigError, SpecError and validate.InputError; OSError covers
+        # missing, unreadable and unwritable files; an empty group is a grouping that cannot be cut.
+        if isinstance(err, (ValueError, OSError, DataError, EmptyGroupError)):
+            message = _one_line(err)
+            if isinstance(err, OSError) and err.filename is not None and err.strerror:
+                # "[Errno 13] Permission denied: 'x'" says what failed but not what to do
+                message = f"{err.filename}: {err.strerror.lower()}; check the path and its permissions"
+            if isinstance(err, DataError) and args.command == "prepare-data" and message.startswith("data."):
+                # the data layer names its keys "data.<key>": say which params file and scale hold them
+                message = f"{Path(args.params_dir) / 'scales.yaml'}: scales.{args.scale}.{message}"
+            print(f"splitnet {args.command}: error: {message}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        print(f"splitnet {args.command}: error: unexpected {type(err).__name__}: {_one_line(err)}; "
+              f"rerun with `splitnet --debug {args.command} ...` for the traceback", file=sys.stderr)
+        return EXIT_UNEXPECTED
 
 
 if __name__ == "__main__":

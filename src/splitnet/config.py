@@ -10,6 +10,7 @@ Validation (JSON schema + cross-checks) fails before any job starts and names th
 from __future__ import annotations
 
 import copy
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from .spec import SpecError, SplitSpec
 EXPERIMENTS_FILE = "experiments.yaml"
 SCALES_FILE = "scales.yaml"
 STAGE_SCHEDULES = ("train", "group", "finetune", "ssl")
+SCALES_FILE_KEYS = ("scales",)  # scales.yaml holds these top-level keys, experiments.yaml the schema's others
 
 
 class ConfigError(ValueError):
@@ -49,17 +51,81 @@ def _schema() -> dict:
 def load_registry(params_dir: str | Path = "params") -> dict:
     """Read and validate ``experiments.yaml`` + ``scales.yaml``."""
     params_dir = Path(params_dir)
-    experiments = _read_yaml(params_dir / EXPERIMENTS_FILE)
-    scales = _read_yaml(params_dir / SCALES_FILE)
-    registry = {**experiments, **{k: v for k, v in scales.items()}}
-    validator = jsonschema.Draft202012Validator(_schema())
+    schema = _schema()
+    files = {EXPERIMENTS_FILE: _read_yaml(params_dir / EXPERIMENTS_FILE), SCALES_FILE: _read_yaml(params_dir / SCALES_FILE)}
+    top_level = {SCALES_FILE: SCALES_FILE_KEYS,
+                 EXPERIMENTS_FILE: tuple(k for k in schema["properties"] if k not in SCALES_FILE_KEYS)}
+    for name, data in files.items():
+        _check_top_level(params_dir / name, data, top_level[name], schema["required"])
+        _check_finite(params_dir / name, data, [])
+    registry = {**files[EXPERIMENTS_FILE], **files[SCALES_FILE]}
+    validator = jsonschema.Draft202012Validator(schema)
     err = jsonschema.exceptions.best_match(validator.iter_errors(registry))
     if err is not None:
         key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
         where = params_dir / (SCALES_FILE if key.startswith("scales") else EXPERIMENTS_FILE)
-        raise ConfigError(f"{where}: {key}: {err.message}")
+        raise ConfigError(f"{where}: {key}: {err.message}{_schema_hint(err)}")
     _cross_check(registry, params_dir)
     return registry
+
+
+def _check_top_level(path: Path, data: dict, allowed: tuple[str, ...], required: list[str]) -> None:
+    # Checked per file: in the merged registry a key would be blamed on the wrong file.
+    unknown = sorted(str(k) for k in data if k not in allowed)
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key(s) {', '.join(unknown)}; this file holds only "
+                          f"{', '.join(allowed)}")
+    missing = [k for k in allowed if k in required and k not in data]
+    if missing:
+        raise ConfigError(f"{path}: the top-level key(s) {', '.join(missing)} are missing; add them")
+
+
+def _check_finite(path: Path, node: Any, keys: list[str]) -> None:
+    """NaN and infinity pass every JSON-schema bound (NaN compares false), so they are refused here."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _check_finite(path, value, [*keys, str(key)])
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_finite(path, value, [*keys[:-1], f"{keys[-1]}[{i}]"] if keys else [f"[{i}]"])
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{path}: {'.'.join(keys)}: {node} is not a finite number; set a finite value")
+
+
+def _schema_hint(err: jsonschema.ValidationError) -> str:
+    """What to do about a schema violation, where the message alone does not say it."""
+    if err.validator == "additionalProperties":
+        return f"; allowed keys: {', '.join(err.schema.get('properties', {}))}"
+    if err.validator == "type" and isinstance(err.instance, str):
+        try:
+            float(err.instance)
+        except ValueError:
+            return ""
+        return "; YAML reads a number without a decimal point and with an exponent (1e-3) as text: write 1.0e-3"
+    return ""
+
+
+def key_location(registry: dict, params_dir: str | Path, experiment: str, scale: str, key: str) -> str:
+    """``<params file>: <dotted key>`` where the value of ``key`` (dotted, in :func:`resolve`'s
+    output for this row and scale) is set, following resolve's merge order."""
+    path = key.split(".")
+    params_dir = Path(params_dir)
+    scale_entry = registry["scales"][scale]
+    if path[0] in ("data", "engine", "gpus") or (path[0] == "model" and _has_key(scale_entry, path)):
+        return f"{params_dir / SCALES_FILE}: scales.{scale}.{key}"
+    if path[1:] == ["schedule", "epochs"] and path[0] in scale_entry["epochs"]:
+        return f"{params_dir / SCALES_FILE}: scales.{scale}.epochs.{path[0]}"
+    if _has_key(registry["experiments"][experiment], path):
+        return f"{params_dir / EXPERIMENTS_FILE}: experiments.{experiment}.{key}"
+    return f"{params_dir / EXPERIMENTS_FILE}: defaults.{key}"
+
+
+def _has_key(node: Any, path: list[str]) -> bool:
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return False
+        node = node[key]
+    return True
 
 
 def _cross_check(registry: dict, params_dir: Path) -> None:
@@ -80,6 +146,11 @@ def _cross_check(registry: dict, params_dir: Path) -> None:
                 raise ConfigError(
                     f"{where}: tables.{table}.rows[{i}].experiment: unknown experiment {row['experiment']!r}"
                 )
+    for figure, runs in registry["figures"].items():
+        for label, experiment in runs.items():
+            if registry["experiments"].get(experiment, {}).get("method") != "splitnet":
+                raise ConfigError(f"{where}: figures.{figure}.{label}: {experiment!r} is not a splitnet experiment "
+                                  "(figures show grouping runs); name one of experiments.*")
 
 
 def deep_merge(base: dict, override: dict) -> dict:

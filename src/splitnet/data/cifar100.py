@@ -1,4 +1,4 @@
-"""CIFAR-100 (python pickle version) through ``torchvision.datasets.CIFAR100``.
+"""CIFAR-100 (python pickle version), read from its MD5-verified pickles.
 
 ``root`` may be any of:
 
@@ -11,14 +11,15 @@
 
 Security: the three files ``train``, ``test`` and ``meta`` are pickles, and unpickling an
 untrusted file runs arbitrary code. All three are read into memory and their MD5 compared with
-the expected checksums *before* anything is unpickled. torchvision then loads the same files
-through its own code path, which re-checks ``train``/``test`` in ``__init__`` and ``meta`` in
-``_load_meta`` (read in torchvision 0.29's ``cifar.py``) against the same checksums, handed to
-it as class attributes of a subclass. The checksums default to the official ones and can be
-overridden per file name (tests use small synthetic files in the official format).
+the expected checksums *before* anything is unpickled, and the verified bytes are the ones
+unpickled. The checksums default to the official ones and can be overridden per file name
+(tests use small synthetic files in the official format). torchvision is used only to extract
+the archive and to download it.
 
-torchvision keeps only the fine labels, so the coarse labels and superclass names are taken
-from our own verified reads of the same files.
+Keys: the official files are Python 2 pickles; read with ``encoding="latin1"`` (as here and in
+torchvision) their keys and names are ``str``. A file re-saved from Python 3 after reading it
+with ``encoding="bytes"`` (the recipe on the CIFAR page) has ``bytes`` keys and names (``b"data"``,
+``b"fine_labels"``, ...). Both are accepted.
 """
 
 from __future__ import annotations
@@ -33,10 +34,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # torchvision costs ~1.5 s to import; only CIFAR runs need it
-    from torchvision.datasets import CIFAR100
 
 from splitnet.data.errors import DataError
 from splitnet.data.source import ImageSet, SourceData
@@ -63,6 +60,9 @@ def expected_md5(overrides: Mapping[str, str] | None = None) -> dict[str, str]:
             raise DataError(f"data.md5: unknown CIFAR-100 file {name!r}; known files: {sorted(OFFICIAL_MD5)}")
         merged[name] = str(digest).lower()
     return merged
+
+
+_NOT_CIFAR = "the file is not in the CIFAR-100 python format - re-download the official archive"
 
 
 def _md5_mismatch(path: Path, expected: str, got: str) -> DataError:
@@ -133,26 +133,49 @@ def locate_cifar100(root: Path, md5: Mapping[str, str], download: bool = False) 
     )
 
 
-def _torchvision_class(md5: Mapping[str, str]) -> type[CIFAR100]:
-    """``CIFAR100`` whose integrity checks use ``md5`` instead of the hard-coded official sums."""
-    from torchvision.datasets import CIFAR100
-
-    return type(
-        "VerifiedCIFAR100",
-        (CIFAR100,),
-        {
-            "tgz_md5": md5[ARCHIVE],
-            "train_list": [["train", md5["train"]]],
-            "test_list": [["test", md5["test"]]],
-            "meta": {**CIFAR100.meta, "md5": md5["meta"]},
-        },
-    )
+def _text(value: Any) -> Any:
+    """``bytes`` (a key or name written by Python 3) decoded as latin1; anything else unchanged."""
+    return value.decode("latin1") if isinstance(value, bytes) else value
 
 
-def _as_image_set(dataset: CIFAR100) -> ImageSet:
-    """torchvision's HWC numpy images as an NCHW uint8 tensor plus int64 labels."""
-    images = torch.from_numpy(np.ascontiguousarray(dataset.data.transpose(0, 3, 1, 2)))
-    return ImageSet(images, torch.tensor(dataset.targets, dtype=torch.int64))
+def _unpickle(path: Path, blob: bytes, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The verified pickle ``blob`` of ``path`` as a dict with ``str`` keys holding ``keys``."""
+    try:
+        raw = pickle.loads(blob, encoding="latin1")  # noqa: S301 - the MD5 of blob was checked
+    except Exception as exc:  # any unpickling failure means a file that is not CIFAR-100
+        raise DataError(f"{path} is not a readable pickle ({exc}); {_NOT_CIFAR}") from exc
+    if not isinstance(raw, dict):
+        raise DataError(f"{path} holds a {type(raw).__name__}, not a dict; {_NOT_CIFAR}")
+    content = {_text(key): value for key, value in raw.items()}
+    missing = [key for key in keys if key not in content]
+    if missing:
+        raise DataError(f"{path} lacks the key(s) {', '.join(missing)}; {_NOT_CIFAR}")
+    return content
+
+
+def _names(path: Path, meta: dict[str, Any], key: str) -> list[str]:
+    names = meta[key]
+    if not isinstance(names, (list, tuple)) or not names:
+        raise DataError(f"{path}: {key} is not a non-empty list of names; {_NOT_CIFAR}")
+    return [str(_text(name)) for name in names]
+
+
+def _image_set(path: Path, batch: dict[str, Any], num_classes: int) -> tuple[ImageSet, torch.Tensor]:
+    """Images (N x 3 x 32 x 32 uint8, from the channel-major rows), fine and coarse labels."""
+    data = batch["data"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        got = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(f"{path}: data must be a uint8 array of shape N x 3072, got a {got}; {_NOT_CIFAR}")
+    fine = torch.tensor(list(batch["fine_labels"]), dtype=torch.int64)
+    coarse = torch.tensor(list(batch["coarse_labels"]), dtype=torch.int64)
+    if fine.numel() != len(data) or coarse.numel() != len(data):
+        raise DataError(f"{path}: {len(data)} images but {fine.numel()} fine and {coarse.numel()} coarse labels; "
+                        f"{_NOT_CIFAR}")
+    if len(data) and not 0 <= int(fine.min()) <= int(fine.max()) < num_classes:
+        raise DataError(f"{path}: fine labels must lie in 0..{num_classes - 1} (the meta file names "
+                        f"{num_classes} classes); {_NOT_CIFAR}")
+    images = torch.from_numpy(np.ascontiguousarray(data.reshape(len(data), 3, 32, 32)))
+    return ImageSet(images, fine), coarse
 
 
 def _superclass_map(fine: torch.Tensor, coarse: torch.Tensor, num_classes: int, where: Path) -> torch.Tensor:
@@ -165,36 +188,23 @@ def _superclass_map(fine: torch.Tensor, coarse: torch.Tensor, num_classes: int, 
     return pairs[:, 1].clone()
 
 
-def _read_coarse(folder: Path, md5: Mapping[str, str]) -> tuple[list[int], list[int], list[str]]:
-    """Coarse labels of train and test and the superclass names, from our own verified reads.
-
-    All three pickles are verified before any is unpickled; only the small label lists are kept.
-    """
-    blobs = {name: _read_verified(folder / name, md5[name]) for name in PICKLES}
-    raw: dict[str, dict[str, Any]] = {
-        name: pickle.loads(blob, encoding="latin1") for name, blob in blobs.items()  # noqa: S301 - verified
-    }
-    return raw["train"]["coarse_labels"], raw["test"]["coarse_labels"], list(raw["meta"]["coarse_label_names"])
-
-
 def load_cifar100(
     root: str | os.PathLike[str], *, md5: Mapping[str, str] | None = None, download: bool = False
 ) -> SourceData:
     """Load CIFAR-100 train (50k) and test (10k) with fine and coarse labels; see the module doc."""
     sums = expected_md5(md5)
-    base = locate_cifar100(Path(root).expanduser(), sums, download)
-    folder = base / FOLDER
-    train_coarse, test_coarse, superclass_names = _read_coarse(folder, sums)
-    dataset = _torchvision_class(sums)
-    train = _as_image_set(dataset(str(base), train=True))
-    test_set = dataset(str(base), train=False)
-    test = _as_image_set(test_set)
-    class_names = list(test_set.classes)
+    folder = locate_cifar100(Path(root).expanduser(), sums, download) / FOLDER
+    blobs = {name: _read_verified(folder / name, sums[name]) for name in PICKLES}  # all verified first
+    meta = _unpickle(folder / "meta", blobs.pop("meta"), ("fine_label_names", "coarse_label_names"))
+    class_names = _names(folder / "meta", meta, "fine_label_names")
+    superclass_names = _names(folder / "meta", meta, "coarse_label_names")
+    keys = ("data", "fine_labels", "coarse_labels")
+    train, train_coarse = _image_set(folder / "train", _unpickle(folder / "train", blobs.pop("train"), keys),
+                                     len(class_names))
+    test, test_coarse = _image_set(folder / "test", _unpickle(folder / "test", blobs.pop("test"), keys),
+                                   len(class_names))
     superclass = _superclass_map(
-        torch.cat([train.labels, test.labels]),
-        torch.tensor(train_coarse + test_coarse, dtype=torch.int64),
-        len(class_names),
-        folder,
+        torch.cat([train.labels, test.labels]), torch.cat([train_coarse, test_coarse]), len(class_names), folder
     )
     return SourceData(
         train=train,

@@ -1,0 +1,374 @@
+"""Checks of a command's inputs, run before any compute and before any output is touched.
+
+Each check raises :class:`InputError` with one line that names the argument, file or params key
+at fault, says what is wrong and what to do.  ``cli.main`` prints it as
+``splitnet <command>: error: <message>`` and exits with code 2.
+
+A stage needs the right *kind* of model file (``artifacts``: ``dense``, ``grouping``, ``split``)
+from the stage before it:
+
+============  =================  =====================  =================  ===========================
+method        learn-groups       split                  finetune           evaluate
+============  =================  =====================  =================  ===========================
+baseline      --                 --                     --                 dense (train)
+splitnet      (no model)         grouping               split              split (finetune)
+random        --                 dense (baseline)       split              split (finetune)
+ssl           dense (baseline)   dense (learn-groups)   dense (pruned)     dense (finetune)
+============  =================  =====================  =================  ===========================
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import artifacts
+from .config import EXPERIMENTS_FILE, SCALES_FILE, key_location, load_registry
+from .data import DataError, parse_config, read_manifest
+from .data.prepare import MANIFEST
+from .io import sha256_file
+from .model import WRNPlan, parse_arch, wrn_plan
+from .spec import SplitSpec
+from .topology import build_topology, stage_in, stage_out
+
+TRAINING_STAGES = ("train", "learn-groups", "finetune")
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+SPLIT_METHODS = ("splitnet", "random")
+
+
+class InputError(ValueError):
+    """A bad command-line argument, params value or input file; the message is one line."""
+
+
+@dataclass(frozen=True)
+class SourceRule:
+    """The kind of model a stage reads for a method, and which stage writes it."""
+
+    kind: str
+    written_by: str
+
+
+# (command, method) -> the model file the stage reads (--source; --baseline for learn-groups).
+SOURCE_RULES: dict[tuple[str, str], SourceRule] = {
+    ("learn-groups", "ssl"): SourceRule("dense", "the baseline row's train/model.pt"),
+    ("split", "splitnet"): SourceRule("grouping", "this row's learn_groups/model.pt"),
+    ("split", "random"): SourceRule("dense", "the baseline row's train/model.pt"),
+    ("split", "ssl"): SourceRule("dense", "this row's learn_groups/model.pt"),
+    ("finetune", "splitnet"): SourceRule("split", "this row's split/model.pt"),
+    ("finetune", "random"): SourceRule("split", "this row's split/model.pt"),
+    ("finetune", "ssl"): SourceRule("dense", "this row's split/model.pt (the pruned net)"),
+    ("evaluate", "baseline"): SourceRule("dense", "the baseline row's train/model.pt"),
+    ("evaluate", "splitnet"): SourceRule("split", "this row's finetune/model.pt"),
+    ("evaluate", "random"): SourceRule("split", "this row's finetune/model.pt"),
+    ("evaluate", "ssl"): SourceRule("dense", "this row's finetune/model.pt"),
+}
+# The stages each method runs (prepare-data belongs to every row).
+METHOD_STAGES: dict[str, tuple[str, ...]] = {
+    "baseline": ("prepare-data", "train", "evaluate"),
+    "splitnet": ("prepare-data", "learn-groups", "split", "finetune", "evaluate"),
+    "random": ("prepare-data", "split", "finetune", "evaluate"),
+    "ssl": ("prepare-data", "learn-groups", "split", "finetune", "evaluate"),
+}
+
+
+# ----------------------------------------------------------------------------- names and paths
+
+
+def check_names(registry: dict, params_dir: Path, experiment: str, scale: str) -> None:
+    """``--experiment`` and ``--scale`` must name a row and a scale of the params files."""
+    if experiment not in registry["experiments"]:
+        raise InputError(f"--experiment {experiment!r} is not a row of {params_dir / EXPERIMENTS_FILE}; "
+                         f"pick one of: {', '.join(registry['experiments'])}")
+    if scale not in registry["scales"]:
+        raise InputError(f"--scale {scale!r} is not a scale of {params_dir / SCALES_FILE}; "
+                         f"pick one of: {', '.join(registry['scales'])}")
+
+
+def check_writable_dir(path: Path, flag: str) -> None:
+    """``path`` is a writable directory, or can be created as one."""
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{flag} {path} is a file, not a directory; pass a directory path (it is created if missing)")
+    existing = path
+    while not existing.exists():  # the nearest ancestor that exists decides whether mkdir can work
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{flag} {path}: {existing} is a file, so no directory can be created under it; "
+                         "pass another path")
+    if not os.access(existing, os.W_OK | os.X_OK) or os.statvfs(existing).f_flag & os.ST_RDONLY:
+        raise InputError(f"{flag} {path}: {existing} is not writable (permissions or a read-only file system); "
+                         "pass a directory you can write to")
+
+
+def check_writable_file(path: Path, flag: str) -> None:
+    """``path`` can be written as a file (its directory is created if missing)."""
+    if path.is_dir():
+        raise InputError(f"{flag} {path} is a directory; pass a file path")
+    check_writable_dir(path.parent, f"{flag} {path}:")
+
+
+def check_input_dir(path: Path, flag: str, what_to_do: str) -> None:
+    if not path.exists():
+        raise InputError(f"{flag} {path} does not exist; {what_to_do}")
+    if not path.is_dir():
+        raise InputError(f"{flag} {path} is a file, not a directory; {what_to_do}")
+
+
+# ----------------------------------------------------------------------------- config values
+
+
+def check_device(name: str, where: str) -> None:
+    """The engine's device exists here (``auto`` always does)."""
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"{where}: {name!r} is not a device; use auto, cpu, cuda or cuda:<index>") from None
+    if device.type not in DEVICE_TYPES:
+        raise InputError(f"{where}: device type {device.type!r} is not supported; use auto, cpu, cuda or cuda:<index>")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"{where}: {name!r} asks for a GPU but CUDA is not available here (no GPU, or a "
+                             "CPU-only torch); set it to cpu or auto, or run on a GPU node")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(f"{where}: {name!r} but this machine has {torch.cuda.device_count()} GPU(s); "
+                             "use cuda or a smaller index")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"{where}: {name!r} but MPS is not available here; set it to cpu or auto")
+
+
+def dense_plan(arch: str, in_channels: int, num_classes: int, where: str) -> WRNPlan:
+    """The plan of ``arch`` (e.g. wrn-16-8); ``where`` names the setting that gave it."""
+    try:
+        return wrn_plan(*parse_arch(arch), in_channels, num_classes)
+    except ValueError as err:
+        raise InputError(f"{where}: {err}") from None
+
+
+def _vector_text(name: str) -> str:
+    """Which layer's channels an assignment vector covers, for messages."""
+    if name == "head_in":
+        return "the fc's input (stage 3's width)"
+    stage = int(name[len("stage")])
+    if name == stage_in(stage):
+        return f"the input of stage {stage} (stage {stage - 1}'s width)"
+    if name == stage_out(stage):
+        return f"the width of stage {stage}"
+    return f"each hidden layer of stage {stage}"
+
+
+def check_split_fits(spec: SplitSpec, plan: WRNPlan, where: str, arch: str) -> None:
+    """Every split segment has at least as many nodes as groups in each vector it cuts.
+
+    A stage split into G groups cuts its input channels, its hidden channels and its width into
+    G parts each; the fc split into G groups cuts its input features and the classes.
+    """
+    for vector in build_topology(plan, spec).vectors.values():
+        if vector.groups <= vector.size:
+            continue
+        if vector.name == "head_out":
+            raise InputError(f"{where}: {spec.code} splits the fc into {vector.groups} groups, but there are only "
+                             f"{vector.size} classes; use at most {vector.size} fc groups (the last number)")
+        segment = "the fc" if vector.name == "head_in" else f"stage {vector.name[len('stage')]}"
+        raise InputError(f"{where}: {spec.code} splits {segment} into {vector.groups} groups, but "
+                         f"{_vector_text(vector.name)} of {arch} has only {vector.size} channels; use at most "
+                         f"{vector.size} groups there, or a wider arch")
+
+
+# ----------------------------------------------------------------------------- prepared data
+
+
+def check_prepared_data(data_dir: Path, splits: tuple[str, ...]) -> dict[str, Any]:
+    """The manifest of a prepared directory, after checking that ``splits`` are intact."""
+    rerun = "re-run `splitnet prepare-data`"
+    check_input_dir(data_dir, "--data", f"run `splitnet prepare-data --out {data_dir}` first")
+    manifest = read_manifest(data_dir)
+    where = data_dir / MANIFEST
+    names, shape, entries = manifest.get("class_names"), manifest.get("image_shape"), manifest.get("splits")
+    if not (isinstance(names, list) and names and isinstance(shape, list) and len(shape) == 3
+            and all(isinstance(v, int) and v > 0 for v in shape) and isinstance(entries, dict)):
+        raise InputError(f"{where} is malformed (class_names, image_shape or splits); {rerun}")
+    for split in splits:
+        entry = entries.get(split)
+        if not isinstance(entry, dict) or not {"file", "sha256", "count"} <= entry.keys():
+            raise InputError(f"{where} has no complete entry for the {split} split; {rerun}")
+        path = data_dir / entry["file"]
+        if not path.is_file():
+            raise InputError(f"{path} is missing; {rerun}")
+        if sha256_file(path) != entry["sha256"]:
+            raise InputError(f"{path} does not match its manifest (sha256): it was modified after preparation; "
+                             f"{rerun}")
+    return manifest
+
+
+# ----------------------------------------------------------------------------- model files
+
+
+def load_source(path: Path, flag: str, rule: SourceRule, context: str) -> dict:
+    """The artifact at ``path`` after checking its kind and that its weights load."""
+    try:
+        blob = artifacts.load_artifact(path)
+    except (FileNotFoundError, ValueError) as err:
+        raise InputError(f"{flag}: {err}") from None
+    if blob["kind"] != rule.kind:
+        raise InputError(f"{flag} {path} is a {blob['kind']} model, but {context} needs a {rule.kind} model: "
+                         f"pass {rule.written_by}")
+    try:
+        artifacts.build_model(blob)
+    except Exception as err:  # any failure to rebuild means a damaged or foreign file
+        detail = " ".join(str(err).split()) or type(err).__name__
+        detail = detail if len(detail) <= 200 else detail[:200] + "..."
+        raise InputError(f"{flag} {path}: the network it describes cannot be rebuilt ({detail}); "
+                         "re-run the stage that wrote it") from None
+    return blob
+
+
+def _check_source_matches(blob: dict, path: Path, flag: str, cfg: dict, where_arch: str,
+                          manifest: dict | None, data_dir: Path | None) -> None:
+    plan = artifacts.plan_from_dict(blob["plan"])
+    arch = cfg["model"]["arch"]
+    # SSL-pruned nets keep their dense arch's name with an "-ssl" suffix (ssl.prune).
+    if plan.name.removesuffix("-ssl") != arch.strip().lower():
+        raise InputError(f"{flag} {path} is a {plan.name} network, but {where_arch} is {arch}; pass the model of "
+                         "this scale, or run with the --scale it was made at")
+    made_for = blob.get("split")  # grouping and split models record the split they were made for
+    if cfg["method"] in SPLIT_METHODS and made_for is not None and made_for != cfg["group"]["split"]:
+        raise InputError(f"{flag} {path} was made for split {made_for}, but row {cfg['experiment']!r} uses "
+                         f"{cfg['group']['split']}; pass this row's model")
+    if manifest is not None:
+        channels, classes = manifest["image_shape"][0], len(manifest["class_names"])
+        if (plan.in_channels, plan.num_classes) != (channels, classes):
+            raise InputError(f"{flag} {path} takes {plan.in_channels}-channel images of {plan.num_classes} classes, "
+                             f"but --data {data_dir} holds {channels}-channel images of {classes} classes; pass the "
+                             "data it was trained on")
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def check_stage(args: argparse.Namespace, registry: dict, cfg: dict) -> None:
+    """Everything a stage command reads, checked before it starts.
+
+    ``args`` are the parsed stage arguments, ``cfg`` the resolved config of ``--experiment`` at
+    ``--scale`` (``config.resolve``).
+    """
+    command, method = args.command, cfg["method"]
+    experiment, scale = cfg["experiment"], cfg["scale"]
+    params_dir = Path(args.params_dir)
+
+    def where(key: str) -> str:
+        return key_location(registry, params_dir, experiment, scale, key)
+
+    if command not in METHOD_STAGES[method]:
+        rows = ", ".join(r for r, row in registry["experiments"].items() if command in METHOD_STAGES[row["method"]])
+        raise InputError(f"--experiment {experiment!r} is a {method} row, which has no {command} stage "
+                         f"(its stages: {', '.join(METHOD_STAGES[method])}); rows with one: {rows}")
+    check_writable_dir(Path(args.out), "--out")
+    if command == "prepare-data":
+        _check_data_settings(cfg["data"], where("data"))
+        return
+    if command != "split":  # split runs on the CPU without the engine
+        check_device(cfg["engine"]["device"], where("engine.device"))
+    if method in SPLIT_METHODS:
+        spec = SplitSpec.parse(cfg["group"]["split"])  # load_registry checked that it parses
+
+    manifest, data_dir = None, None
+    if command != "split":
+        data_dir = Path(args.data)
+        splits = ("test",) if command == "evaluate" else ("train", "val")
+        if command == "evaluate" and cfg["engine"]["normalization"] == "dataset":
+            splits += ("train",)  # the normalisation statistics come from the training images
+        manifest = check_prepared_data(data_dir, splits)
+    if command in TRAINING_STAGES:
+        count = manifest["splits"]["train"]["count"]
+        batch = cfg["engine"]["batch_size"]
+        if batch > count:
+            raise InputError(f"{where('engine.batch_size')}: {batch} exceeds the {count} training images in "
+                             f"{data_dir}; lower it (or prepare more data)")
+
+    arch = cfg["model"]["arch"]
+    if manifest is not None:
+        plan = dense_plan(arch, manifest["image_shape"][0], len(manifest["class_names"]), where("model.arch"))
+        if command == "learn-groups" and method == "splitnet":
+            check_split_fits(spec, plan, where("group.split"), arch)
+
+    if command == "learn-groups":
+        flag, path = "--baseline", args.baseline
+    else:
+        flag, path = "--source", getattr(args, "source", None)
+    rule = SOURCE_RULES.get((command, method))
+    if command == "learn-groups" and method == "splitnet" and path is not None:
+        raise InputError(f"--baseline is only read by SSL rows; row {experiment!r} (method splitnet) learns its "
+                         "groups from scratch: drop --baseline")
+    if rule is None:
+        return
+    context = f"{command} of row {experiment!r} (method {method})"
+    if path is None:
+        raise InputError(f"{flag} is required: {context} starts from {rule.written_by}; pass it")
+    blob = load_source(Path(path), flag, rule, context)
+    _check_source_matches(blob, Path(path), flag, cfg, where("model.arch"), manifest, data_dir)
+    if command == "split" and method in SPLIT_METHODS:
+        plan = artifacts.plan_from_dict(blob["plan"])
+        check_split_fits(spec, plan, where("group.split"), arch)
+        if method == "splitnet" and cfg["split"]["empty_groups"] == "error":
+            _check_no_empty_group(blob, spec, plan, cfg["group"].get("overlap"), Path(path),
+                                  where("split.empty_groups"))
+
+
+def _check_no_empty_group(blob: dict, spec: SplitSpec, plan: WRNPlan, overlap: dict | None, path: Path,
+                          where: str) -> None:
+    """With ``empty_groups: error``, the cut the split stage would make, done here first (cheap)."""
+    from .partition import EmptyGroupError, partition_from_assignments
+
+    try:
+        partition_from_assignments(build_topology(plan, spec), blob["assignments"],
+                                   overlap["threshold"] if overlap else None, "error")
+    except EmptyGroupError as err:
+        raise InputError(f"--source {path}: {err} ({where} is error)") from None
+
+
+def _check_data_settings(data_cfg: dict, where: str) -> None:
+    """The ``data`` section parses, and its raw data root exists unless it may be downloaded."""
+    try:
+        settings = parse_config(data_cfg)
+    except DataError as err:
+        message = str(err)
+        # parse_config names keys as "data.<key>"; prefix the file and scale it lives in
+        raise InputError(f"{where.rsplit('.data', 1)[0]}.{message}" if message.startswith("data")
+                         else f"{where}: {message}") from None
+    if not settings.download and not settings.root.exists():
+        raise InputError(f"{where}.root: {settings.root} does not exist; point it at the raw {settings.source} "
+                         "files, or set download: true")
+
+
+# ----------------------------------------------------------------------------- other commands
+
+
+def check_summary(args: argparse.Namespace) -> None:
+    """``splitnet summary``: sizes are positive and the arch is a WRN."""
+    for flag, value in (("--in-channels", args.in_channels), ("--num-classes", args.num_classes),
+                        ("--image-size", args.image_size)):
+        if value < 1:
+            raise InputError(f"{flag} {value}: must be at least 1")
+    if args.split is not None:
+        dense_plan(args.arch, args.in_channels, args.num_classes, f"--arch {args.arch}")
+
+
+def check_results_command(args: argparse.Namespace) -> None:
+    """``tables``, ``figures``, ``track``: the results directory exists; the scale is known."""
+    results = Path(args.results)
+    check_input_dir(results, "--results", "run the pipeline first (snakemake) or pass the results directory")
+    params_dir = getattr(args, "params_dir", None)
+    if params_dir is not None:
+        registry = load_registry(params_dir)
+        if args.scale not in registry["scales"]:
+            raise InputError(f"--scale {args.scale!r} is not a scale of {Path(params_dir) / SCALES_FILE}; "
+                             f"pick one of: {', '.join(registry['scales'])}")
+    summary_out = getattr(args, "summary_out", None)
+    if summary_out:
+        check_writable_file(Path(summary_out), "--summary-out")
