@@ -89,24 +89,25 @@ def ci_run(tmp_path_factory):
 
 
 def test_ci_grid_produces_both_tables_figures_and_mlflow(ci_run):
-    tables = ci_run["results"] / "tables"
+    out = ci_run["results"] / "ci"
+    tables = out / "tables"
     for name in TABLE_FILES:
         assert (tables / name).is_file(), name
     md = (tables / "table1.md").read_text()
     assert "NOT CIFAR-100 numbers" in md and "missing" not in md
-    summary = json.loads((ci_run["results"] / "metrics" / "summary.json").read_text())
+    summary = json.loads((out / "metrics" / "summary.json").read_text())
     assert summary["scale"] == "ci"
     assert all(v is not None for table in ("table1", "table2") for v in summary[table].values())
     assert summary["table1"]["hier"]["params_m"] < summary["table1"]["baseline"]["params_m"]
     for fig in ("fig1_assignment_dynamics", "fig2_block_structure"):
         for ext in ("png", "pdf"):
-            assert (ci_run["results"] / "figures" / f"{fig}.{ext}").stat().st_size > 1000
+            assert (out / "figures" / f"{fig}.{ext}").stat().st_size > 1000
 
-    track = json.loads((ci_run["results"] / "tracking" / "ci.json").read_text())
+    track = json.loads((out / "tracking.json").read_text())
     assert track["missing"] == 0 and track["created"] > 0
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(track["tracking_uri"])
+    client = MlflowClient(f"sqlite:///{ci_run['results'] / 'mlflow.db'}")
     for table, rows in (("table1", 11), ("table2", 4)):
         exp = client.get_experiment_by_name(f"splitnet/ci/{table}")
         runs = client.search_runs([exp.experiment_id], max_results=500)
@@ -150,34 +151,77 @@ def test_snakemake_report(ci_run):
     assert report.stat().st_size > 10_000 and "table1" in text
 
 
-def test_dvc_repro_in_a_fresh_clone_gives_identical_tables(ci_run, tmp_path):
+def _clone(tmp_path: Path) -> Path:
     if subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True).returncode:
         pytest.skip("needs a git checkout with a commit")
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-    # The ci run used a params copy: compare against the same params (the committed ones).
-    proc = subprocess.run(
-        ["timeout", "-s", "INT", "-k", "30", "900", str(BIN / "dvc"), "exp", "run", "-S", "params/pipeline.yaml:scale=ci"],
-        cwd=clone, env=ENV, capture_output=True, text=True,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return clone
+
+
+def _use_scale(clone: Path, scale: str, tables: tuple[str, ...] | None = None) -> None:
+    """What a user does to change the default: edit params/pipeline.yaml (and optionally the tables) and commit."""
+    pipeline = clone / "params" / "pipeline.yaml"
+    pipeline.write_text(pipeline.read_text().replace("scale: smoke", f"scale: {scale}", 1))
+    if tables is not None:
+        experiments = clone / "params" / "experiments.yaml"
+        data = yaml.safe_load(experiments.read_text())
+        data["tables"] = {name: spec for name, spec in data["tables"].items() if name in tables}
+        experiments.write_text(yaml.safe_dump(data, sort_keys=False))
+    subprocess.run(["git", "commit", "-qam", f"scale {scale}"], cwd=clone, env=ENV, check=True)
+
+
+def _git_status(clone: Path) -> str:
+    return subprocess.run(["git", "status", "--porcelain"], cwd=clone, capture_output=True, text=True).stdout
+
+
+def _dvc(clone: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["timeout", "-s", "INT", "-k", "30", str(timeout), str(BIN / "dvc"), *args], cwd=clone,
+                          env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 0, f"dvc {' '.join(args)}: exit {proc.returncode}\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+    return proc
+
+
+def test_committed_dvc_lock_matches_the_code_and_params(tmp_path):
+    """In a fresh clone only the (uncommitted) outputs are missing: dvc.lock is current."""
+    clone = _clone(tmp_path)
+    status = json.loads(_dvc(clone, "status", "--json").stdout or "{}")
+    changes = status.get("reproduce", [])
+    assert not [c for c in changes if "changed deps" in c or "changed params" in c or "changed command" in c], changes
+
+
+def test_dvc_commands_of_the_readme(ci_run, tmp_path):
+    """`dvc repro`, `dvc exp run --temp -S ...` (workspace params untouched), `dvc exp show`, `dvc metrics show`."""
+    clone = _clone(tmp_path)
+    _use_scale(clone, "ci")
+    _dvc(clone, "repro")
+    # Same params as the ci_run fixture's copy: the tables must be byte-identical.
     for name in TABLE_FILES:
-        assert (clone / "results" / "tables" / name).read_text() == (ci_run["results"] / "tables" / name).read_text(), name
-    show = subprocess.run([str(BIN / "dvc"), "metrics", "show", "--json"], cwd=clone, env=ENV, capture_output=True, text=True)
-    assert show.returncode == 0 and "table1" in show.stdout
+        assert (clone / "results" / "ci" / "tables" / name).read_text() == (ci_run["results"] / "ci" / "tables" / name).read_text(), name
+    assert "up to date" in _dvc(clone, "repro").stdout
+    before = {p: p.read_bytes() for p in (clone / "params").iterdir()}
+    _dvc(clone, "exp", "run", "--temp", "-S", "params/pipeline.yaml:scale=ci")
+    _dvc(clone, "exp", "run", "--temp", "-S", "params/experiments.yaml:experiments.deep.group.schedule.weight_decay=0.0005")
+    assert {p: p.read_bytes() for p in (clone / "params").iterdir()} == before
+    show = _dvc(clone, "exp", "show", "--md").stdout
+    assert "weight_decay" in show and "table1" in show
+    assert "table1" in _dvc(clone, "metrics", "show").stdout
+    assert "params/" not in _git_status(clone)
 
 
-def test_pipeline_through_real_slurm(slurm_cluster, tmp_path):  # noqa: F811
-    params = tmp_path / "params"
-    shutil.copytree(ROOT / "params", params)
-    results = tmp_path / "results"
-    rows = ["baseline", "shallow", "shallow_g3", "shallow_g4"]  # Table 2
-    targets = [str(results / "runs" / "ci" / r / "evaluate" / "metrics.json") for r in rows]
-    # Targets before --config: --config takes every following word as a key=value pair.
-    proc = check(snakemake("--profile", str(ROOT / "workflow" / "profiles" / "slurm"), *targets, "--config",
-                           "scale=ci", f"params_dir={params}", f"results={results}", timeout=1500))
-    for r in rows:
-        record = json.loads((results / "runs" / "ci" / r / "evaluate" / "run.json").read_text())
+def test_slurm_profile_as_written(slurm_cluster, tmp_path):  # noqa: F811
+    """`snakemake --cores all --profile slurm` literally, after setup linked the profile, on a real SLURM
+    (the ci scale and Table 2 only, set in params as a user would)."""
+    clone = _clone(tmp_path)
+    _use_scale(clone, "ci", tables=("table2",))
+    home = tmp_path / "home"
+    env = {**ENV, "HOME": str(home)}
+    subprocess.run(["bash", str(clone / "workflow" / "scripts" / "link-slurm-profile.sh")], env=env, check=True)
+    proc = subprocess.run(["timeout", "-s", "INT", "-k", "30", "1500", "bash", "-c", "snakemake --cores all --profile slurm"],
+                          cwd=clone, env=env, capture_output=True, text=True)
+    check(proc)
+    for r in ("baseline", "shallow", "shallow_g3", "shallow_g4"):
+        record = json.loads((clone / "results" / "ci" / "runs" / r / "evaluate" / "run.json").read_text())
         assert record["status"] == "FINISHED"
         assert record["tags"]["splitnet.slurm_job_id"], "the job did not run under SLURM"
-    assert list((ROOT / ".snakemake" / "slurm_logs").glob("rule_*/**/*.log"))
+    assert list((clone / ".snakemake" / "slurm_logs").glob("rule_*/**/*.log"))

@@ -32,14 +32,6 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[pipeline,test]"
 export PATH="$ROOT/.venv/bin:$PATH"
 
-# `snakemake --profile slurm` looks for ./slurm, then ~/.config/snakemake/slurm (not in workflow/):
-# link the shipped profile there, unless a profile of your own already has that name.
-PROFILE_LINK="${XDG_CONFIG_HOME:-$HOME/.config}/snakemake/slurm"
-if [ ! -e "$PROFILE_LINK" ] || { [ -L "$PROFILE_LINK" ] && [ -f "$PROFILE_LINK/.splitnet" ]; }; then
-  mkdir -p "$(dirname "$PROFILE_LINK")"
-  ln -sfn "$ROOT/workflow/profiles/slurm" "$PROFILE_LINK"
-elif [ "$(readlink -f "$PROFILE_LINK")" != "$ROOT/workflow/profiles/slurm" ]; then
-  echo "setup: $PROFILE_LINK is your own profile; use --profile workflow/profiles/slurm for ours" >&2
-fi
+bash "$ROOT/workflow/scripts/link-slurm-profile.sh"
 export DVC_NO_ANALYTICS=1 MLFLOW_DISABLE_TELEMETRY=true
 echo "setup: ready ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -1,0 +1,180 @@
+"""Every command in the README's shell blocks works as written, on a fresh clone.
+
+`README_COMMANDS` maps each command to where it is run: a README command that no test runs
+fails `test_every_readme_command_is_run_by_a_test`. Heavy commands run at the `ci` scale where
+the README says which scale to pick (`--config scale=...`); see each test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from test_pipeline import BIN, ENV, ROOT
+
+README = ROOT / "README.md"
+
+# command (as in the README, comments stripped) -> the test that runs it
+README_COMMANDS = {
+    "bash workflow/scripts/reproduce.sh": "test_main_command_trains_and_fills_mlflow (scale=ci)",
+    "bash workflow/scripts/test.sh": ".ci/run itself",
+    "source .venv/bin/activate": "test_main_command_trains_and_fills_mlflow",
+    "snakemake --unlock": "test_unlock_after_a_killed_run",
+    "snakemake --cores all --profile slurm --config scale=paper":
+        "test_pipeline.test_slurm_profile_as_written (ci grid) + test_paper_command_plans_every_job",
+    "dvc repro": "test_pipeline.test_dvc_commands_of_the_readme",
+    "dvc exp run --temp -S params/pipeline.yaml:scale=ci": "test_pipeline.test_dvc_commands_of_the_readme",
+    "dvc exp run --temp -S 'params/experiments.yaml:experiments.deep.group.schedule.weight_decay=0.0005'":
+        "test_pipeline.test_dvc_commands_of_the_readme",
+    "dvc exp show --md": "test_pipeline.test_dvc_commands_of_the_readme",
+    "dvc metrics show": "test_pipeline.test_dvc_commands_of_the_readme",
+    "MLFLOW_DISABLE_TELEMETRY=true mlflow ui --backend-store-uri sqlite:///results/mlflow.db":
+        "test_mlflow_ui_command_serves_the_runs",
+}
+STAGE_COMMAND = re.compile(r"^splitnet (prepare-data|train|learn-groups|split|finetune|evaluate|summary) ")
+
+
+def readme_commands() -> list[str]:
+    """Command lines of the README's ```bash blocks, without comments."""
+    commands, inside = [], False
+    for line in README.read_text().splitlines():
+        if line.startswith("```"):
+            inside = line.strip() == "```bash"
+            continue
+        if inside:
+            command = re.split(r"\s+#", " " + line, maxsplit=1)[0].strip()
+            if command and not command.startswith("#"):
+                commands.append(re.sub(r"\s+", " ", command))
+    return commands
+
+
+def test_every_readme_command_is_run_by_a_test():
+    commands = readme_commands()
+    untested = [c for c in commands if c not in README_COMMANDS and not STAGE_COMMAND.match(c)]
+    assert not untested, f"README commands no test runs: {untested}"
+    stale = [c for c in README_COMMANDS if c not in commands]
+    assert not stale, f"tested commands no longer in the README: {stale}"
+
+
+def _run(command: str, cwd: Path, timeout: int = 1200, env: dict | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["bash", "-c", command], cwd=cwd, env=env or ENV, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"{command}: exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory):
+    """A fresh clone that shares this checkout's virtualenv (setup re-points the editable install
+    at the clone; it is pointed back afterwards)."""
+    if subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True).returncode:
+        pytest.skip("needs a git checkout with a commit")
+    path = tmp_path_factory.mktemp("readme") / "splitnet clone"  # a space in the path, on purpose
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(path)], check=True)
+    (path / ".venv").symlink_to(ROOT / ".venv")
+    home = tmp_path_factory.mktemp("home")
+    env = {**ENV, "HOME": str(home)}
+    try:
+        yield {"path": path, "env": env, "home": home}
+    finally:
+        subprocess.run([str(BIN / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                        "--disable-pip-version-check", "-e", str(ROOT)], check=True, capture_output=True)
+
+
+@pytest.mark.slow
+def test_main_command_trains_and_fills_mlflow(clone):
+    path, env = clone["path"], clone["env"]
+    proc = _run("bash workflow/scripts/reproduce.sh --config scale=ci", path, env=env)
+    assert "Table 1" in proc.stdout and "missing" not in (path / "results/ci/tables/table1.md").read_text()
+    assert (path / ".venv/bin/activate").is_file()
+    # setup linked the SLURM profile so that `--profile slurm` finds it
+    assert (clone["home"] / ".config/snakemake/slurm/config.yaml").is_file()
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{path / 'results' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("splitnet/ci/table1")
+    assert experiment is not None and len(client.search_runs([experiment.experiment_id])) > 11
+    assert subprocess.run(["git", "status", "--porcelain"], cwd=path, capture_output=True, text=True).stdout == ""
+
+
+@pytest.mark.slow
+def test_stage_commands_as_written(clone):
+    path = clone["path"]
+    commands = [c for c in readme_commands() if STAGE_COMMAND.match(c)]
+    assert len(commands) == 7
+    for command in commands:
+        _run(command, path, env=clone["env"])
+    metrics = json.loads((path / "results/smoke/runs/deep/evaluate/metrics.json").read_text())
+    assert metrics["params_reduced_pct"] > 30
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_mlflow_ui_command_serves_the_runs(clone):
+    (command,) = [c for c in readme_commands() if " mlflow ui " in f" {c} "]
+    port = _free_port()
+    env = {**clone["env"], "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen(["bash", "-c", f"exec {command} --port {port} --workers 1"], cwd=clone["path"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "mlflow ui did not come up"
+            time.sleep(0.5)
+        body = json.dumps({"max_results": 100}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            names = {e["name"] for e in json.load(r)["experiments"]}
+        assert {"splitnet/ci/table1", "splitnet/ci/table2"} <= names
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_unlock_after_a_killed_run(clone):
+    path, env = clone["path"], clone["env"]
+    target = "results/ci/runs/baseline/train/model.pt"
+    shutil.rmtree(path / "results/ci/runs/baseline/train", ignore_errors=True)
+    proc = subprocess.Popen([str(BIN / "snakemake"), "--cores", "1", target, "--config", "scale=ci"], cwd=path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list((path / ".snakemake" / "locks").glob("*")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)  # Snakemake gets no chance to remove its lock
+    proc.wait()
+    locked = subprocess.run([str(BIN / "snakemake"), "-n", "--config", "scale=ci"], cwd=path, env=env,
+                            capture_output=True, text=True)
+    assert locked.returncode != 0 and "unlock" in (locked.stdout + locked.stderr)
+    _run("snakemake --unlock", path, env=env)
+    _run("snakemake --cores all --rerun-incomplete --config scale=ci", path, env=env)
+
+
+@pytest.mark.slow
+def test_paper_command_plans_every_job(clone):
+    """The paper-scale SLURM command as written, planned (-n): it needs GPUs and CIFAR-100 to run."""
+    (command,) = [c for c in readme_commands() if "scale=paper" in c and "--profile slurm" in c]
+    proc = _run(command.replace("snakemake ", "snakemake -n ", 1), clone["path"], env=clone["env"])
+    assert "train_baseline" in proc.stdout and "learn_groups" in proc.stdout
