@@ -33,7 +33,7 @@ from splitnet.data import read_manifest, write_planted_cifar
 from splitnet.data.fashion_mnist import FILES
 from splitnet.engine import EXIT_PREEMPTED, TrainResult
 from splitnet.metrics import adjusted_rand_index
-from splitnet.tracking import RunRecorder, read_record
+from splitnet.records import PROGRESS_RECORD, RunRecorder, read_record
 
 REPO = Path(__file__).resolve().parents[1]
 SUPERS, PER_SUPER = 4, 3
@@ -396,9 +396,9 @@ def test_preempted_stage_resumes_to_the_same_model(env, baseline, monkeypatch, t
     with monkeypatch.context() as patch:
         patch.setattr(RunRecorder, "log", log_then_sigterm)
         assert cli(*args) == EXIT_PREEMPTED
-    record = read_record(out / "run.json")
+    record = read_record(out / PROGRESS_RECORD)  # run.json is only ever a finished run
     assert record["status"] == "KILLED" and len(record["history"]) == 1
-    assert not (out / "model.pt").exists()
+    assert not (out / "model.pt").exists() and not (out / "run.json").exists()
     assert cli(*args, "--resume") == 0
     record = check_run(out, "train", EPOCHS["train"])
     reference = read_record(baseline / "train" / "run.json")

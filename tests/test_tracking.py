@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from splitnet.tracking import (
+from splitnet.mlflow_import import TrackEntry, default_tracking_uri, import_runs
+from splitnet.records import (
+    PROGRESS_RECORD,
     RUN_RECORD,
     RunRecorder,
-    TrackEntry,
-    default_tracking_uri,
     flatten_config,
-    import_runs,
+    groups_per_level,
     provenance_tags,
     read_record,
 )
@@ -26,9 +26,15 @@ from splitnet.tracking import (
 CONFIG = {"model": {"depth": 16, "widen": 8}, "optim": {"lr": 0.1, "milestones": [60, 120]},
           "split": "2-2-2"}
 STAGES = ("train", "evaluate")
-# Helper processes stub torch out: they only run tracking code, and splitnet.io imports torch
-# at module level, which costs ~2 s per process (30 s for 16 processes on 2 cores).
-NO_TORCH = "import sys, types; sys.modules.setdefault('torch', types.ModuleType('torch'))\n"
+# A row's config as stages record it (splitnet.config.stage_config), for the parent's params.
+ROW_CONFIG = {"experiment": "deep", "scale": "smoke", "method": "splitnet",
+              "model": {"arch": "wrn-16-1", "dropout": 0.5}, "engine": {"seed": 0},
+              "group": {"split": "2-2-2", "parametrisation": "softmax", "simplex_rule": "paper",
+                        "gamma_disjoint": 1.0, "gamma_weight": 1.0, "gamma_balance": 10.0,
+                        "overlap": None}}
+ROW_PARAMS = {"method": "splitnet", "scale": "smoke", "arch": "wrn-16-1", "dropout": "0.5",
+              "seed": "0", "split": "2-2-2", "G": "2", "parametrisation": "softmax",
+              "gamma_disjoint": "1.0", "gamma_weight": "1.0", "gamma_balance": "10.0"}
 
 
 @pytest.fixture(autouse=True)
@@ -40,9 +46,10 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-def record_run(run_dir: Path, name: str, stage: str, epochs: int = 5, offset: float = 0.0) -> Path:
+def record_run(run_dir: Path, name: str, stage: str, epochs: int = 5, offset: float = 0.0,
+               config: dict | None = None) -> Path:
     """A finished stage with ``epochs`` steps of history and one artifact file."""
-    with RunRecorder(run_dir, name, stage, "smoke", CONFIG, tags={"origin": "test"}) as rec:
+    with RunRecorder(run_dir, name, stage, "smoke", config or CONFIG, tags={"origin": "test"}) as rec:
         for epoch in range(epochs):
             rec.log(epoch, {"loss": 1.0 / (epoch + 1) + offset, "acc": epoch / epochs})
         (run_dir / "weights.txt").write_text(f"{name}/{stage}")
@@ -113,8 +120,9 @@ def test_resume_replaces_the_steps_after_the_checkpoint(tmp_path: Path) -> None:
         for epoch in range(7):
             rec.log(epoch, {"loss": float(epoch)})
         raise RuntimeError("node died")
-    crashed = read_record(run_dir / RUN_RECORD)
+    crashed = read_record(run_dir / PROGRESS_RECORD)
     assert crashed["status"] == "FAILED" and crashed["finished"] is not None
+    assert not (run_dir / RUN_RECORD).exists()  # nothing finished yet
 
     # The last checkpoint was taken after epoch 4: epochs 5 and 6 are trained again.
     rec = RunRecorder(run_dir, "deep", "train", "smoke", CONFIG, resume=True)
@@ -128,6 +136,26 @@ def test_resume_replaces_the_steps_after_the_checkpoint(tmp_path: Path) -> None:
     assert [h["step"] for h in record["history"]] == list(range(10))
     assert [h["metrics"]["loss"] for h in record["history"]][4:7] == [4.0, 50.0, 60.0]
     assert record["status"] == "FINISHED"
+    assert not (run_dir / PROGRESS_RECORD).exists()
+
+
+def test_a_failed_rerun_keeps_the_finished_record(tmp_path: Path) -> None:
+    """Nothing finished is lost by a later failure: run.json stays byte for byte."""
+    path = record_run(tmp_path / "run", "deep", "train", epochs=3)
+    finished = path.read_bytes()
+    for resume in (False, True):
+        with pytest.raises(RuntimeError), \
+                RunRecorder(path.parent, "deep", "train", "smoke", CONFIG, resume=resume) as rec:
+            rec.log(0, {"loss": 9.0})
+            assert path.read_bytes() == finished  # progress goes elsewhere while running
+            raise RuntimeError("rerun crashed")
+        assert path.read_bytes() == finished
+        progress = read_record(path.parent / PROGRESS_RECORD)
+        assert progress["status"] == "FAILED" and progress["history"][0]["metrics"] == {"loss": 9.0}
+    with pytest.raises(KeyboardInterrupt), RunRecorder(path.parent, "deep", "train", "smoke", CONFIG):
+        raise KeyboardInterrupt
+    assert path.read_bytes() == finished
+    assert read_record(path.parent / PROGRESS_RECORD)["status"] == "KILLED"
 
 
 def test_truncate_after_drops_stale_steps_at_once(tmp_path: Path) -> None:
@@ -136,7 +164,7 @@ def test_truncate_after_drops_stale_steps_at_once(tmp_path: Path) -> None:
         rec.log(epoch, {"loss": 1.0})
     rec = RunRecorder(tmp_path, "deep", "train", "smoke", CONFIG, resume=True)
     rec.truncate_after(4)
-    assert [h["step"] for h in read_record(tmp_path / RUN_RECORD)["history"]] == [1, 2, 3, 4]
+    assert [h["step"] for h in read_record(tmp_path / PROGRESS_RECORD)["history"]] == [1, 2, 3, 4]
 
 
 def test_resume_refuses_another_runs_record(tmp_path: Path) -> None:
@@ -160,20 +188,26 @@ def test_artifacts_are_stored_relative_to_the_run_directory(tmp_path: Path) -> N
 
 
 def test_record_is_replaced_atomically(tmp_path: Path) -> None:
-    """A reader polling run.json while another process logs never sees a partial file."""
+    """A reader polling the progress record while another process logs never sees a partial
+    file, and run.json appears only once, finished."""
     path = tmp_path / "run" / RUN_RECORD
-    writer = subprocess.Popen([sys.executable, "-c", NO_TORCH + textwrap.dedent(f"""
-        from splitnet.tracking import RunRecorder
+    progress = path.with_name(PROGRESS_RECORD)
+    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        from splitnet.records import RunRecorder
         rec = RunRecorder({str(path.parent)!r}, "deep", "train", "smoke", {{"pad": "x" * 20000}})
         for step in range(200):
             rec.log(step, {{"loss": 1.0}})
         rec.finish({{}})
     """)])
     reads = 0
-    while writer.poll() is None or reads == 0:
-        if path.exists():
-            json.loads(path.read_text())  # raises on a torn write
+    while writer.poll() is None:
+        try:
+            assert json.loads(progress.read_text())["status"] == "RUNNING"  # raises if torn
             reads += 1
+        except FileNotFoundError:  # not started yet, or finished and removed
+            pass
+        if path.exists():
+            assert read_record(path)["status"] == "FINISHED"
     assert writer.returncode == 0
     assert len(read_record(path)["history"]) == 200
     assert [p.name for p in path.parent.iterdir()] == [RUN_RECORD]  # no temp files left
@@ -188,8 +222,14 @@ def test_flatten_config_uses_dotted_keys_and_json_leaves() -> None:
     assert flat == {"a.b.c": "1", "a.d": "x", "e": "[1, 2]", "f": "null", "g": "{}"}
 
 
-def test_default_tracking_uri(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    assert default_tracking_uri("results") == f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
+def test_groups_per_level() -> None:
+    assert [groups_per_level(s) for s in ("1-1-4", "1-2-2", "1-3-3", "2-2-2", "2-4-4", "1-1-1")] == \
+        ["4", "2", "3", "2", "2-4", "1"]
+
+
+def test_default_tracking_uri_keeps_the_path_as_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert default_tracking_uri("results") == "sqlite:///results/mlflow.db"  # relative: portable
+    assert default_tracking_uri("/data/results") == "sqlite:////data/results/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert default_tracking_uri("results") == "http://127.0.0.1:5000"
 
@@ -287,12 +327,113 @@ def test_ambiguous_entries_are_refused_before_touching_the_store(tmp_path: Path)
     assert not (tmp_path / "store").exists()
 
 
+def row_parents(uri: str, experiment: str = "splitnet/table1") -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    return [run for run in client.search_runs([experiment_id])
+            if run.data.tags.get("splitnet.kind") == "row"]
+
+
+def test_a_parent_killed_before_its_params_is_completed_not_duplicated(tmp_path: Path) -> None:
+    """An import killed right after creating a parent left it tagged (same call) but bare."""
+    from mlflow import MlflowClient
+
+    runs = tmp_path / "runs"
+    for stage in STAGES:
+        record_run(runs / "deep" / stage, "deep", stage, config=ROW_CONFIG)
+    uri = sqlite_uri(tmp_path)
+    import_runs(uri, [])  # just the store
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("splitnet/table1")
+    bare = client.create_run(experiment_id, start_time=0, run_name="deep", tags={
+        "splitnet.kind": "row", "splitnet.table": "table1", "splitnet.row": "deep"})
+    assert import_runs(uri, entries_for(runs, "table1", ["deep"]))["created"] == 2
+    (parent,) = row_parents(uri)
+    assert parent.info.run_id == bare.info.run_id
+    assert parent.data.params == ROW_PARAMS
+    assert parent.data.metrics == {"test_error": 0.25} and parent.info.status == "FINISHED"
+
+
+def test_extra_parents_of_a_row_are_deleted_with_their_children(tmp_path: Path) -> None:
+    """Two parents for one row (an unlocked import raced) never survive the next import."""
+    from mlflow import MlflowClient
+
+    runs = tmp_path / "runs"
+    for stage in STAGES:
+        record_run(runs / "deep" / stage, "deep", stage, config=ROW_CONFIG)
+    uri = sqlite_uri(tmp_path)
+    entries = entries_for(runs, "table1", ["deep"])
+    import_runs(uri, entries)
+    client = MlflowClient(uri)
+    (kept,) = row_parents(uri)
+    extra = client.create_run(kept.info.experiment_id, run_name="deep", tags={
+        "splitnet.kind": "row", "splitnet.table": "table1", "splitnet.row": "deep"})
+    extra_child = client.create_run(kept.info.experiment_id, run_name="deep/train", tags={
+        "mlflow.parentRunId": extra.info.run_id, "splitnet.kind": "stage", "splitnet.stage": "train"})
+    assert import_runs(uri, entries) == {"created": 0, "updated": 0, "unchanged": 2, "missing": 0}
+    assert [p.info.run_id for p in row_parents(uri)] == [kept.info.run_id]  # the oldest
+    for run in (extra, extra_child):
+        assert client.get_run(run.info.run_id).info.lifecycle_stage == "deleted"
+    assert len(store_state(uri)) == 3  # no duplicate run names left
+
+
+def test_a_row_rerun_with_other_settings_gets_a_new_parent(tmp_path: Path) -> None:
+    """MLflow params are immutable: a parent whose params the records contradict is replaced."""
+    from mlflow import MlflowClient
+
+    runs = tmp_path / "runs"
+    for stage in STAGES:
+        record_run(runs / "deep" / stage, "deep", stage, config=ROW_CONFIG)
+    uri = sqlite_uri(tmp_path)
+    entries = entries_for(runs, "table1", ["deep"])
+    import_runs(uri, entries)
+    (old,) = row_parents(uri)
+    changed = {**ROW_CONFIG, "group": {**ROW_CONFIG["group"], "gamma_balance": 5.0}}
+    for stage in STAGES:
+        record_run(runs / "deep" / stage, "deep", stage, config=changed)
+    assert import_runs(uri, entries) == {"created": 2, "updated": 0, "unchanged": 0, "missing": 0}
+    (new,) = row_parents(uri)
+    assert new.info.run_id != old.info.run_id
+    assert new.data.params == ROW_PARAMS | {"gamma_balance": "5.0"}
+    assert MlflowClient(uri).get_run(old.info.run_id).info.lifecycle_stage == "deleted"
+    assert len(store_state(uri)) == 3
+
+
+def test_track_command_reads_the_scale_layout_and_writes_a_portable_summary(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from splitnet.cli import main
+
+    repo = Path(__file__).resolve().parents[1]
+    runs = Path("results") / "ci" / "runs"  # relative, as Snakemake passes it
+    for stage in STAGES:
+        record_run(runs / "baseline" / stage, "baseline", stage)
+    summary = Path("results") / "ci" / "tracking.json"
+    args = ["track", "--scale", "ci", "--params-dir", str(repo / "params"), "--results", "results"]
+    assert main([*args, "--summary-out", str(summary)]) == 0
+    text = summary.read_text()
+    assert str(tmp_path) not in text  # committed: no absolute path
+    written = json.loads(text)
+    assert written["tracking_uri"] == "sqlite:///results/mlflow.db"
+    assert written["created"] == 2 * 2  # the baseline row of both tables
+    assert (tmp_path / "results" / "mlflow.db").is_file()
+    assert {p.data.tags["splitnet.row"] for p in row_parents(
+        written["tracking_uri"], "splitnet/ci/table2")} == {"baseline"}
+
+    capsys.readouterr()
+    assert main([*args, "--tracking-uri", "nosuchscheme://x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("splitnet track: error: tracking store nosuchscheme://x")
+    assert len(err.strip().splitlines()) == 1
+
+
 # --------------------------------------------------------------------------- concurrency
 
-WRITER = NO_TORCH + """
+WRITER = """
 import sys
 from pathlib import Path
-from splitnet.tracking import RunRecorder
+from splitnet.records import RunRecorder
 run_dir, name, stage = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 config = {"model": {"depth": 16, "widen": 8}, "optim": {"lr": 0.1}, "row": name}
 with RunRecorder(run_dir, name, stage, "smoke", config, tags={"writer": name + "/" + stage}) as rec:
@@ -304,11 +445,11 @@ with RunRecorder(run_dir, name, stage, "smoke", config, tags={"writer": name + "
     rec.finish({"test_error": 0.3}, ["weights.txt", "plots"])
 """
 
-IMPORTER = NO_TORCH + """
+IMPORTER = """
 import json, sys, time
 from pathlib import Path
 import mlflow  # import first, so the importers reach the barrier together
-from splitnet.tracking import TrackEntry, import_runs
+from splitnet.mlflow_import import TrackEntry, import_runs
 uri, spec, go = sys.argv[1], json.loads(sys.argv[2]), Path(sys.argv[3])
 entries = [TrackEntry(e["table"], e["row"], [Path(p) for p in e["paths"]]) for e in spec]
 while not go.exists():

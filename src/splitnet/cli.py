@@ -107,22 +107,28 @@ PIPELINE_STAGES = {  # run records of a row, in pipeline order (the parent run s
 
 
 def cmd_track(args: argparse.Namespace) -> int:
+    """Import the scale's run records into MLflow (one store for every scale)."""
     import os
 
-    from .config import load_registry
-    from .tracking import RUN_RECORD, TrackEntry, default_tracking_uri, import_runs
-
+    # Project rule: no telemetry, here and in what this process starts; set before mlflow
+    # (imported by mlflow_import) reads it.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    from .config import load_registry
+    from .mlflow_import import TrackEntry, default_tracking_uri, import_runs
+    from .outputs import ScaleOutputs
+    from .records import RUN_RECORD
+
     registry = load_registry(args.params_dir)
-    results = Path(args.results)
-    uri = args.tracking_uri or default_tracking_uri(results)
+    runs = ScaleOutputs(args.results, args.scale).runs  # <results>/<scale>/runs/<experiment>/<stage>/
+    # Kept as given (relative for a relative --results): the summary file is committed.
+    uri = args.tracking_uri or default_tracking_uri(args.results)
     entries = []
     for table, spec in registry["tables"].items():
         for row in spec["rows"]:
             exp = row["experiment"]
-            run_root = results / "runs" / args.scale / exp
             stages = PIPELINE_STAGES[registry["experiments"][exp]["method"]]
-            records = [run_root / stage / RUN_RECORD for stage in stages]
+            records = [runs / exp / stage / RUN_RECORD for stage in stages]
             entries.append(TrackEntry(table, exp, records, experiment_title=f"splitnet/{args.scale}/{table}"))
     summary = import_runs(uri, entries)
     print(f"tracking {uri}: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
@@ -228,9 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("track", help="import every run record into MLflow (serial, idempotent)")
     p.add_argument("--scale", default="smoke")
     p.add_argument("--params-dir", default="params")
-    p.add_argument("--results", default="results")
-    p.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI or sqlite:///<results>/mlflow.db")
-    p.add_argument("--summary-out", default=None, help="also write the import counts to this JSON file")
+    p.add_argument("--results", default="results", help="reads <results>/<scale>/runs/<experiment>/<stage>/run.json")
+    p.add_argument("--tracking-uri", default=None,
+                   help="default: $MLFLOW_TRACKING_URI or sqlite:///<results>/mlflow.db (one store for all scales)")
+    p.add_argument("--summary-out", default=None, help="also write the import counts (and the URI as given) to this JSON file")
     p.set_defaults(func=cmd_track)
     return parser
 

@@ -44,7 +44,7 @@ from .spec import SplitSpec
 from .split import build_split_network
 from .ssl import channels_to_keep, group_lasso_penalty, prune, zero_pruned_weights
 from .topology import build_topology
-from .tracking import RUN_RECORD, RunRecorder
+from .records import RUN_RECORD, RunRecorder
 
 MODEL_FILE = "model.pt"
 SNAPSHOT_DIR = "assignments"

@@ -1,0 +1,362 @@
+"""Run records: the JSON file each pipeline stage writes next to its outputs.
+
+Training jobs never talk to MLflow. Each stage writes a small JSON *run record*; the record is
+the source of truth, and one serial step (:mod:`splitnet.mlflow_import`) later copies records
+into an MLflow store. Nothing is shared between jobs while they run, so this works for many
+local jobs and for SLURM jobs on nodes without network access.
+
+A stage directory holds up to two records:
+
+* ``run.json`` (:data:`RUN_RECORD`): the last *finished* run, complete. Only
+  :meth:`RunRecorder.finish` with status FINISHED replaces it, so a rerun that fails or is
+  killed never costs the result of an earlier one.
+* ``.run.inprogress.json`` (:data:`PROGRESS_RECORD`): the run in progress (RUNNING, its
+  history so far) or the last one that ended FAILED/KILLED. A resumed job continues it. It is
+  removed when the run finishes.
+
+Both are written atomically on every update and share one format::
+
+    {
+      "format":   "splitnet-run/1",
+      "name":     "deep",               # experiment id (a paper-table row's configuration)
+      "stage":    "learn_groups",       # pipeline stage that produced the run
+      "scale":    "smoke",              # compute scale the config was resolved for
+      "config":   {...},                # the config sections the stage reads (nested)
+      "tags":     {"splitnet.host": "...", ...},   # str -> str, see provenance_tags()
+      "history":  [{"step": 0, "time": "<ISO>", "metrics": {"train_loss": 2.3, ...}}, ...],
+      "metrics":  {"test_error": 0.31, ...},       # final metrics, str -> float
+      "artifacts": ["groups.json", ...],           # paths relative to the run directory
+      "status":   "RUNNING" | "FINISHED" | "FAILED" | "KILLED",
+      "started":  "<ISO time>",
+      "finished": "<ISO time>" | null
+    }
+
+History steps strictly increase. ``time`` (when the step was logged) only feeds MLflow's
+metric timestamps; readers may ignore it.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import socket
+import subprocess
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from splitnet.io import atomic_write_json
+from splitnet.spec import SplitSpec
+
+RUN_RECORD = "run.json"
+PROGRESS_RECORD = ".run.inprogress.json"
+RECORD_FORMAT = "splitnet-run/1"
+STATUSES = ("RUNNING", "FINISHED", "FAILED", "KILLED")
+
+_REQUIRED_KEYS = ("format", "name", "stage", "scale", "config", "tags", "history", "metrics",
+                  "artifacts", "status", "started", "finished")
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def now_iso() -> str:
+    """Current UTC time as an ISO-8601 string with milliseconds."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _git(*args: str) -> str | None:
+    """Output of a git command run in this package's checkout, or None without git/repo."""
+    try:
+        done = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent,
+                              capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip()
+
+
+def _user() -> str:
+    """Login name; containers without a passwd entry make getpass raise."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return os.environ.get("USER", "")
+
+
+def _package_version(name: str) -> str:
+    """Installed version of a distribution without importing it (torch takes seconds)."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def provenance_tags() -> dict[str, str]:
+    """Where and from what code this process runs, as MLflow tags.
+
+    MLflow sets its ``mlflow.source.*`` tags only in some contexts, so they are set
+    explicitly. Values are empty strings when unknown (no git, not under SLURM or Snakemake).
+    """
+    commit = _git("rev-parse", "HEAD")
+    # Only tracked files count: results and caches inside the checkout are untracked. Without
+    # optional locks, parallel jobs do not contend for .git/index.lock or rewrite the index.
+    changes = (_git("--no-optional-locks", "status", "--porcelain", "--untracked-files=no")
+               if commit else None)
+    return {
+        "mlflow.source.git.commit": commit or "",
+        "splitnet.git_dirty": "" if changes is None else str(bool(changes)).lower(),
+        "splitnet.host": socket.gethostname(),
+        "splitnet.slurm_job_id": os.environ.get("SLURM_JOB_ID", ""),
+        "splitnet.rule": os.environ.get("SPLITNET_RULE", ""),
+        "splitnet.python": platform.python_version(),
+        "splitnet.torch": _package_version("torch"),
+        "mlflow.user": _user(),
+    }
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_record(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load and check a run record; raise ValueError if it is not one."""
+    return load_record(Path(path))[0]
+
+
+def load_record(path: Path) -> tuple[dict[str, Any], str]:
+    """The record at ``path`` and the SHA-256 of its bytes (read once, so both agree)."""
+    data = path.read_bytes()
+    record = json.loads(data)
+    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
+        raise ValueError(f"{path}: not a {RECORD_FORMAT} run record")
+    absent = [key for key in _REQUIRED_KEYS if key not in record]
+    if absent:
+        raise ValueError(f"{path}: run record lacks {', '.join(absent)}")
+    if record["status"] not in STATUSES:
+        raise ValueError(f"{path}: unknown status {record['status']!r}")
+    return record, hashlib.sha256(data).hexdigest()
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class RunRecorder:
+    """Write one stage's run record: progress to :data:`PROGRESS_RECORD`, the finished run
+    to :data:`RUN_RECORD`.
+
+    Use it as a context manager so that a crash leaves the progress record FAILED (or KILLED
+    on Ctrl-C / SIGTERM turned into SystemExit) instead of RUNNING forever; ``run.json`` of an
+    earlier finished run stays as it was.
+
+    With ``resume=True`` the progress record in ``run_dir`` is continued: its history and
+    start time are kept. Steps logged after the checkpoint the job resumes from are stale;
+    they are replaced when the job logs them again (see :meth:`log`), or dropped at once with
+    :meth:`truncate_after`. Without a progress record ``resume`` starts a fresh one.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike[str], name: str, stage: str, scale: str,
+                 config: Mapping[str, Any], tags: Mapping[str, str] | None = None,
+                 resume: bool = False) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / RUN_RECORD
+        self.progress_path = self.run_dir / PROGRESS_RECORD
+        fresh_tags = provenance_tags() | {key: str(value) for key, value in (tags or {}).items()}
+        # A JSON copy: later edits of the caller's dict cannot leak in, and a value that is not
+        # JSON fails here rather than at the first epoch.
+        config = json.loads(json.dumps(config))
+        if resume and self.progress_path.exists():
+            self.record = self._continued(name, stage, scale, config, fresh_tags)
+        else:
+            self.record = {"format": RECORD_FORMAT, "name": name, "stage": stage, "scale": scale,
+                           "config": config, "tags": fresh_tags, "history": [],
+                           "metrics": {}, "artifacts": [], "status": "RUNNING",
+                           "started": now_iso(), "finished": None}
+        self._write_progress()
+
+    def _continued(self, name: str, stage: str, scale: str, config: dict[str, Any],
+                   tags: dict[str, str]) -> dict[str, Any]:
+        """The progress record reopened for this job; it must describe the same run."""
+        record = read_record(self.progress_path)
+        found = (record["name"], record["stage"], record["scale"])
+        if found != (name, stage, scale):
+            raise ValueError(f"{self.progress_path} belongs to {found}, not {(name, stage, scale)}")
+        # The current job's config and provenance describe how the run is being completed.
+        record.update(config=config, tags=record["tags"] | tags, metrics={}, artifacts=[],
+                      status="RUNNING", finished=None)
+        return record
+
+    @property
+    def last_step(self) -> int | None:
+        """Step of the newest history entry, None before the first one."""
+        history = self.record["history"]
+        return history[-1]["step"] if history else None
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Record one step (e.g. an epoch) of metrics.
+
+        Logging a step again means the job went back to an earlier checkpoint, so the entries
+        from that step on are replaced: the history never holds a step twice.
+        """
+        self._keep_until(step - 1)
+        values = {key: float(value) for key, value in metrics.items()}
+        self.record["history"].append({"step": int(step), "time": now_iso(), "metrics": values})
+        self._write_progress()
+
+    def truncate_after(self, step: int) -> None:
+        """Forget the history after ``step`` (the checkpoint a resumed job restarts from)."""
+        self._keep_until(step)
+        self._write_progress()
+
+    def _keep_until(self, step: int) -> None:
+        self.record["history"] = [h for h in self.record["history"] if h["step"] <= step]
+
+    def finish(self, metrics: Mapping[str, float],
+               artifacts: Sequence[str | os.PathLike[str]] = (),
+               status: str = "FINISHED") -> None:
+        """Record the final metrics, the output files and the terminal status.
+
+        FINISHED replaces ``run.json`` and then drops the progress record; FAILED and KILLED
+        stay in the progress record, next to the earlier finished run.
+        """
+        if status not in STATUSES or status == "RUNNING":
+            raise ValueError(f"terminal status expected, got {status!r}")
+        self.record.update(metrics={key: float(value) for key, value in metrics.items()},
+                           artifacts=[self._relative(path) for path in artifacts],
+                           status=status, finished=now_iso())
+        if status != "FINISHED":
+            self._write_progress()
+            return
+        atomic_write_json(self.path, self.record)
+        # A kill right here leaves a stale progress record; a resumed job would only redo work.
+        self.progress_path.unlink(missing_ok=True)
+
+    def _relative(self, path: str | os.PathLike[str]) -> str:
+        """``path`` relative to the run directory; outputs elsewhere are not the run's.
+
+        Accepted spellings: ``run_dir / name`` (however ``run_dir`` was given), an absolute
+        path, or a path relative to the run directory.
+        """
+        target = Path(path)
+        if not target.is_absolute() and not target.is_relative_to(self.run_dir):
+            target = self.run_dir / target
+        # Try the path as spelled and with symlinks resolved: callers may build it either way.
+        for base, full in ((Path(os.path.abspath(self.run_dir)), Path(os.path.abspath(target))),
+                           (self.run_dir.resolve(), target.resolve())):
+            if full.is_relative_to(base):
+                return full.relative_to(base).as_posix()
+        raise ValueError(f"artifact {path} is outside {self.run_dir}")
+
+    def _write_progress(self) -> None:
+        atomic_write_json(self.progress_path, self.record)
+
+    def __enter__(self) -> RunRecorder:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        if kind is not None and self.record["status"] == "RUNNING":
+            killed = issubclass(kind, (KeyboardInterrupt, SystemExit))
+            self.finish(self.record["metrics"], self.record["artifacts"],
+                        status="KILLED" if killed else "FAILED")
+
+
+# --------------------------------------------------------------------------- summaries
+# What a tracking store shows of records: time series, and a table row's key settings.
+
+
+def iso_to_ms(stamp: str) -> int:
+    """Milliseconds since the epoch, the unit MLflow uses for all times."""
+    return int(datetime.fromisoformat(stamp).timestamp() * 1000)
+
+
+def metric_points(record: dict[str, Any]) -> list[tuple[str, float, int, int]]:
+    """(key, value, timestamp ms, step) of the history, then the final metrics.
+
+    Final metrics go at the last history step; one equal to the history value already
+    there is not repeated (a metric point logged twice would be a duplicate row).
+    """
+    started = iso_to_ms(record["started"])
+    points: list[tuple[str, float, int, int]] = []
+    seen: set[tuple[str, int, float]] = set()
+    for entry in record["history"]:
+        stamp = iso_to_ms(entry["time"]) if entry.get("time") else started
+        for key, value in entry["metrics"].items():
+            points.append((key, float(value), stamp, int(entry["step"])))
+            seen.add((key, int(entry["step"]), float(value)))
+    last_step = record["history"][-1]["step"] if record["history"] else 0
+    end = iso_to_ms(record["finished"]) if record["finished"] else started
+    for key, value in record["metrics"].items():
+        if (key, last_step, float(value)) not in seen:
+            points.append((key, float(value), end, last_step))
+    return points
+
+
+# A row's key settings, for comparing rows: name -> (flattened config key, methods it describes;
+# None: every method). A setting that does not act on a row (the gammas of the baseline) is left
+# out, as is the simplex rule of a softmax grouping.
+ROW_PARAMS: dict[str, tuple[str, tuple[str, ...] | None]] = {
+    "method": ("method", None),
+    "scale": ("scale", None),
+    "arch": ("model.arch", None),
+    "dropout": ("model.dropout", None),
+    "seed": ("engine.seed", None),
+    "split": ("group.split", ("splitnet", "random")),
+    "parametrisation": ("group.parametrisation", ("splitnet",)),
+    "simplex_rule": ("group.simplex_rule", ("splitnet",)),
+    "gamma_disjoint": ("group.gamma_disjoint", ("splitnet",)),
+    "gamma_weight": ("group.gamma_weight", ("splitnet",)),
+    "gamma_balance": ("group.gamma_balance", ("splitnet",)),
+    "overlap_threshold": ("group.overlap.threshold", ("splitnet",)),
+    "ssl_strength": ("ssl.strength", ("ssl",)),
+}
+EVALUATE_OUTPUT = "metrics.json"  # the evaluate stage's output; it names the dataset used
+
+
+def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> ``{"a.b.c": "value"}``; non-string leaves (lists too) as JSON text."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_config(value, f"{name}."))
+        else:
+            flat[name] = value if isinstance(value, str) else json.dumps(value, default=str)
+    return flat
+
+
+def groups_per_level(split: str) -> str:
+    """Group counts of the split levels: ``2`` for 1-2-2 and 2-2-2, ``4`` for 1-1-4, ``2-4``
+    for 2-4-4 (2 supergroups, then 4 groups)."""
+    levels = dict.fromkeys(g for g in SplitSpec.parse(split).groups if g > 1)
+    return "-".join(map(str, levels)) or "1"
+
+
+def row_params(records: Sequence[tuple[Path, Mapping[str, Any]]]) -> dict[str, str]:
+    """A table row's key settings from its (record file, record) pairs; later stages win.
+
+    The configs give the settings (see :data:`ROW_PARAMS`) and ``G`` is derived from the
+    split; no stage config holds the data section, so the dataset comes from the evaluate
+    stage's output, which names the data it was measured on.
+    """
+    config: dict[str, str] = {}
+    for _, record in records:
+        config.update(flatten_config(record["config"]))
+    method = config.get("method")
+    params = {name: config[key] for name, (key, methods) in ROW_PARAMS.items()
+              if key in config and (methods is None or method in methods)}
+    if params.get("parametrisation") != "simplex":
+        params.pop("simplex_rule", None)
+    if "split" in params:
+        params["G"] = groups_per_level(params["split"])
+    for path, record in records:
+        output = path.parent / EVALUATE_OUTPUT
+        if EVALUATE_OUTPUT in record["artifacts"] and output.is_file():
+            dataset = json.loads(output.read_text()).get("dataset")
+            if dataset:
+                params["dataset"] = str(dataset)
+    return params
