@@ -214,11 +214,19 @@ def test_splitnet_row_learn_split_finetune_evaluate(env, baseline, experiment):
         assert "frozen_assignments" in last
     blob = artifacts.load_artifact(out / "learn_groups" / "model.pt")
     assert blob["kind"] == "grouping"
+    # convergence is measured for every assignment variable, every epoch and at the end
+    assert {f"sharp/{n}" for n in blob["assignments"]} | {f"fuzzy/{n}" for n in blob["assignments"]} <= last.keys()
+    converged = blob["convergence"]["assignment_converged"]
+    assert converged == min(blob["convergence"][f"sharp/{n}"] for n in blob["assignments"])
     for name, a in blob["assignments"].items():  # softmax columns
         assert torch.allclose(a.sum(0), torch.ones(a.shape[1]), atol=1e-5), name
 
     stage(env, "split", experiment, out / "split", source=out / "learn_groups" / "model.pt")
-    check_run(out / "split", "split", None)
+    split_metrics = check_run(out / "split", "split", None)["metrics"]
+    assert split_metrics["assignment_converged"] == pytest.approx(converged)  # never split silently
+    if experiment == "shallow_overlap":
+        assert {f"duplicated/{n}" for n in blob["assignments"]} <= split_metrics.keys()
+        assert "unfrozen_variables" in split_metrics
     stage(env, "finetune", experiment, out / "finetune", source=out / "split" / "model.pt")
     check_run(out / "finetune", "finetune", EPOCHS["finetune"])
     stage(env, "evaluate", experiment, out / "evaluate", source=out / "finetune" / "model.pt")

@@ -142,30 +142,31 @@ def cmd_track(args: argparse.Namespace) -> int:
 def cmd_tables(args: argparse.Namespace) -> int:
     from .arch_check import write_arch_check
     from .config import load_registry
+    from .outputs import ScaleOutputs
     from .tables import write_tables
 
     registry = load_registry(args.params_dir)
-    results = Path(args.results)
-    out = results / "tables"
-    write_tables(registry, Path(args.params_dir) / "paper_results.yaml", results / "runs" / args.scale, out,
-                 results / "metrics" / "summary.json", args.scale)
-    write_arch_check(Path(args.params_dir) / "paper_results.yaml", out)
-    print(f"wrote {out}/table1.md, table2.md, class_groups.md, arch_check.md (+ .tex/.csv)")
+    out = ScaleOutputs(args.results, args.scale)
+    paper = Path(args.params_dir) / "paper_results.yaml"
+    write_tables(registry, paper, out.runs, out.tables, out.summary, args.scale)
+    write_arch_check(paper, out.tables)
+    print(f"wrote {out.tables}/: {', '.join(sorted(p.name for p in out.tables.iterdir() if not p.name.startswith('.')))}")
     return 0
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
+    from .config import load_registry
     from .figures import fig1_assignment_dynamics, fig2_block_structure
+    from .outputs import ScaleOutputs
 
-    runs = Path(args.results) / "runs" / args.scale
-    out = Path(args.results) / "figures"
-    fig1_assignment_dynamics(
-        {"softmax (shallow)": runs / "shallow" / "learn_groups",
-         "reduced gradient (shallow_simplex)": runs / "shallow_simplex" / "learn_groups"},
-        out / "fig1_assignment_dynamics",
-    )
-    fig2_block_structure(runs / "deep" / "learn_groups" / "model.pt", out / "fig2_block_structure")
-    print(f"wrote {out}/fig1_assignment_dynamics.(png|pdf), fig2_block_structure.(png|pdf)")
+    runs = load_registry(args.params_dir)["figures"]
+    out = ScaleOutputs(args.results, args.scale)
+    fig1 = runs["fig1_assignment_dynamics"]
+    fig1_assignment_dynamics({label: out.runs / exp / "learn_groups" for label, exp in fig1.items()},
+                             out.figures / "fig1_assignment_dynamics")
+    (exp,) = runs["fig2_block_structure"].values()
+    fig2_block_structure(out.runs / exp / "learn_groups" / "model.pt", out.figures / "fig2_block_structure")
+    print(f"wrote {out.figures}/fig1_assignment_dynamics.(png|pdf), fig2_block_structure.(png|pdf)")
     return 0
 
 
@@ -228,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("figures", help="Fig. 1/2 analogues (assignment dynamics, block structure) as PNG + PDF")
     p.add_argument("--scale", default="smoke")
+    p.add_argument("--params-dir", default="params")
     p.add_argument("--results", default="results")
     p.set_defaults(func=cmd_figures)
 

@@ -36,7 +36,8 @@ from .fingerprint import stage_digest
 from .io import atomic_torch_save, atomic_write_json, remove_stale_temp_files
 from .metrics import class_group_table, throughput
 from .model import WideResNet, parse_arch, wrn_plan
-from .overlap import update_freezing
+from .convergence import CONVERGED, SHARP, convergence_metrics, steps_to_convergence
+from .overlap import DEFAULT_THRESHOLD, update_freezing
 from .partition import partition_from_assignments, random_partition
 from .reduced_gradient import SimplexReducedGradient
 from .regularizers import RegularizerConfig, split_losses
@@ -127,7 +128,7 @@ def _run(model: nn.Module, cfg: dict, section: str, data_dir: Path, out_dir: Pat
         for row in result.history:
             recorder.log(row["epoch"], {k: v for k, v in row.items() if k != "epoch"})
     last = result.history[-1] if result.history else {}
-    return {k: v for k, v in last.items() if k != "epoch"}
+    return {k: v for k, v in last.items() if k != "epoch"}, result.history
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,7 @@ def stage_train(cfg: dict, data_dir: Path, out_dir: Path, resume: bool = False) 
         engine, _ = _engine(cfg)
         torch.manual_seed(engine.seed)
         model = WideResNet(_plan_for(cfg, data_dir), bn_no_scale=cfg["model"]["bn_no_scale"])
-        final = _run(model, cfg, "train", data_dir, out_dir, rec, start)
+        final, _ = _run(model, cfg, "train", data_dir, out_dir, rec, start)
         artifacts.save_dense(model, out_dir / MODEL_FILE, inputs_digest=start.digest)
         rec.finish(final, [out_dir / MODEL_FILE])
     finished.keep(out_dir, start.digest, KEPT_OUTPUTS)
@@ -246,20 +247,27 @@ def stage_learn_groups(cfg: dict, data_dir: Path, out_dir: Path, baseline: Path 
             shutil.rmtree(out_dir / SNAPSHOT_DIR, ignore_errors=True)
             snapshot(0)  # the initial assignments
 
+        fuzzy_threshold = overlap["threshold"] if overlap else DEFAULT_THRESHOLD
+
         def end_of_epoch(epoch: int) -> dict:
             snapshot(epoch + 1)
-            row = {}
+            with torch.no_grad():
+                row = convergence_metrics({n: assignments.matrix(n) for n in assignments.names}, fuzzy_threshold)
             if overlap:
                 update_freezing(assignments, overlap["threshold"], overlap["freeze_below"])
                 row["frozen_assignments"] = float(assignments.frozen.sum())
             return row
 
-        final = _run(model, cfg, "group", data_dir, out_dir, rec, start, regularizer=regularizer,
-                     extra_optimizers=extra, end_of_epoch=end_of_epoch)
+        final, history = _run(model, cfg, "group", data_dir, out_dir, rec, start, regularizer=regularizer,
+                              extra_optimizers=extra, end_of_epoch=end_of_epoch)
         with torch.no_grad():
             matrices = {name: assignments.matrix(name) for name in assignments.names}
+        steps = steps_to_convergence(history, read_manifest(data_dir)["splits"]["train"]["count"] // engine.batch_size)
+        final.update({f"steps_to_convergence/{k}": float(v) for k, v in steps.items() if v is not None})
+        convergence = {**convergence_metrics(matrices, fuzzy_threshold), "steps_to_convergence": steps}
         artifacts.save_grouping(net, spec, matrices, out_dir / MODEL_FILE, inputs_digest=start.digest,
-                                frozen=[n for n in assignments.names if assignments.is_frozen(n)])
+                                frozen=[n for n in assignments.names if assignments.is_frozen(n)],
+                                convergence=convergence)
         rec.finish(final, [out_dir / MODEL_FILE])
     finished.keep(out_dir, start.digest, KEPT_OUTPUTS)
     return out_dir / MODEL_FILE
@@ -279,7 +287,7 @@ def _learn_ssl(cfg: dict, data_dir: Path, out_dir: Path, baseline: Path | None, 
             penalty = group_lasso_penalty(model)
             return strength * penalty, {"reg_group_lasso": penalty}
 
-        final = _run(model, cfg, "ssl", data_dir, out_dir, rec, start, regularizer=regularizer)
+        final, _ = _run(model, cfg, "ssl", data_dir, out_dir, rec, start, regularizer=regularizer)
         artifacts.save_dense(model, out_dir / MODEL_FILE, inputs_digest=start.digest)
         rec.finish(final, [out_dir / MODEL_FILE])
     finished.keep(out_dir, start.digest, KEPT_OUTPUTS)
@@ -308,9 +316,12 @@ def stage_split(cfg: dict, source: Path, out_dir: Path) -> Path:
                 partition = random_partition(topology, s["random_seed"])
             elif cfg["method"] == "splitnet":
                 overlap = cfg["group"].get("overlap")
+                metrics.update(_grouping_state(blob, source, bool(overlap)))
                 partition, repairs = partition_from_assignments(
                     topology, blob["assignments"], overlap["threshold"] if overlap else None, s["empty_groups"])
                 metrics["repaired_nodes"] = float(sum(repairs.values()))
+                for name in blob["assignments"]:  # overlap: nodes copied into several branches
+                    metrics[f"duplicated/{name}"] = float((partition[name].sum(0) > 1).sum())
             else:
                 raise ValueError(f"method {cfg['method']!r} has no split stage")
             model = build_split_network(topology, partition, s["convention"], s["layout"], dense=dense)
@@ -320,6 +331,25 @@ def stage_split(cfg: dict, source: Path, out_dir: Path) -> Path:
     return out_dir / MODEL_FILE
 
 
+def _grouping_state(blob: dict, source: Path, overlap: bool) -> dict[str, float]:
+    """Convergence (and, for overlap rows, freezing) of the grouping a split is cut from, said
+    out loud when it did not converge: such a split follows the initial noise."""
+    convergence = blob.get("convergence", {})
+    state = {k: float(v) for k, v in convergence.items() if isinstance(v, float)}
+    converged = state.get("assignment_converged", 0.0)
+    if converged < CONVERGED:
+        print(f"WARNING: {source}: the grouping did not converge (only {100 * converged:.0f} % of the columns of its "
+              f"least converged variable have a group probability > {SHARP}); splitting it anyway, marked "
+              "assignment_converged in the record and tables. Train the grouping longer.", flush=True)
+    if overlap:
+        never = sorted(set(blob["assignments"]) - set(blob.get("frozen", [])))
+        state["unfrozen_variables"] = float(len(never))
+        if never:
+            print(f"WARNING: {source}: overlap variables never froze (fuzzy fraction stayed >= freeze_below): "
+                  f"{', '.join(never)}", flush=True)
+    return state
+
+
 def stage_finetune(cfg: dict, data_dir: Path, source: Path, out_dir: Path, resume: bool = False) -> Path:
     out_dir = Path(out_dir)
     start = _start(cfg, "finetune", out_dir, {"data": _manifest(data_dir), "source": source}, resume)
@@ -327,7 +357,7 @@ def stage_finetune(cfg: dict, data_dir: Path, source: Path, out_dir: Path, resum
         return out_dir / MODEL_FILE
     with _recorder(cfg, "finetune", out_dir, start) as rec:
         model, blob = artifacts.load_model(source)
-        final = _run(model, cfg, "finetune", data_dir, out_dir, rec, start)
+        final, _ = _run(model, cfg, "finetune", data_dir, out_dir, rec, start)
         model.cpu()
         blob["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         blob["inputs_digest"] = start.digest
