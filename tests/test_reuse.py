@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_pipeline import ROOT, check, snakemake
+from pipeline_helpers import ROOT, check, snakemake
 
 pytestmark = pytest.mark.slow
 
