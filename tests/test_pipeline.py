@@ -175,3 +175,14 @@ def test_slurm_profile_as_written(slurm_cluster, tmp_path):  # noqa: F811
         assert record["status"] == "FINISHED"
         assert record["tags"]["splitnet.slurm_job_id"], "the job did not run under SLURM"
     assert list((clone / ".snakemake" / "slurm_logs").glob("rule_*/**/*.log"))
+
+
+def test_config_values_reach_the_shell_quoted(tmp_path):
+    """A `results` value with shell syntax and spaces is one argument: nothing runs, the odd
+    directory is created as named (one real job: prepare_data)."""
+    marker = tmp_path / "injected"
+    results = tmp_path / f"res dir;touch {marker};$(touch {marker})"
+    target = results / "ci" / "data" / "manifest.json"
+    check(snakemake("--cores", "1", str(target), "--config", "scale=ci", f"results={results}"))
+    assert target.is_file() and not marker.exists()
+    assert (results / "ci" / "logs" / "prepare_data.log").is_file()

@@ -500,3 +500,34 @@ def test_missing_params_dir(tmp_path, capsys):
                "--data", tmp_path, "--out", tmp_path / "out")
     assert code == 2
     assert "experiments.yaml not found" in capsys.readouterr().err
+
+
+def test_next_run_removes_temporary_files_of_killed_writes(env, baseline, tmp_path):
+    """A kill during an atomic write leaves `.<name>.<random>.tmp`; the stage's next run removes them
+    (and only in its own output directory)."""
+    out = tmp_path / "finetune"
+    (out / "assignments").mkdir(parents=True)
+    leftovers = [out / ".checkpoint.pt.k3j2x9.tmp", out / ".model.pt.a1b2c3.tmp", out / "assignments" / ".epoch_0001.pt.zz.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"half-written")
+    neighbour = tmp_path / ".other-writer.tmp"
+    neighbour.write_bytes(b"not ours")
+    stage(env, "train", "baseline", out)
+    assert not any(p.exists() for p in leftovers)
+    assert neighbour.exists()
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_resume_restores_the_finished_result_of_identical_inputs(env, tmp_path, capsys):
+    """--resume after the outputs were deleted: the result kept under the inputs' digest comes back
+    without training (other inputs never match it: tests/test_reuse.py)."""
+    out = tmp_path / "train"
+    stage(env, "train", "baseline", out)
+    first = (out / "model.pt").read_bytes()
+    (out / "model.pt").unlink()  # what Snakemake does to a job's outputs before rerunning it
+    (out / "run.json").unlink()
+    capsys.readouterr()
+    assert cli("train", "--experiment", "baseline", "--scale", "tiny", "--params-dir", env["params"],
+               "--data", env["data"]["tiny"], "--out", out, "--resume") == 0
+    assert "reusing the finished result of identical inputs" in capsys.readouterr().out
+    assert (out / "model.pt").read_bytes() == first and read_record(out / "run.json")["status"] == "FINISHED"
