@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from pipeline_helpers import BIN, ROOT, run_shell
+from pipeline_helpers import BIN, ROOT, restore_editable_install, run_shell
 
 README = ROOT / "README.md"
 
@@ -113,7 +113,7 @@ def test_mlflow_ui_command_serves_the_runs(clone):
     (command,) = [c for c in readme_commands() if " mlflow ui " in f" {c} "]
     port = _free_port()
     env = {**clone["env"], "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    proc = subprocess.Popen(["bash", "-c", f"exec {command} --port {port} --workers 1"], cwd=clone["path"], env=env,
+    proc = subprocess.Popen(["bash", "-c", f"{command} --port {port} --workers 1"], cwd=clone["path"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
@@ -139,22 +139,29 @@ def test_mlflow_ui_command_serves_the_runs(clone):
 
 @pytest.mark.slow
 def test_unlock_after_a_killed_run(clone):
+    """kill -9 of the whole run (Snakemake and its job, mid-training): the README's recovery,
+    `snakemake --unlock` then the main command again, finishes the grid. (Snakemake 9.x leaves
+    no lock behind in this case; older versions and other kills do, hence the README's step.)"""
     path, env = clone["path"], clone["env"]
-    target = "results/ci/runs/baseline/train/model.pt"
-    shutil.rmtree(path / "results/ci/runs/baseline/train", ignore_errors=True)
-    proc = subprocess.Popen([str(BIN / "snakemake"), "--cores", "1", target, "--config", "scale=ci"], cwd=path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Final outputs missing too: Snakemake regenerates missing intermediates only for a target it must build.
+    for done in ("results/ci/runs/baseline", "results/ci/tables", "results/ci/metrics"):
+        shutil.rmtree(path / done, ignore_errors=True)
+    proc = subprocess.Popen([str(BIN / "snakemake"), "--cores", "1", "--config", "scale=ci"], cwd=path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = path / "results/ci/logs/baseline/train.log"
     deadline = time.monotonic() + 120
-    while not list((path / ".snakemake" / "locks").glob("*")) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGKILL)  # Snakemake gets no chance to remove its lock
+    while "step" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # nobody gets a chance to clean up
     proc.wait()
-    locked = subprocess.run([str(BIN / "snakemake"), "-n", "--config", "scale=ci"], cwd=path, env=env,
-                            capture_output=True, text=True)
-    assert locked.returncode != 0 and "unlock" in (locked.stdout + locked.stderr)
+    assert not (path / "results/ci/runs/baseline/train/run.json").exists(), "killed too late to test anything"
     _run("snakemake --unlock", path, env=env)
-    _run("snakemake --cores all --rerun-incomplete --config scale=ci", path, env=env)
+    try:
+        _run("bash workflow/scripts/reproduce.sh --config scale=ci", path, env=env)
+    finally:
+        restore_editable_install()
+    assert (path / "results/ci/runs/baseline/train/run.json").is_file()
+    assert (path / "results/ci/runs/baseline/evaluate/metrics.json").is_file()
 
 
 @pytest.mark.slow
