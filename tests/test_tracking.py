@@ -356,16 +356,22 @@ def test_a_parent_killed_before_its_params_is_completed_not_duplicated(tmp_path:
     assert parent.data.metrics == {"test_error": 0.25} and parent.info.status == "FINISHED"
 
 
-def test_extra_parents_of_a_row_are_deleted_with_their_children(tmp_path: Path) -> None:
-    """Two parents for one row (an unlocked import raced) never survive the next import."""
-    from mlflow import MlflowClient
-
+def _imported_deep_row(tmp_path: Path) -> tuple[Path, str, list]:
+    """The `deep` row's stage records, imported once: (runs dir, store URI, entries)."""
     runs = tmp_path / "runs"
     for stage in STAGES:
         record_run(runs / "deep" / stage, "deep", stage, config=ROW_CONFIG)
     uri = sqlite_uri(tmp_path)
     entries = entries_for(runs, "table1", ["deep"])
     import_runs(uri, entries)
+    return runs, uri, entries
+
+
+def test_extra_parents_of_a_row_are_deleted_with_their_children(tmp_path: Path) -> None:
+    """Two parents for one row (an unlocked import raced) never survive the next import."""
+    from mlflow import MlflowClient
+
+    _, uri, entries = _imported_deep_row(tmp_path)
     client = MlflowClient(uri)
     (kept,) = row_parents(uri)
     extra = client.create_run(kept.info.experiment_id, run_name="deep", tags={
@@ -383,12 +389,7 @@ def test_a_row_rerun_with_other_settings_gets_a_new_parent(tmp_path: Path) -> No
     """MLflow params are immutable: a parent whose params the records contradict is replaced."""
     from mlflow import MlflowClient
 
-    runs = tmp_path / "runs"
-    for stage in STAGES:
-        record_run(runs / "deep" / stage, "deep", stage, config=ROW_CONFIG)
-    uri = sqlite_uri(tmp_path)
-    entries = entries_for(runs, "table1", ["deep"])
-    import_runs(uri, entries)
+    runs, uri, entries = _imported_deep_row(tmp_path)
     (old,) = row_parents(uri)
     changed = {**ROW_CONFIG, "group": {**ROW_CONFIG["group"], "gamma_balance": 5.0}}
     for stage in STAGES:
