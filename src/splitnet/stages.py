@@ -232,9 +232,16 @@ def stage_learn_groups(cfg: dict, data_dir: Path, out_dir: Path, baseline: Path 
                                   "reg_balance": losses.balance}
 
         extra = []
+        # Assignments learn at lr x assignment_lr_scale (1 = the paper). Softmax logits at scale 1
+        # stay in the weights' SGD (the paper's setting, unchanged); otherwise they get their own
+        # SGD (same momentum, no weight decay) whose lr follows the same schedule.
+        assignment_lr = g["schedule"]["lr"] * g["assignment_lr_scale"]
+        momentum = g["schedule"].get("momentum", 0.9)
         if g["parametrisation"] == "simplex":
-            extra.append(SimplexReducedGradient(list(assignments.values.values()), lr=g["schedule"]["lr"],
-                                                momentum=g["schedule"].get("momentum", 0.9), rule=g["simplex_rule"]))
+            extra.append(SimplexReducedGradient(list(assignments.values.values()), lr=assignment_lr,
+                                                momentum=momentum, rule=g["simplex_rule"]))
+        elif g["assignment_lr_scale"] != 1.0:
+            extra.append(torch.optim.SGD(list(assignments.values.values()), lr=assignment_lr, momentum=momentum))
         overlap = g.get("overlap")
 
         def snapshot(epoch: int) -> None:
