@@ -1,0 +1,64 @@
+"""The finetune stage, model-parallel: ``stages.stage_finetune`` on every worker of the group.
+
+Every worker runs the same stage code on the same data (identical batches: one seed) with a
+``ParallelSplit`` in place of the split network.  Worker 0 is the stage: its record, model
+file and checkpoints go to ``out_dir``, exactly where the sequential stage writes them.  The
+other workers keep their own checkpoints (and a copy of the result) under
+``out_dir/.workers/rank<r>/``, so an interrupted parallel run resumes every worker.
+
+All workers take one decision together: restore worker 0's finished result, resume (only when
+every worker has a checkpoint of the same inputs), or start fresh.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from .. import artifacts, finished, stages
+from ..data import read_manifest
+from .runner import ParallelSplit
+from .workers import Worker, collective
+
+WORKERS_DIR = ".workers"
+
+
+def worker_dir(out_dir: Path, worker: Worker) -> Path:
+    """Where a worker writes: the stage's directory for worker 0, a scratch folder below it otherwise."""
+    return out_dir if worker.is_main else out_dir / WORKERS_DIR / f"rank{worker.rank}"
+
+
+def _agree(worker: Worker, start: stages.StageStart) -> stages.StageStart:
+    """Worker 0 decides about restoring; resuming needs every worker's checkpoint."""
+    restored = torch.tensor([float(start.restored)], device=worker.comm_device)
+    resume = torch.tensor([float(start.resume)], device=worker.comm_device)
+    with collective(worker, "agreeing on resume"):
+        dist.broadcast(restored, src=0)
+        dist.all_reduce(resume, op=dist.ReduceOp.MIN)
+    return stages.StageStart(start.digest, resume=bool(resume.item()), restored=bool(restored.item()))
+
+
+def finetune_stage(cfg: dict, data_dir: Path, source: Path, out_dir: Path, resume: bool, worker: Worker) -> Path:
+    """Finetune the split network ``source`` on all workers; worker 0 writes ``out_dir/model.pt``."""
+    kind = artifacts.load_artifact(source)["kind"]
+    if kind != "split":
+        raise ValueError(f"{source} is a {kind} model: only split networks have branches to run in parallel")
+    own = worker_dir(Path(out_dir), worker)
+    inputs = {"data": stages._manifest(data_dir), "source": source}
+    start = _agree(worker, stages._start(cfg, "finetune", own, inputs, resume))
+    if start.restored:
+        return Path(out_dir) / stages.MODEL_FILE
+    with stages._recorder(cfg, "finetune", own, start) as rec:
+        model, blob = artifacts.load_model(source)
+        net = ParallelSplit(model, tuple(read_manifest(data_dir)["image_shape"]), worker)
+        final, _ = stages._run(net, cfg, "finetune", data_dir, own, rec, start)
+        net.gather_branches()
+        model.cpu()
+        blob["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        blob["inputs_digest"] = start.digest
+        artifacts.save_like(blob, own / stages.MODEL_FILE)
+        rec.finish(final, [own / stages.MODEL_FILE])
+    finished.keep(own, start.digest, stages.KEPT_OUTPUTS)
+    return own / stages.MODEL_FILE

@@ -1,0 +1,265 @@
+"""Branch-parallel split networks on real gloo process groups (``splitnet.parallel``).
+
+Workers are real processes (``launch``: spawn + gloo on 127.0.0.1), one spawn per worker count
+for all equivalence checks, because starting a worker (importing torch) costs seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import randomize_batchnorm
+
+from splitnet import artifacts
+from splitnet.assignment import GroupAssignments
+from splitnet.augment import Normalizer
+from splitnet.engine import DeviceData, EngineConfig, Schedule, train
+from splitnet.model import WideResNet, wrn_plan
+from splitnet.parallel import ParallelSplit, Worker, WorkerError, WorkerFailure, branch_nodes, launch, own_flops, place
+from splitnet.partition import balanced_partition, partition_from_assignments, random_partition
+from splitnet.spec import SplitSpec
+from splitnet.split import build_split_network
+from splitnet.topology import build_topology
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPE = (3, 8, 8)
+CLASSES = 12
+# (spec, partition) run branch-parallel, per worker count; "overlap" duplicates classes.
+INFERENCE_CASES = {2: [("2-4-4", "random"), ("1-2-2", "overlap"), ("2-2-2", "balanced")],
+                   4: [("2-4-4", "random"), ("1-1-4", "balanced"), ("2-4-4", "overlap")]}
+FINETUNE_SPEC = "2-4-4"  # hierarchical: on 4 workers, each stage-2 branch is replicated on 2
+ENGINE = EngineConfig(device="cpu", batch_size=8, eval_batch_size=16, channels_last=True, augment_pad=2,
+                      seed=0, checkpoint_every=100, log_every=100)
+SCHEDULE = Schedule(epochs=2, lr=0.1)
+
+
+def _split(spec: str, kind: str, seed: int):
+    """A WRN-10-1 split network with non-trivial BN statistics (and its plan, spec, partition)."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    plan = wrn_plan(10, 1, SHAPE[0], CLASSES)
+    dense = WideResNet(plan)
+    randomize_batchnorm(dense, gen)
+    top = build_topology(plan, SplitSpec.parse(spec))
+    if kind == "overlap":  # sharp but unequal groups, fuzzy nodes copied into two branches
+        groups = GroupAssignments(top, generator=gen)
+        with torch.no_grad():
+            for v in groups.values.values():
+                v.copy_(torch.randn(v.shape, generator=gen) + torch.linspace(0, 1.0, v.shape[0])[:, None])
+        part, _ = partition_from_assignments(top, groups.matrices(), overlap_threshold=0.2)
+    else:
+        part = balanced_partition(top) if kind == "balanced" else random_partition(top, seed)
+    split = build_split_network(top, part, "shared", "preact", dense=dense)
+    return split, plan, top.spec, part
+
+
+def _save(path: Path, spec: str, kind: str, seed: int) -> Path:
+    split, plan, parsed, part = _split(spec, kind, seed)
+    artifacts.save_split(split, plan, parsed, part, "shared", "preact", path)
+    return path
+
+
+def _finetune(path: Path, data: DeviceData, run_dir: Path, worker: Worker | None) -> dict:
+    """Finetune a saved split network with the engine, sequentially or branch-parallel."""
+    model, _ = artifacts.load_model(path)
+    net = ParallelSplit(model, SHAPE, worker) if worker is not None else model
+    result = train(net, data, SCHEDULE, ENGINE, run_dir, normalizer=Normalizer("per_image"))
+    if worker is not None:
+        net.gather_branches()
+    return {"state": {k: v.clone() for k, v in model.state_dict().items()},
+            "losses": [row["train_loss"] for row in result.history]}
+
+
+def _scenario(worker: Worker, files: dict, x: torch.Tensor, data: DeviceData, tmp: Path) -> dict:
+    """Everything one worker computes for the equivalence tests."""
+    torch.set_num_threads(1)
+    out: dict = {"logits": [], "placement": None}
+    for path in files["inference"]:
+        model, _ = artifacts.load_model(path)
+        net = ParallelSplit(model.eval(), SHAPE, worker).eval()
+        with torch.no_grad():
+            out["logits"].append(net(x))
+        out["placement"] = [(r.start, r.stop) for r in net.placement.ranges]
+    out["finetune"] = _finetune(files["finetune"], data, tmp / f"rank{worker.rank}", worker)
+    model, _ = artifacts.load_model(files["finetune"])
+    if worker.rank == worker.world - 1:
+        with torch.no_grad():
+            model.trunk.stem.weight[0, 0, 0, 0] += 1e-3  # as if it had loaded another checkpoint
+    try:
+        ParallelSplit(model, SHAPE, worker)
+        out["mismatch"] = None
+    except WorkerFailure as err:
+        out["mismatch"] = str(err)
+    return out
+
+
+def _data(n: int = 48) -> DeviceData:
+    gen = torch.Generator().manual_seed(1)
+    return DeviceData(torch.randint(0, 256, (n, *SHAPE), generator=gen, dtype=torch.uint8),
+                      torch.randint(0, CLASSES, (n,), generator=gen))
+
+
+@pytest.fixture(scope="module", params=[2, 4], ids=["2 workers", "4 workers"])
+def runs(request, tmp_path_factory):
+    world = request.param
+    tmp = tmp_path_factory.mktemp(f"parallel{world}")
+    files = {"inference": [_save(tmp / f"infer{i}.pt", spec, kind, seed=i)
+                           for i, (spec, kind) in enumerate(INFERENCE_CASES[world])],
+             "finetune": _save(tmp / "finetune.pt", FINETUNE_SPEC, "random", seed=7)}
+    x = torch.randn(5, *SHAPE, generator=torch.Generator().manual_seed(2))
+    data = _data()
+    start = time.perf_counter()
+    workers = launch(_scenario, world, (files, x, data, tmp), timeout_s=240)
+    seconds = time.perf_counter() - start
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' setting: the same kernels, the same rounding
+    try:
+        with torch.no_grad():
+            reference = [artifacts.load_model(p)[0].eval()(x) for p in files["inference"]]
+        finetuned = _finetune(files["finetune"], data, tmp / "sequential", None)
+    finally:
+        torch.set_num_threads(threads)
+    return {"world": world, "workers": workers, "reference": reference, "finetuned": finetuned, "seconds": seconds,
+            "files": files}
+
+
+def test_inference_equals_the_sequential_split_network(runs):
+    for case, (spec, kind) in enumerate(INFERENCE_CASES[runs["world"]]):
+        ref = runs["reference"][case]
+        for rank, worker in enumerate(runs["workers"]):
+            out = worker["logits"][case]
+            assert out.shape == (5, CLASSES)
+            err = ((out - ref).abs().max() / ref.abs().max()).item()
+            assert err < 1e-6, (spec, kind, rank, err)
+
+
+def test_overlap_case_really_duplicates_classes(runs):
+    (overlap,) = [p for p, (_, kind) in zip(runs["files"]["inference"], INFERENCE_CASES[runs["world"]])
+                  if kind == "overlap"]
+    assert artifacts.load_model(overlap)[0].duplicated
+
+
+def test_every_worker_gets_its_own_contiguous_leaves(runs):
+    placement = runs["workers"][0]["placement"]  # of the last inference case
+    assert len(placement) == runs["world"]
+    assert placement[0][0] == 0 and all(a[1] == b[0] for a, b in zip(placement, placement[1:]))
+    assert all(start < stop for start, stop in placement)
+
+
+def test_finetune_matches_the_single_process_run(runs):
+    ref = runs["finetuned"]
+    for rank, worker in enumerate(runs["workers"]):
+        got = worker["finetune"]
+        assert got["losses"] == pytest.approx(ref["losses"], rel=1e-5)
+        for name, value in ref["state"].items():
+            if value.is_floating_point():
+                assert torch.allclose(got["state"][name], value, rtol=1e-4, atol=1e-6), (rank, name)
+            else:
+                assert torch.equal(got["state"][name], value), (rank, name)
+    # the finetune really moved the weights (the comparison is not between two untouched copies)
+    start = artifacts.load_model(runs["files"]["finetune"])[0].state_dict()
+    assert not torch.allclose(start["roots.1.units.0.conv1.weight"], ref["state"]["roots.1.units.0.conv1.weight"])
+
+
+def test_workers_holding_different_weights_is_an_error(runs):
+    for worker in runs["workers"]:
+        assert "replicated layers differ" in worker["mismatch"]
+
+
+# ----------------------------------------------------------------------------- placement
+
+
+def test_placement_balances_flops_and_replicates_shared_parents():
+    split = _split("2-4-4", "balanced", 0)[0]
+    nodes = branch_nodes(split)
+    costs = own_flops(split, nodes, SHAPE)
+    assert sum(n.is_leaf for n in nodes) == 4
+    two = place(nodes, costs, 2)
+    assert two.ranges == (range(0, 2), range(2, 4))
+    assert two.load(nodes, costs, 0) == two.load(nodes, costs, 1)
+    four = place(nodes, costs, 4)
+    stage2 = [n for n in nodes if n.depth == 0]
+    assert [four.holders(n) for n in stage2] == [(0, 1), (2, 3)]
+    with pytest.raises(ValueError, match="4 leaf branches"):
+        place(nodes, costs, 5)
+
+
+def test_placement_with_three_workers_covers_every_leaf_once():
+    split = _split("1-4-4", "random", 3)[0]
+    nodes = branch_nodes(split)
+    ranges = place(nodes, own_flops(split, nodes, SHAPE), 3).ranges
+    assert [i for r in ranges for i in r] == [0, 1, 2, 3]
+
+
+# ----------------------------------------------------------------------------- failures
+
+
+def _dies(worker: Worker, path: Path, x: torch.Tensor) -> torch.Tensor:
+    model, _ = artifacts.load_model(path)
+    net = ParallelSplit(model.eval(), SHAPE, worker).eval()
+    if worker.rank == 1:
+        os._exit(3)  # a crash: no exception, no report
+    with torch.no_grad():
+        return net(x)
+
+
+def _hangs(worker: Worker, path: Path, x: torch.Tensor) -> torch.Tensor:
+    model, _ = artifacts.load_model(path)
+    net = ParallelSplit(model.eval(), SHAPE, worker).eval()
+    if worker.rank == 1:
+        time.sleep(600)
+    with torch.no_grad():
+        return net(x)
+
+
+def _sleeps(worker: Worker) -> None:
+    time.sleep(600)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    return _save(tmp_path_factory.mktemp("failures") / "m.pt", "1-2-2", "random", 0)
+
+
+def test_a_dead_worker_is_reported_at_once(model_file):
+    start = time.perf_counter()
+    with pytest.raises(WorkerError, match="worker 1 died"):
+        launch(_dies, 2, (model_file, torch.randn(2, *SHAPE)), timeout_s=120, collective_timeout_s=60)
+    assert time.perf_counter() - start < 45  # not the 60 s collective timeout
+
+
+def test_a_hung_worker_fails_the_others_after_the_collective_timeout(model_file):
+    start = time.perf_counter()
+    with pytest.raises(WorkerError) as err:
+        launch(_hangs, 2, (model_file, torch.randn(2, *SHAPE)), timeout_s=120, collective_timeout_s=3)
+    message = str(err.value)
+    assert "worker 0 failed: WorkerFailure" in message and "gathering the logits" in message
+    assert "collective timeout 3 s" in message and "worker 1 was still running, stopped" in message
+    assert time.perf_counter() - start < 45
+
+
+def test_the_launcher_gives_up_on_workers_that_never_answer():
+    start = time.perf_counter()
+    with pytest.raises(WorkerError, match=r"workers \[0\] gave no result within 5 s: hung"):
+        launch(_sleeps, 1, timeout_s=5)
+    assert time.perf_counter() - start < 25
+
+
+# ----------------------------------------------------------------------------- torchrun
+
+
+@pytest.mark.slow
+def test_torchrun_check_command(model_file):
+    """The documented launch: torchrun, one process per worker, gloo on CPU."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "splitnet.parallel", "--timeout", "60", "check", "--model", str(model_file), "--image-size", "8",
+           "--batch", "4", "--device", "cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1-2-2 on 2 workers (gloo" in proc.stdout and ": OK" in proc.stdout
