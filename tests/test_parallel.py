@@ -6,6 +6,7 @@ for all equivalence checks, because starting a worker (importing torch) costs se
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -237,17 +238,17 @@ def test_a_dead_worker_is_reported_at_once(model_file):
 def test_a_hung_worker_fails_the_others_after_the_collective_timeout(model_file):
     start = time.perf_counter()
     with pytest.raises(WorkerError) as err:
-        launch(_hangs, 2, (model_file, torch.randn(2, *SHAPE)), timeout_s=120, collective_timeout_s=3)
+        launch(_hangs, 2, (model_file, torch.randn(2, *SHAPE)), timeout_s=120, collective_timeout_s=2)
     message = str(err.value)
     assert "worker 0 failed: WorkerFailure" in message and "gathering the logits" in message
-    assert "collective timeout 3 s" in message and "worker 1 was still running, stopped" in message
+    assert "collective timeout 2 s" in message and "worker 1 was still running, stopped" in message
     assert time.perf_counter() - start < 45
 
 
 def test_the_launcher_gives_up_on_workers_that_never_answer():
     start = time.perf_counter()
-    with pytest.raises(WorkerError, match=r"workers \[0\] gave no result within 5 s: hung"):
-        launch(_sleeps, 1, timeout_s=5)
+    with pytest.raises(WorkerError, match=r"workers \[0\] gave no result within 3 s: hung"):
+        launch(_sleeps, 1, timeout_s=3)
     assert time.perf_counter() - start < 25
 
 
@@ -263,3 +264,30 @@ def test_torchrun_check_command(model_file):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "1-2-2 on 2 workers (gloo" in proc.stdout and ": OK" in proc.stdout
+
+
+# ----------------------------------------------------------------------------- GPU check
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_on_the_cpu_at_toy_sizes(tmp_path):
+    """benchmarks/gpu_check.sh --cpu-tiny: every step of the GPU check, recorded as JSON."""
+    out = tmp_path / "gpu check"  # a space, on purpose
+    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--cpu-tiny", str(out)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=900, env={**os.environ, "PYTHON": sys.executable})
+    summary = json.loads((out / "summary.json").read_text())
+    steps = {s["step"]: s for s in summary["steps"]}
+    assert list(steps) == ["train_throughput", "split_inference", "parallel_inference", "parallel_finetune",
+                           "paper_pipeline"]
+    failed = {name: (out / s["log"]).read_text()[-2000:] for name, s in steps.items() if s["exit_code"]}
+    assert not failed and proc.returncode == 0 and summary["ok"], failed or proc.stdout
+    inference = json.loads((out / "parallel_inference.json").read_text())
+    assert {r["batch"] for r in inference["results"]} == {8, 1}
+    assert all(r["branch_speedup_over_workers"] > 0 and r["flop_ratio"] > 1 for r in inference["results"])
+    finetune = json.loads((out / "parallel_finetune.json").read_text())
+    assert finetune["results"][0]["ms_per_step"]["split_parallel"] > 0
+    pipeline = json.loads((out / "paper_pipeline" / "paper_pipeline.json").read_text())
+    assert pipeline["ok"] and pipeline["parallel_vs_sequential_max_relative_weight_difference"] < 1e-4
+    assert pipeline["evaluate_finetune_parallel"]["test_error"] == pytest.approx(pipeline["evaluate_finetune"]["test_error"])
+    assert json.loads((out / "train_throughput.json").read_text())["results"]
+    assert json.loads((out / "split_inference.json").read_text())["results"]

@@ -18,6 +18,7 @@ with one backward per optimizer step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -104,10 +105,11 @@ class ParallelSplit(nn.Module):
         self.widths = tuple(sum(n.module.fc.out_features for n in self.nodes if n.is_leaf and n.leaves.start in run)
                             for run in self.placement.ranges)
         self._groups = self._holder_groups()
-        self._pending: dict[int, int] = {}
-        self._hooks = [p.register_post_accumulate_grad_hook(self._grad_ready(i))
-                       for i, (_, params) in enumerate(self._groups) for p in params]
-        self._reset_pending()
+        # Gradients still to come per group in this backward; at 0 the group is summed.
+        self._pending = {i: len(params) for i, (_, params) in enumerate(self._groups)}
+        for i, (_, params) in enumerate(self._groups):
+            for p in params:
+                p.register_post_accumulate_grad_hook(self._grad_ready(i))
         self.check_replicas()
 
     # --------------------------------------------------------------------------- holders
@@ -127,10 +129,7 @@ class ParallelSplit(nn.Module):
                 groups.append((group, by_holders[holders]))
         return groups
 
-    def _reset_pending(self) -> None:
-        self._pending = {i: len(params) for i, (_, params) in enumerate(self._groups)}
-
-    def _grad_ready(self, index: int):
+    def _grad_ready(self, index: int) -> Callable[[torch.Tensor], None]:
         def hook(_: torch.Tensor) -> None:
             self._pending[index] -= 1
             if self._pending[index] == 0:
@@ -154,10 +153,13 @@ class ParallelSplit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and any(self._pending[i] != len(p) for i, (_, p) in enumerate(self._groups)):
-            raise WorkerFailure(f"worker {self.worker.rank}: the last backward did not reach every replicated "
+            raise RuntimeError(f"worker {self.worker.rank}: the last backward did not reach every replicated "
                                 "layer, so their gradients were never summed (one backward per step, over the "
                                 "whole loss)")
-        h = self.split.trunk(x)
+        return self.branches(self.split.trunk(x))
+
+    def branches(self, h: torch.Tensor) -> torch.Tensor:
+        """The branch part alone: this worker's branches on the trunk output ``h``, gathered."""
         local = torch.cat([out for root in self.local for out in root(h)], dim=1)
         return class_order(self.split, _GatherColumns.apply(local, self.widths, self.worker.rank, self.worker))
 

@@ -119,12 +119,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(fn: Callable[..., Any], rank: int, world: int, port: int, timeout_s: float, args: tuple,
+def _entry(fn: Callable[..., Any], rank: int, world: int, port: int, timeout_s: float, device: str, args: tuple,
            results: Any) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     try:
-        worker = init_from_env(timeout_s, device="cpu")
+        worker = init_from_env(timeout_s, device)
         value = fn(worker, *args)
         buffer = io.BytesIO()
         # Bytes, not tensors: a tensor sent through a queue lives in this process's shared
@@ -140,9 +140,11 @@ def _entry(fn: Callable[..., Any], rank: int, world: int, port: int, timeout_s: 
 
 
 def launch(fn: Callable[..., Any], world: int, args: tuple = (), timeout_s: float = 120.0,
-           collective_timeout_s: float = 30.0) -> list[Any]:
-    """Run ``fn(worker, *args)`` on ``world`` local CPU workers (gloo); their return values by rank.
+           collective_timeout_s: float = 30.0, device: str = "cpu") -> list[Any]:
+    """Run ``fn(worker, *args)`` on ``world`` local workers; their return values by rank.
 
+    ``device`` as for ``init_from_env``: ``cpu`` (gloo), or ``cuda`` (worker i on GPU i modulo
+    the GPUs present; NCCL when there is a GPU per worker).
     ``fn`` must be importable (a module-level function).  Raises ``WorkerError`` as soon as a
     worker raises or exits without a result, or when ``timeout_s`` passes without every result;
     the remaining workers are then terminated.
@@ -150,7 +152,7 @@ def launch(fn: Callable[..., Any], world: int, args: tuple = (), timeout_s: floa
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_entry, args=(fn, r, world, port, collective_timeout_s, args, results), daemon=True)
+    procs = [ctx.Process(target=_entry, args=(fn, r, world, port, collective_timeout_s, device, args, results), daemon=True)
              for r in range(world)]
     for p in procs:
         p.start()
@@ -174,7 +176,7 @@ def launch(fn: Callable[..., Any], world: int, args: tuple = (), timeout_s: floa
                 errors[rank] = f"worker {rank} failed: {payload}"
         if len(values) < world:
             # The whole story: the other side of a failed collective reports within a moment.
-            errors.update(_drain(results, 2.0))
+            errors.update(_drain(results, 1.0))
             for r, p in enumerate(procs):
                 if r in errors or r in values:
                     continue
