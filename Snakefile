@@ -1,5 +1,5 @@
 # SplitNet reproduction: data -> baseline -> grouping -> split -> finetune -> evaluate -> tables.
-#   snakemake --cores all                        # smoke scale (default), local
+#   snakemake --cores all                        # cpu scale (default), local
 #   snakemake --cores all --config scale=paper --profile workflow/profiles/slurm
 # Experiments, scales and paper numbers live in params/; the rules live in workflow/rules/.
 
@@ -19,5 +19,6 @@ rule all:
     default_target: True
     input:
         TABLE_FILES,
+        CLAIMS_FILES,
         FIGURE_FILES,
         TRACKING_FILE,

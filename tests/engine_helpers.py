@@ -96,11 +96,8 @@ def _child(argv: list[str]) -> None:
     if mode == "kill-after-epoch":
         # SIGKILL ourselves two steps into epoch 2: the epoch-1 checkpoint exists, epoch 2's
         # progress is lost without any chance to clean up.
-        count = {"n": 0}
-
-        def after_step():
-            count["n"] += 1
-            if count["n"] == STEPS_PER_EPOCH + 2:
+        def after_step(step: int) -> None:
+            if step == STEPS_PER_EPOCH + 2:
                 os.kill(os.getpid(), signal.SIGKILL)
 
         run(run_dir, after_step=after_step)
@@ -109,11 +106,8 @@ def _child(argv: list[str]) -> None:
         # After step ``at`` of epoch 2, announce it and wait for the parent's SIGTERM (the engine
         # turns it into a flag checked before the next step).
         at, ready, go = int(argv[2]), Path(argv[3]), Path(argv[4])
-        count = {"n": 0}
-
-        def after_step():
-            count["n"] += 1
-            if count["n"] == STEPS_PER_EPOCH + at:
+        def after_step(step: int) -> None:
+            if step == STEPS_PER_EPOCH + at:
                 ready.write_text("ready")
                 deadline = time.monotonic() + 60
                 while not go.exists() and time.monotonic() < deadline:

@@ -43,7 +43,7 @@ from splitnet.topology import build_topology
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = 20  # 4 superclasses x 5 classes: room for a 17-group split that fits the classes but not stage 2
 ENGINE = {"device": "cpu", "batch_size": 16, "eval_batch_size": 100, "channels_last": False, "bf16": False,
-          "compile": False, "normalization": "per_image", "augment_pad": 1, "augment_flip": True, "seed": 0,
+          "compile": False, "normalization": "per_image", "augment_pad": 1, "augment_flip": True,
           "checkpoint_every": 1, "log_every": 100, "threads": 1}
 EPOCHS = {"train": 1, "group": 1, "finetune": 1, "ssl": 1}
 EXTRA_ROWS = {
@@ -64,7 +64,7 @@ class World:
 
 
 def _scale(data: dict, arch: str = "wrn-10-1", **engine) -> dict:
-    return {"description": "bad-input test", "gpus": 0, "data": data, "model": {"arch": arch},
+    return {"description": "bad-input test", "gpus": 0, "seeds": [0], "data": data, "model": {"arch": arch},
             "engine": {**ENGINE, **engine}, "epochs": EPOCHS}
 
 

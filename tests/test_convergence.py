@@ -23,10 +23,10 @@ def test_converged_is_the_least_converged_variable():
 
 
 def test_steps_to_convergence_per_variable_and_overall():
-    history = [
-        {"epoch": 1, "sharp/a": 0.5, "sharp/b": 0.1, "assignment_converged": 0.1},
-        {"epoch": 2, "sharp/a": 0.92, "sharp/b": 0.4, "assignment_converged": 0.4},
-        {"epoch": 3, "sharp/a": 0.95, "sharp/b": 0.91, "assignment_converged": 0.91},
+    trace = [
+        (50, {"sharp/a": 0.5, "sharp/b": 0.1, "assignment_converged": 0.1}),
+        (100, {"sharp/a": 0.92, "sharp/b": 0.4, "assignment_converged": 0.4}),
+        (150, {"sharp/a": 0.95, "sharp/b": 0.91, "assignment_converged": 0.91}),
     ]
-    assert steps_to_convergence(history, 100) == {"a": 200, "b": 300, "all": 300}
-    assert steps_to_convergence(history[:2], 100) == {"a": 200, "b": None, "all": None}
+    assert steps_to_convergence(trace) == {"a": 100, "b": 150, "all": 150}
+    assert steps_to_convergence(trace[:2]) == {"a": 100, "b": None, "all": None}

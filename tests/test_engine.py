@@ -119,11 +119,9 @@ def test_sigterm_mid_epoch_checkpoints_exits_75_and_resumes_bit_for_bit(straight
 
 def test_resume_in_process_after_preemption(straight, tmp_path):
     """Same as above without subprocesses, SIGTERM delivered to ourselves (the main thread)."""
-    count = {"n": 0}
 
-    def after_step():
-        count["n"] += 1
-        if count["n"] == 2 * H.STEPS_PER_EPOCH + 1:
+    def after_step(step: int) -> None:
+        if step == 2 * H.STEPS_PER_EPOCH + 1:
             os.kill(os.getpid(), signal.SIGTERM)
 
     previous = signal.getsignal(signal.SIGTERM)
@@ -185,7 +183,7 @@ def test_non_finite_loss_checked_at_epoch_end_before_saving(tmp_path):
 
 def test_sigterm_after_non_finite_loss_does_not_overwrite_checkpoint(tmp_path):
     """A preemption between the NaN and the next check must not save the poisoned weights."""
-    saved, count = {}, {"n": 0}
+    saved = {}
 
     def hook(n, total):
         if n == H.STEPS_PER_EPOCH + 1:
@@ -193,9 +191,8 @@ def test_sigterm_after_non_finite_loss_does_not_overwrite_checkpoint(tmp_path):
             return total * float("nan")
         return total
 
-    def after_step():
-        count["n"] += 1
-        if count["n"] == H.STEPS_PER_EPOCH + 3:
+    def after_step(step: int) -> None:
+        if step == H.STEPS_PER_EPOCH + 3:
             os.kill(os.getpid(), signal.SIGTERM)
 
     with pytest.raises(NonFiniteLoss):
@@ -277,7 +274,7 @@ def test_engine_applies_the_schedule_to_every_optimizer(tmp_path):
     seen = []
     cfg = EngineConfig(device="cpu", batch_size=96, seed=0)
     result = train(model, H.tiny_data(), schedule, cfg, tmp_path, normalizer=Normalizer("per_image"),
-                   extra_optimizers=[extra], after_step=lambda: seen.append(extra.param_groups[0]["lr"]))
+                   extra_optimizers=[extra], after_step=lambda step: seen.append(extra.param_groups[0]["lr"]))
     steps = H.NUM_IMAGES // 96
     assert seen == pytest.approx([f for f in (1.0, 0.5, 0.5, 0.25) for _ in range(steps)])
     assert [row["lr"] for row in result.history] == pytest.approx([0.1, 0.05, 0.05, 0.025])

@@ -71,7 +71,7 @@ SYNTHETIC_REGISTRY = {"tables": {"synthetic_t1": {
         {"experiment": "not_run", "label": "Not_run {missing}"},
         {"experiment": "no_paper", "label": "No paper ~ n/a"},
     ],
-}}}
+}}, "scales": {"paper": {"seeds": [0]}, "tiny_cpu": {"seeds": [0]}}}
 SYNTHETIC_PAPER = {
     "tolerance": {"params_m": 0.05, "params_reduced_pct": 0.2, "flops_g": 0.05, "flops_reduced_pct": 0.2,
                   "test_error": 1.0},
@@ -88,7 +88,7 @@ SYNTHETIC_PAPER = {
 
 def _write_metrics(runs: Path, exp: str, params: float, flops: float, params_pct: float, flops_pct: float,
                    error: float) -> None:
-    path = runs / exp / "evaluate" / "metrics.json"
+    path = runs / exp / "seed_0" / "evaluate" / "metrics.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"params": params, "flops": flops, "params_reduced_pct": params_pct,
                                 "flops_reduced_pct": flops_pct, "test_error": error}))
@@ -120,12 +120,12 @@ def test_synthetic_tables_are_ascii_and_keep_every_cell(tmp_path):
     for tex in (paper_scale, smoke_scale):
         assert tex.isascii()
         body = [line for line in tex.splitlines() if line.endswith(r"\\")][2:]  # after the two header rows
-        assert [len(re.findall(r"(?<!\\)&", line)) for line in body] == [20] * 4  # label + 5 x 4 cells
+        assert [len(re.findall(r"(?<!\\)&", line)) for line in body] == [22] * 4  # label + 5 x 4 cells + n, conv.
     assert (r"Shallow\_split \& G=3 \#3 & n/a & $12.00$ & -- & -- & $43.09$ & $-9.09$ & $-52.18$ & $\times$"
             in paper_scale)
     assert r"Not\_run \{missing\} & $5.90$ & missing & -- & --" in paper_scale
     assert r"No paper \textasciitilde{} n/a & n/a & $0.0950$ & -- & --" in paper_scale
-    assert r"& $24.28$ & $24.00$ & $-0.28$ & $\checkmark$ \\" in paper_scale
+    assert r"& $24.28$ & $24.00$ & $-0.28$ & $\checkmark$ & $1$ & -- \\" in paper_scale
     assert (r"\caption{Table\_1: 100\% of \textasciitilde{}params \& \{flops\} \#2, \$5 \textasciicircum{} x, "
             r"$10^{6}$ $\pm$ 2, $\Delta$--$\checkmark$$\times$. Reproduced at scale 'paper'" in paper_scale)
     assert r"scale 'tiny\_cpu'" in smoke_scale and r"($\checkmark$ column: n/c = not comparable)" in smoke_scale

@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 SUPERS, PER_SUPER = 4, 3
 EPOCHS = {"train": 3, "group": 2, "finetune": 1, "ssl": 1}
 ENGINE = {"device": "cpu", "batch_size": 40, "eval_batch_size": 500, "channels_last": True, "bf16": False,
-          "compile": False, "normalization": "per_image", "augment_pad": 2, "augment_flip": True, "seed": 0,
+          "compile": False, "normalization": "per_image", "augment_pad": 2, "augment_flip": True,
           "checkpoint_every": 1, "log_every": 1000, "threads": 2}
 METRIC_KEYS = {"test_error", "test_loss", "params", "flops", "params_reduced_pct", "flops_reduced_pct",
                "baseline_params", "baseline_flops", "throughput", "experiment", "scale", "method", "arch"}
@@ -76,8 +76,8 @@ def write_fashion_idx(directory: Path, train_per_class: int = 20, test_per_class
         _write_idx(directory / label_file, labels, 0x801)
 
 
-def _scale(data: dict, arch: str = "wrn-10-1", epochs: dict | None = None, **engine) -> dict:
-    return {"description": "test", "gpus": 0, "data": data, "model": {"arch": arch},
+def _scale(data: dict, arch: str = "wrn-10-1", epochs: dict | None = None, seed: int = 0, **engine) -> dict:
+    return {"description": "test", "gpus": 0, "seeds": [seed], "data": data, "model": {"arch": arch},
             "engine": {**ENGINE, **engine}, "epochs": epochs or EPOCHS}
 
 

@@ -13,7 +13,7 @@ def _metrics(params, flops, error):
 
 
 def _write(runs, exp, metrics):
-    path = runs / exp / "evaluate" / "metrics.json"
+    path = runs / exp / "seed_0" / "evaluate" / "metrics.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(metrics))
 
@@ -28,7 +28,7 @@ def test_missing_rows_show_missing_and_paper_scale_gets_checkmarks(tmp_path):
     _write(tmp_path, "shallow", _metrics(7_435_364, 2_642_416_840, 24.5))
     rows = build_rows("table1", registry, paper, tmp_path, "paper")
     by = {r["experiment"]: r for r in rows}
-    assert by["deep"]["metrics"] is None
+    assert by["deep"]["metrics"] == []
     md = render_markdown(rows, "caption")
     deep_line = next(line for line in md.splitlines() if line.startswith("| Deep Split"))
     assert "missing" in deep_line and not any(ch.isdigit() for ch in deep_line.split("|")[3])
@@ -68,3 +68,26 @@ def test_arch_check_rows_all_within_tolerance():
     rows = arch_check_rows(yaml.safe_load(open("params/paper_results.yaml")))
     assert all(r["ok_params_reduced_pct"] for r in rows)
     assert all(r["ok_flops_reduced_pct"] in (True, None) for r in rows)
+
+
+def test_rows_show_mean_std_n_over_seeds_and_convergence(tmp_path):
+    registry = load_registry("params")
+    registry["scales"]["cpu"]["seeds"] = [0, 1, 2, 3]  # seed 3 never ran: n counts what finished
+    runs = tmp_path / "runs"
+    for seed, (error, converged) in enumerate([(15.0, 0.95), (16.0, 0.8), (17.0, 1.0)]):
+        metrics = {**_metrics(7_435_364, 2_642_416_840, error), "split": "1-2-2",
+                   "grouping": {"assignment_converged": converged, "steps_to_convergence": {"all": 300 + seed}}}
+        path = runs / "shallow" / f"seed_{seed}" / "evaluate" / "metrics.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(metrics))
+    out = tmp_path / "tables"
+    write_tables(registry, "params/paper_results.yaml", runs, out, out / "summary.json", "cpu")
+    line = next(row for row in (out / "table1.md").read_text().splitlines() if row.startswith("| Shallow Split (G=2)"))
+    cells = _cells(line)
+    assert cells[18] == "16.00 ± 1.00" and cells[-2] == "3" and cells[-1] == "0.80 (NOT converged)"
+    summary = json.loads((out / "summary.json").read_text())
+    entry = summary["table1"]["shallow"]
+    assert entry["seeds"] == [0, 1, 2] and entry["n"] == 3 and entry["assignment_converged"] == 0.8
+    assert entry["test_error"] == 16.0 and entry["test_error_std"] == 1.0 and entry["steps_to_convergence"] == [300, 301, 302]
+    assert summary["seeds"] == [0, 1, 2, 3] and summary["table1"]["deep"] is None
+    assert "shallow,Shallow Split (G=2),assignment_converged,,0.8000" in (out / "table1.csv").read_text()

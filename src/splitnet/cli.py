@@ -66,7 +66,7 @@ def _run_config(args: argparse.Namespace) -> dict:
 
     registry = load_registry(args.params_dir)
     check_names(registry, Path(args.params_dir), args.experiment, args.scale)
-    cfg = resolve(registry, args.experiment, args.scale)
+    cfg = resolve(registry, args.experiment, args.scale, getattr(args, "seed", None))
     check_stage(args, registry, cfg)
     return cfg
 
@@ -120,7 +120,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     from .records import RUN_RECORD
 
     registry = load_registry(args.params_dir)
-    runs = ScaleOutputs(args.results, args.scale).runs  # <results>/<scale>/runs/<experiment>/<stage>/
+    out = ScaleOutputs(args.results, args.scale)
     # Kept as given (relative for a relative --results): the summary file is committed.
     uri = args.tracking_uri or default_tracking_uri(args.results)
     entries = []
@@ -128,9 +128,12 @@ def cmd_track(args: argparse.Namespace) -> int:
         for row in spec["rows"]:
             exp = row["experiment"]
             stages = PIPELINE_STAGES[registry["experiments"][exp]["method"]]
-            records = [runs / exp / stage / RUN_RECORD for stage in stages]
-            entries.append(TrackEntry(table, exp, records, experiment_title=f"splitnet/{args.scale}/{table}"))
-    summary = import_runs(uri, entries)
+            for seed in registry["scales"][args.scale]["seeds"]:  # one parent run per row and seed
+                records = [out.run_dir(exp, seed, stage) / RUN_RECORD for stage in stages]
+                entries.append(TrackEntry(table, f"{exp}/seed_{seed}", records,
+                                          experiment_title=f"splitnet/{args.scale}/{table}"))
+    claims = [path for path in out.claims_files() if path.is_file()]
+    summary = import_runs(uri, entries, files={f"splitnet/{args.scale}/claims": claims} if claims else None)
     print(f"tracking {uri}: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
     if args.summary_out:
         from .io import atomic_write_json
@@ -141,14 +144,17 @@ def cmd_track(args: argparse.Namespace) -> int:
 
 def cmd_tables(args: argparse.Namespace) -> int:
     from .arch_check import write_arch_check
+    from .claims import write_claims
     from .config import load_registry
     from .outputs import ScaleOutputs
-    from .tables import write_tables
+    from .tables import dataset_text, write_tables
 
     registry = load_registry(args.params_dir)
     out = ScaleOutputs(args.results, args.scale)
     paper = Path(args.params_dir) / "paper_results.yaml"
     write_tables(registry, paper, out.runs, out.tables, out.summary, args.scale)
+    write_claims(registry, yaml.safe_load(paper.read_text()), out.runs, out.tables, args.scale,
+                 dataset_text(registry, args.scale))
     write_arch_check(paper, out.tables)
     print(f"wrote {out.tables}/: {', '.join(sorted(p.name for p in out.tables.iterdir() if not p.name.startswith('.')))}")
     return 0
@@ -159,15 +165,22 @@ def cmd_figures(args: argparse.Namespace) -> int:
     from .figures import fig1_assignment_dynamics, fig2_block_structure
     from .outputs import ScaleOutputs
 
-    runs = load_registry(args.params_dir)["figures"]
+    registry = load_registry(args.params_dir)
+    runs, seed = registry["figures"], registry["scales"][args.scale]["seeds"][0]  # figures show the first seed
     out = ScaleOutputs(args.results, args.scale)
     fig1 = runs["fig1_assignment_dynamics"]
-    fig1_assignment_dynamics({label: out.runs / exp / "learn_groups" for label, exp in fig1.items()},
+    fig1_assignment_dynamics({label: out.run_dir(exp, seed, "learn_groups") for label, exp in fig1.items()},
                              out.figures / "fig1_assignment_dynamics")
     (exp,) = runs["fig2_block_structure"].values()
-    fig2_block_structure(out.runs / exp / "learn_groups" / "model.pt", out.figures / "fig2_block_structure")
+    fig2_block_structure(out.run_dir(exp, seed, "learn_groups") / "model.pt", out.figures / "fig2_block_structure")
     print(f"wrote {out.figures}/fig1_assignment_dynamics.(png|pdf), fig2_block_structure.(png|pdf)")
     return 0
+
+
+def seed_arg(text: str) -> int:
+    if not text.isdigit() or int(text) > 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed (an integer from 0 to 2^32-1)")
+    return int(text)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -208,9 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in stage_help.items():
         p = sub.add_parser(name, help=text)
         p.add_argument("--experiment", required=True, help="row id in params/experiments.yaml (e.g. deep)")
-        p.add_argument("--scale", default="smoke", help="paper | smoke | ci (params/scales.yaml)")
+        p.add_argument("--scale", default="cpu", help="paper | cpu | smoke | ci (params/scales.yaml)")
         p.add_argument("--params-dir", default="params")
         p.add_argument("--out", required=True, help="this stage's output directory")
+        if name != "prepare-data":
+            p.add_argument("--seed", type=seed_arg, default=None,
+                           help="engine seed: weights, assignment init, data order (default: the scale's first seed)")
         if name != "prepare-data":
             p.add_argument("--data", required=name != "split", help="prepared data directory")
         if name in ("split", "finetune", "evaluate"):
@@ -222,19 +238,19 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=cmd_stage)
 
     p = sub.add_parser("tables", help="render Tables 1/2, class groups and the architecture check from results")
-    p.add_argument("--scale", default="smoke")
+    p.add_argument("--scale", default="cpu")
     p.add_argument("--params-dir", default="params")
     p.add_argument("--results", default="results")
     p.set_defaults(func=cmd_tables)
 
     p = sub.add_parser("figures", help="Fig. 1/2 analogues (assignment dynamics, block structure) as PNG + PDF")
-    p.add_argument("--scale", default="smoke")
+    p.add_argument("--scale", default="cpu")
     p.add_argument("--params-dir", default="params")
     p.add_argument("--results", default="results")
     p.set_defaults(func=cmd_figures)
 
     p = sub.add_parser("track", help="import every run record into MLflow (serial, idempotent)")
-    p.add_argument("--scale", default="smoke")
+    p.add_argument("--scale", default="cpu")
     p.add_argument("--params-dir", default="params")
     p.add_argument("--results", default="results", help="reads <results>/<scale>/runs/<experiment>/<stage>/run.json")
     p.add_argument("--tracking-uri", default=None,

@@ -1,9 +1,12 @@
 """The experiment registry (``params/``): load, validate, and resolve one run's configuration.
 
 ``params/experiments.yaml`` holds ``defaults``, every paper-table row under ``experiments`` and
-the ``tables``; ``params/scales.yaml`` holds the ``scales`` (paper / smoke / ci).  A run's
-configuration is ``defaults`` <- row <- scale (data, model.arch, engine, epoch counts); when a
-scale overrides a stage's epochs, that stage's milestones are rescaled in proportion.
+the ``tables``; ``params/scales.yaml`` holds the ``scales`` (paper / cpu / smoke / ci).  A run's
+configuration is ``defaults`` <- row <- scale (data, model.arch, engine, epoch counts) <- the
+scale's ``overrides``; when a scale sets a stage's epochs, that stage's milestones are rescaled
+in proportion (``overrides`` come after, so a scale can replace them, e.g. by ``[]``).  The
+seed (one of the scale's ``seeds``) sets the engine seed (weights, assignment initialisation,
+data order) and the random partition's seed.
 Validation (JSON schema + cross-checks) fails before any job starts and names the file and key.
 """
 
@@ -129,6 +132,13 @@ def _has_key(node: Any, path: list[str]) -> bool:
 
 
 def _cross_check(registry: dict, params_dir: Path) -> None:
+    for scale, entry in registry["scales"].items():
+        overrides = entry.get("overrides", {})
+        # A scale changes how rows train, never what they are.
+        for key in ("method", "group.split"):
+            if _has_key(overrides, key.split(".")):
+                raise ConfigError(f"{params_dir / SCALES_FILE}: scales.{scale}.overrides.{key}: a scale cannot change a "
+                                  "row's identity; set it on the row in experiments.yaml")
     where = params_dir / EXPERIMENTS_FILE
     for name, row in registry["experiments"].items():
         split = row.get("group", {}).get("split")
@@ -170,8 +180,8 @@ def _rescale(schedule: dict, epochs: int) -> dict:
     return {**schedule, "epochs": epochs, "milestones": [m for m in milestones if m < epochs]}
 
 
-def resolve(registry: dict, experiment: str, scale: str) -> dict[str, Any]:
-    """The full configuration of one row at one scale."""
+def resolve(registry: dict, experiment: str, scale: str, seed: int | None = None) -> dict[str, Any]:
+    """The full configuration of one row at one scale and seed (default: the scale's first)."""
     if experiment not in registry["experiments"]:
         known = ", ".join(registry["experiments"])
         raise ConfigError(f"unknown experiment {experiment!r}; known: {known}")
@@ -186,7 +196,11 @@ def resolve(registry: dict, experiment: str, scale: str) -> dict[str, Any]:
     for stage, epochs in sc["epochs"].items():
         if stage in cfg and "schedule" in cfg[stage]:
             cfg[stage]["schedule"] = _rescale(cfg[stage]["schedule"], epochs)
-    cfg["experiment"], cfg["scale"] = experiment, scale
+    cfg = deep_merge(cfg, sc.get("overrides", {}))
+    seed = sc["seeds"][0] if seed is None else seed
+    cfg["engine"]["seed"] = seed
+    cfg["split"]["random_seed"] = cfg["split"]["random_seed"] + seed
+    cfg["experiment"], cfg["scale"], cfg["seed"] = experiment, scale, seed
     return cfg
 
 
@@ -208,4 +222,5 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 
 def stage_config(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
     """The part of a row's resolved config that ``stage`` reads (plus the row's identity)."""
-    return {k: cfg[k] for k in ("experiment", "scale", "method", *STAGE_SECTIONS[stage]) if k in cfg}
+    identity = ("experiment", "scale", "method") if stage == "prepare_data" else ("experiment", "scale", "seed", "method")
+    return {k: cfg[k] for k in (*identity, *STAGE_SECTIONS[stage]) if k in cfg}

@@ -9,6 +9,8 @@ stage says so and records it (``assignment_converged`` < 0.9).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from .partition import fuzzy_fraction
@@ -33,16 +35,23 @@ def convergence_metrics(matrices: dict[str, torch.Tensor], fuzzy_threshold: floa
     return row
 
 
-def steps_to_convergence(history: list[dict], steps_per_epoch: int) -> dict[str, int | None]:
+def read_snapshots(folder: Path) -> list[tuple[int, dict[str, torch.Tensor]]]:
+    """The grouping run's assignment snapshots (``step_<n>.pt``), in step order."""
+    files = sorted(Path(folder).glob("step_*.pt"))
+    if not files:
+        raise FileNotFoundError(f"no assignment snapshots under {folder}: run learn-groups first")
+    return [(int(f.stem.split("_")[1]), torch.load(f, weights_only=True)) for f in files]
+
+
+def steps_to_convergence(trace: list[tuple[int, dict[str, float]]]) -> dict[str, int | None]:
     """Steps until each variable (and ``all``) first reached CONVERGED sharp columns; None: never.
 
-    ``history`` holds the grouping run's per-epoch rows (``epoch`` and the ``sharp/*`` metrics),
-    measured at the end of each epoch, so the resolution is one epoch.
+    ``trace`` holds (step, :func:`convergence_metrics`) pairs in step order, measured every
+    ``group.convergence_every`` steps, which is the resolution.
     """
-    names = sorted({k[len("sharp/"):] for row in history for k in row if k.startswith("sharp/")})
+    names = sorted({k[len("sharp/"):] for _, row in trace for k in row if k.startswith("sharp/")})
     steps: dict[str, int | None] = {}
     for name in [*names, "all"]:
         key = "assignment_converged" if name == "all" else f"sharp/{name}"
-        first = next((row["epoch"] for row in history if row.get(key, 0.0) >= CONVERGED), None)
-        steps[name] = None if first is None else first * steps_per_epoch
+        steps[name] = next((step for step, row in trace if row.get(key, 0.0) >= CONVERGED), None)
     return steps

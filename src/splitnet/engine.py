@@ -211,7 +211,7 @@ def train(
     normalizer: Normalizer,
     regularizer: Callable[[], tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None,
     extra_optimizers: list[torch.optim.Optimizer] = (),
-    after_step: Callable[[], None] | None = None,
+    after_step: Callable[[int], None] | None = None,
     end_of_epoch: Callable[[int], dict[str, float]] | None = None,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     resume: bool = False,
@@ -221,7 +221,7 @@ def train(
 
     ``regularizer()`` returns (extra loss, named parts) computed once per step outside autocast;
     ``extra_optimizers`` step after the SGD optimizer (e.g. the simplex assignments);
-    ``after_step`` runs after every update; ``end_of_epoch(epoch)`` returns extra metrics
+    ``after_step(step)`` runs after every update, with the number of updates made so far; ``end_of_epoch(epoch)`` returns extra metrics
     (validation, freezing events) for the epoch's history row, which also goes to ``on_log``.
     ``digest`` names everything the result depends on: a checkpoint written with another digest
     is never loaded (the run starts from scratch and says so in one line).
@@ -328,11 +328,11 @@ def train(
                 loss.backward()
                 for o in optimizers:
                     o.step()
-                if after_step is not None:
-                    after_step()
                 running += loss.detach()
                 seen += 1
                 step += 1
+                if after_step is not None:
+                    after_step(epoch * steps_per_epoch + step)
                 if step % cfg.log_every == 0 or step == steps_per_epoch:
                     mean = (running / seen).item()  # one sync per log interval, not per step
                     if not math.isfinite(mean):

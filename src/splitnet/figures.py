@@ -2,7 +2,8 @@
 
 * ``fig1_assignment_dynamics``: the supplement's Fig. 1 analogue — how the class-to-group
   assignments sharpen over training, softmax reparametrisation vs direct simplex variables with
-  the reduced gradient (per-epoch snapshots written by ``learn-groups``).
+  the reduced gradient (snapshots every ``group.convergence_every`` steps by ``learn-groups``),
+  with the step at which every assignment variable converged.
 * ``fig2_block_structure``: the supplement's Fig. 2 analogue — the learned assignment matrices
   (nodes sorted by group) and the block-diagonal structure of split layers' weights once rows
   and columns are ordered by group.
@@ -20,6 +21,7 @@ import torch  # noqa: E402
 
 from .artifacts import load_artifact, plan_from_dict  # noqa: E402
 from .assignment import merge_rows  # noqa: E402
+from .convergence import read_snapshots  # noqa: E402
 from .spec import SplitSpec  # noqa: E402
 from .topology import build_topology  # noqa: E402
 
@@ -42,30 +44,38 @@ def _save(fig, out_base: Path) -> list[Path]:
     return paths
 
 
-def _snapshots(run_dir: Path, vector: str) -> tuple[list[int], list[torch.Tensor]]:
-    files = sorted((run_dir / "assignments").glob("epoch_*.pt"))
-    if not files:
-        raise FileNotFoundError(f"no assignment snapshots under {run_dir / 'assignments'}: run learn-groups first")
-    epochs = [int(f.stem.split("_")[1]) for f in files]
-    return epochs, [torch.load(f, weights_only=True)[vector] for f in files]
-
-
 def fig1_assignment_dynamics(runs: dict[str, Path], out_base: Path, vector: str = "head_out") -> list[Path]:
-    """One panel per parametrisation: per class, the largest group assignment over epochs
-    (thin lines) and the mean (thick); 1/G is the uniform start, 1 a hard assignment."""
-    fig, axes = plt.subplots(1, len(runs), figsize=(3.4 * len(runs), 2.6), sharey=True, squeeze=False)
+    """One panel per grouping run: per class, the largest group assignment over the steps (thin
+    lines) and their mean (thick); the dashed red line is the least converged variable's share of
+    sharp columns (> 0.9), and the vertical line marks the step at which every variable has
+    converged (>= 90 % sharp columns), as recorded by learn-groups."""
+    fig, axes = plt.subplots(1, len(runs), figsize=(3.6 * len(runs), 2.8), sharey=True, squeeze=False)
     for ax, (title, run_dir) in zip(axes[0], runs.items()):
-        epochs, mats = _snapshots(run_dir, vector)
-        top = torch.stack([m.max(0).values for m in mats])  # epochs x classes
-        groups = mats[0].shape[0]
-        ax.plot(epochs, top.numpy(), color="tab:blue", alpha=0.25, linewidth=0.7)
-        ax.plot(epochs, top.mean(1).numpy(), color="black", linewidth=2, marker=".", label="mean over classes")
+        trace = read_snapshots(run_dir / "assignments")
+        steps = [step for step, _ in trace]
+        top = torch.stack([mats[vector].max(0).values for _, mats in trace])  # snapshots x classes
+        groups = trace[0][1][vector].shape[0]
+        ax.plot(steps, top.numpy(), color="tab:blue", alpha=0.3, linewidth=0.7)
+        ax.plot(steps, top.mean(1).numpy(), color="black", linewidth=2, label="mean over classes")
+        convergence = load_artifact(run_dir / "model.pt").get("convergence", {})
+        curve = convergence.get("curve")
+        if curve:
+            ax.plot([c[0] for c in curve], [c[1] for c in curve], color="tab:red", linestyle="--", linewidth=1,
+                    label="sharp share, least converged variable")
         ax.axhline(1.0 / groups, color="gray", linestyle=":", linewidth=1, label="uniform 1/G")
+        converged_at = convergence.get("steps_to_convergence", {}).get("all")
+        if converged_at is not None:
+            ax.axvline(converged_at, color="tab:green", linewidth=1)
+            ax.annotate(f"all converged: {converged_at} steps", (converged_at, 0.05), xytext=(4, 0),
+                        textcoords="offset points", fontsize=7, color="tab:green")
+        else:
+            ax.annotate("not converged within the run", (0.5, 0.05), xycoords="axes fraction", ha="center",
+                        fontsize=7, color="tab:red")
         ax.set_title(title)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("step")
         ax.set_ylim(0, 1.02)
     axes[0][0].set_ylabel(f"largest assignment of each class ({vector})")
-    axes[0][0].legend(loc="lower right", fontsize=6)
+    axes[0][0].legend(loc="center right", fontsize=6)
     fig.suptitle("Class-to-group assignments during grouping", y=1.04)
     return _save(fig, out_base)
 
@@ -89,9 +99,13 @@ def fig2_block_structure(grouping_model: Path, out_base: Path) -> list[Path]:
     ncols = max(len(mats), len(layers))
     fig, axes = plt.subplots(2, ncols, figsize=(2.2 * ncols, 4.6), squeeze=False)
     for ax, (name, m) in zip(axes[0], sorted(mats.items())):
-        ax.imshow(m[:, _order(m)].numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        image = ax.imshow(m[:, _order(m)].numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1,
+                          interpolation="nearest")
+        fig.colorbar(image, ax=ax, fraction=0.08, pad=0.03)
         ax.set_title(name, fontsize=7)
         ax.set_yticks(range(m.shape[0]))
+        ax.set_ylabel("group", fontsize=6)
+        ax.set_xlabel(f"{m.shape[1]} nodes, by group", fontsize=6)
         ax.set_xticks([])
     for ax in axes[0][len(mats):]:
         ax.axis("off")
@@ -106,8 +120,11 @@ def fig2_block_structure(grouping_model: Path, out_base: Path) -> list[Path]:
         w = state[f"{layer.path}.weight"].float()
         w = w.abs().mean((2, 3)) if w.dim() == 4 else w.abs()
         out_order, in_order = _order(full(layer.output)), _order(full(layer.input))
-        ax.imshow(w[out_order][:, in_order].numpy(), aspect="auto", cmap="magma", interpolation="nearest")
+        image = ax.imshow(w[out_order][:, in_order].numpy(), aspect="auto", cmap="magma", interpolation="nearest")
+        fig.colorbar(image, ax=ax, fraction=0.08, pad=0.03, label="mean |w|")
         ax.set_title(f"|W| {layer.path}\n({layer.output} x {layer.input})", fontsize=6)
+        ax.set_xlabel("inputs, by group", fontsize=6)
+        ax.set_ylabel("outputs, by group", fontsize=6)
         ax.set_xticks([])
         ax.set_yticks([])
     for ax in axes[1][len(layers):]:

@@ -14,6 +14,7 @@ and a child is marked complete (sha tag) by its last write, so the next import r
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import math
 import os
@@ -37,7 +38,7 @@ from splitnet.records import (RUN_RECORD, flatten_config, iso_to_ms, load_record
                               metric_points, row_params)
 
 # Tags through which the importer finds its own runs again.
-TAG_KIND = "splitnet.kind"  # "row" (parent) or "stage" (child)
+TAG_KIND = "splitnet.kind"  # "row" (parent), "stage" (child) or "files" (a scale's summary files)
 TAG_TABLE = "splitnet.table"
 TAG_ROW = "splitnet.row"
 TAG_STAGE = "splitnet.stage"
@@ -73,7 +74,7 @@ class TrackEntry:
 
 
 def import_runs(tracking_uri: str, entries: Sequence[TrackEntry],
-                lock_path: Path | None = None) -> dict[str, int]:
+                lock_path: Path | None = None, files: dict[str, Sequence[Path]] | None = None) -> dict[str, int]:
     """Copy run records into MLflow; safe to repeat, to kill, and to run from several processes.
 
     Returns counts over (entry, record) pairs: ``created`` (new child run), ``updated`` (the
@@ -85,6 +86,9 @@ def import_runs(tracking_uri: str, entries: Sequence[TrackEntry],
     (see :func:`_create_sqlite_store`). An http(s) store is locked only if ``lock_path`` is
     given; without it, concurrent importers could create a row's parent run twice (the next
     import deletes the extra one).
+
+    ``files`` maps an MLflow experiment name to files (e.g. the claims table) logged as the
+    artifacts of one run of that experiment, replaced when their bytes change.
     """
     tables = _group_by_table(entries)
     db = _sqlite_path(tracking_uri)
@@ -105,9 +109,30 @@ def import_runs(tracking_uri: str, entries: Sequence[TrackEntry],
                 runs = _active_runs(client, experiment_id)
                 for entry in table_entries:
                     _import_row(client, experiment_id, entry, runs, counts)
+            for experiment, paths in (files or {}).items():
+                _sync_files(client, _ensure_experiment(client, experiment, artifact_root), experiment, paths)
         except MlflowException as err:  # unknown scheme, unreachable server, outdated schema
             raise ValueError(f"tracking store {tracking_uri}: {err.message}") from err
     return counts
+
+
+def _sync_files(client: MlflowClient, experiment_id: str, name: str, paths: Sequence[Path]) -> None:
+    """One run holding ``paths`` as artifacts; a new one (the old deleted) when any byte changed."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    sha = digest.hexdigest()
+    existing = [run for run in _active_runs(client, experiment_id) if run.data.tags.get(TAG_KIND) == "files"]
+    keep = next((run for run in existing if run.data.tags.get(TAG_SHA) == sha), None)
+    if keep is None:
+        run = client.create_run(experiment_id, run_name=name.rsplit("/", 1)[-1], tags={TAG_KIND: "files"})
+        for path in paths:
+            client.log_artifact(run.info.run_id, str(path))
+        client.set_terminated(run.info.run_id, "FINISHED")
+        client.set_tag(run.info.run_id, TAG_SHA, sha)  # last: marks the upload as complete
+    for run in existing:
+        if run is not keep:
+            client.delete_run(run.info.run_id)
 
 
 def _group_by_table(entries: Sequence[TrackEntry]) -> dict[str, list[TrackEntry]]:

@@ -15,7 +15,7 @@ FIGURE_FORMATS = ("png", "pdf")
 class ScaleOutputs:
     def __init__(self, results: str | Path, scale: str) -> None:
         self.root = Path(results) / scale
-        self.runs = self.root / "runs"  # one directory per row and stage: runs/<experiment>/<stage>/
+        self.runs = self.root / "runs"  # one directory per row, seed and stage (run_dir)
         self.data = self.root / "data"
         self.logs = self.root / "logs"
         self.tables = self.root / "tables"
@@ -23,13 +23,24 @@ class ScaleOutputs:
         self.summary = self.root / "metrics" / "summary.json"  # the DVC metrics file: every table cell
         self.tracking = self.root / "tracking.json"  # counts of the last MLflow import
 
+    def run_dir(self, experiment: str, seed: int | str, stage: str) -> Path:
+        return run_dir(self.runs, experiment, seed, stage)
+
     def table_files(self, registry: dict) -> list[Path]:
         tables = [self.tables / f"{t}.{ext}" for t in registry["tables"] for ext in TABLE_FORMATS]
         return tables + [self.tables / "class_groups.md", self.tables / "arch_check.md",
                          self.tables / "arch_check.csv", self.summary]
 
+    def claims_files(self) -> list[Path]:
+        return [self.tables / "claims.md", self.tables / "claims.csv"]
+
     def figure_files(self, registry: dict) -> list[Path]:
         return [self.figures / f"{name}.{ext}" for name in registry["figures"] for ext in FIGURE_FORMATS]
+
+
+def run_dir(runs: Path, experiment: str, seed: int | str, stage: str) -> Path:
+    """``<runs>/<experiment>/seed_<seed>/<stage>/`` (Snakemake passes the seed wildcard as text)."""
+    return Path(runs) / experiment / f"seed_{seed}" / stage
 
 
 def figure_rows(registry: dict) -> list[str]:

@@ -36,7 +36,7 @@ from .fingerprint import stage_digest
 from .io import atomic_torch_save, atomic_write_json, remove_stale_temp_files
 from .metrics import class_group_table, throughput
 from .model import WideResNet, parse_arch, wrn_plan
-from .convergence import CONVERGED, SHARP, convergence_metrics, steps_to_convergence
+from .convergence import CONVERGED, SHARP, convergence_metrics, read_snapshots, steps_to_convergence
 from .overlap import DEFAULT_THRESHOLD, update_freezing
 from .partition import partition_from_assignments, random_partition
 from .reduced_gradient import SimplexReducedGradient
@@ -100,7 +100,7 @@ def _normalizer(cfg: EngineConfig, train_data: DeviceData) -> Normalizer:
 
 
 def _run(model: nn.Module, cfg: dict, section: str, data_dir: Path, out_dir: Path, recorder: RunRecorder,
-         start: StageStart, regularizer=None, extra_optimizers=(), end_of_epoch=None) -> dict:
+         start: StageStart, regularizer=None, extra_optimizers=(), after_step=None, end_of_epoch=None) -> dict:
     """Train with the shared engine, logging each epoch (with validation) to the run record."""
     engine, device = _engine(cfg)
     torch.manual_seed(engine.seed)
@@ -118,7 +118,7 @@ def _run(model: nn.Module, cfg: dict, section: str, data_dir: Path, out_dir: Pat
 
     result = train(
         model, train_data, _schedule(cfg[section]), engine, out_dir, normalizer=normalizer,
-        regularizer=regularizer, extra_optimizers=list(extra_optimizers), end_of_epoch=epoch_end,
+        regularizer=regularizer, extra_optimizers=list(extra_optimizers), after_step=after_step, end_of_epoch=epoch_end,
         on_log=recorder.log, resume=start.resume, digest=start.digest,
     )
     if result.resumed_from is not None:
@@ -243,21 +243,24 @@ def stage_learn_groups(cfg: dict, data_dir: Path, out_dir: Path, baseline: Path 
         elif g["assignment_lr_scale"] != 1.0:
             extra.append(torch.optim.SGD(list(assignments.values.values()), lr=assignment_lr, momentum=momentum))
         overlap = g.get("overlap")
+        fuzzy_threshold = overlap["threshold"] if overlap else DEFAULT_THRESHOLD
+        steps_per_epoch = read_manifest(data_dir)["splits"]["train"]["count"] // engine.batch_size
+        total_steps = g["schedule"]["epochs"] * steps_per_epoch
 
-        def snapshot(epoch: int) -> None:
-            # One small file per epoch (resume-safe) for the assignment-dynamics figure.
+        def snapshot(step: int) -> None:
+            # Every convergence_every steps, one small file (resume-safe: a replayed step
+            # rewrites the same bytes): the convergence curve and Figure 1 read them.
+            if step % g["convergence_every"] and step != total_steps:
+                return
             with torch.no_grad():
                 mats = {n: assignments.matrix(n).detach().float().cpu() for n in assignments.names}
-            atomic_torch_save(mats, out_dir / SNAPSHOT_DIR / f"epoch_{epoch:04d}.pt")
+            atomic_torch_save(mats, out_dir / SNAPSHOT_DIR / f"step_{step:07d}.pt")
 
         if not start.resume:  # snapshots of another run must not mix into this one's figure
             shutil.rmtree(out_dir / SNAPSHOT_DIR, ignore_errors=True)
             snapshot(0)  # the initial assignments
 
-        fuzzy_threshold = overlap["threshold"] if overlap else DEFAULT_THRESHOLD
-
         def end_of_epoch(epoch: int) -> dict:
-            snapshot(epoch + 1)
             with torch.no_grad():
                 row = convergence_metrics({n: assignments.matrix(n) for n in assignments.names}, fuzzy_threshold)
             if overlap:
@@ -265,13 +268,15 @@ def stage_learn_groups(cfg: dict, data_dir: Path, out_dir: Path, baseline: Path 
                 row["frozen_assignments"] = float(assignments.frozen.sum())
             return row
 
-        final, history = _run(model, cfg, "group", data_dir, out_dir, rec, start, regularizer=regularizer,
-                              extra_optimizers=extra, end_of_epoch=end_of_epoch)
+        final, _ = _run(model, cfg, "group", data_dir, out_dir, rec, start, regularizer=regularizer,
+                        extra_optimizers=extra, after_step=snapshot, end_of_epoch=end_of_epoch)
         with torch.no_grad():
             matrices = {name: assignments.matrix(name) for name in assignments.names}
-        steps = steps_to_convergence(history, read_manifest(data_dir)["splits"]["train"]["count"] // engine.batch_size)
+        trace = [(step, convergence_metrics(mats, fuzzy_threshold)) for step, mats in read_snapshots(out_dir / SNAPSHOT_DIR)]
+        steps = steps_to_convergence(trace)
         final.update({f"steps_to_convergence/{k}": float(v) for k, v in steps.items() if v is not None})
-        convergence = {**convergence_metrics(matrices, fuzzy_threshold), "steps_to_convergence": steps}
+        convergence = {**convergence_metrics(matrices, fuzzy_threshold), "steps_to_convergence": steps,
+                       "curve": [[step, row["assignment_converged"]] for step, row in trace]}
         artifacts.save_grouping(net, spec, matrices, out_dir / MODEL_FILE, inputs_digest=start.digest,
                                 frozen=[n for n in assignments.names if assignments.is_frozen(n)],
                                 convergence=convergence)
@@ -283,7 +288,7 @@ def stage_learn_groups(cfg: dict, data_dir: Path, out_dir: Path, baseline: Path 
 def _learn_ssl(cfg: dict, data_dir: Path, out_dir: Path, baseline: Path | None, resume: bool) -> Path:
     if baseline is None:
         raise ValueError("SSL starts from the trained baseline: pass --baseline")
-    strength = cfg["ssl"]["strength"]
+    strength = cfg["ssl"]["strength"] * cfg["ssl"]["strength_scale"]
     start = _start(cfg, "learn_groups", out_dir, {"data": _manifest(data_dir), "baseline": baseline}, resume)
     if start.restored:
         return out_dir / MODEL_FILE
@@ -310,6 +315,7 @@ def stage_split(cfg: dict, source: Path, out_dir: Path) -> Path:
         blob = artifacts.load_artifact(source)
         dense = artifacts.build_model(blob)
         metrics: dict[str, float] = {}
+        extra: dict[str, Any] = {}
         if cfg["method"] == "ssl":
             kept = channels_to_keep(dense, cfg["ssl"]["prune_threshold"])
             zero_pruned_weights(dense, kept)
@@ -323,34 +329,56 @@ def stage_split(cfg: dict, source: Path, out_dir: Path) -> Path:
                 partition = random_partition(topology, s["random_seed"])
             elif cfg["method"] == "splitnet":
                 overlap = cfg["group"].get("overlap")
-                metrics.update(_grouping_state(blob, source, bool(overlap)))
                 partition, repairs = partition_from_assignments(
                     topology, blob["assignments"], overlap["threshold"] if overlap else None, s["empty_groups"])
-                metrics["repaired_nodes"] = float(sum(repairs.values()))
-                for name in blob["assignments"]:  # overlap: nodes copied into several branches
-                    metrics[f"duplicated/{name}"] = float((partition[name].sum(0) > 1).sum())
+                grouping = _grouping_state(blob, source, partition, bool(overlap))
+                grouping["repaired_nodes"] = sum(repairs.values())
+                extra["grouping"] = grouping
+                metrics.update(_flat_numbers(grouping))
+                if overlap:
+                    metrics["unfrozen_variables"] = float(len(grouping["unfrozen_variables"]))
             else:
                 raise ValueError(f"method {cfg['method']!r} has no split stage")
             model = build_split_network(topology, partition, s["convention"], s["layout"], dense=dense)
             artifacts.save_split(model, dense.plan, spec, partition, s["convention"], s["layout"], out_dir / MODEL_FILE,
-                                 inputs_digest=start.digest)
+                                 inputs_digest=start.digest, **extra)
         rec.finish(metrics, [out_dir / MODEL_FILE])
     return out_dir / MODEL_FILE
 
 
-def _grouping_state(blob: dict, source: Path, overlap: bool) -> dict[str, float]:
-    """Convergence (and, for overlap rows, freezing) of the grouping a split is cut from, said
-    out loud when it did not converge: such a split follows the initial noise."""
+def _flat_numbers(node: dict, prefix: str = "") -> dict[str, float]:
+    """``{"a": {"b": 1}}`` -> ``{"a/b": 1.0}``: the numbers of a nested record, as run metrics."""
+    flat: dict[str, float] = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            flat.update(_flat_numbers(value, f"{prefix}{key}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[f"{prefix}{key}"] = float(value)
+    return flat
+
+
+def _grouping_state(blob: dict, source: Path, partition: dict[str, torch.Tensor], overlap: bool) -> dict[str, Any]:
+    """What the split says about the grouping it is cut from (kept in the split and finetuned
+    model files, so ``evaluate`` reports it): convergence per variable, steps to convergence
+    and, for overlap rows, the nodes copied into several branches and the variables that never
+    froze. A grouping that did not converge is said out loud: its split follows the initial noise."""
     convergence = blob.get("convergence", {})
-    state = {k: float(v) for k, v in convergence.items() if isinstance(v, float)}
-    converged = state.get("assignment_converged", 0.0)
+    names = sorted(blob["assignments"])
+    state: dict[str, Any] = {
+        "assignment_converged": float(convergence.get("assignment_converged", 0.0)),
+        "sharp": {n: float(convergence[f"sharp/{n}"]) for n in names if f"sharp/{n}" in convergence},
+        "fuzzy": {n: float(convergence[f"fuzzy/{n}"]) for n in names if f"fuzzy/{n}" in convergence},
+        "steps_to_convergence": dict(convergence.get("steps_to_convergence", {})),
+    }
+    converged = state["assignment_converged"]
     if converged < CONVERGED:
         print(f"WARNING: {source}: the grouping did not converge (only {100 * converged:.0f} % of the columns of its "
               f"least converged variable have a group probability > {SHARP}); splitting it anyway, marked "
               "assignment_converged in the record and tables. Train the grouping longer.", flush=True)
     if overlap:
-        never = sorted(set(blob["assignments"]) - set(blob.get("frozen", [])))
-        state["unfrozen_variables"] = float(len(never))
+        state["duplicated"] = {n: int((partition[n].sum(0) > 1).sum()) for n in names}  # nodes in > 1 branch
+        never = sorted(set(names) - set(blob.get("frozen", [])))
+        state["unfrozen_variables"] = never
         if never:
             print(f"WARNING: {source}: overlap variables never froze (fuzzy fraction stayed >= freeze_below): "
                   f"{', '.join(never)}", flush=True)
@@ -409,11 +437,14 @@ def stage_evaluate(cfg: dict, data_dir: Path, source: Path, out_dir: Path) -> di
             if membership is not None:
                 metrics["groups"] = class_group_table(
                     membership, manifest["class_names"], manifest.get("superclass"), manifest.get("superclass_names"))
+        if "grouping" in blob:
+            metrics["grouping"] = blob["grouping"]
         ev = cfg["evaluate"]
         metrics["throughput"] = throughput(model, shape, ev["throughput_batch"], ev["throughput_repeats"], device,
                                            engine.channels_last)
         atomic_write_json(out_dir / METRICS_FILE, metrics)
         flat = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         flat["images_per_s"] = metrics["throughput"]["images_per_s"]
+        flat.update(_flat_numbers(metrics.get("grouping", {})))  # convergence, next to the error in MLflow
         rec.finish(flat, [out_dir / METRICS_FILE])
     return metrics

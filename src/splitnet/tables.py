@@ -1,9 +1,12 @@
 """Paper tables regenerated from the rows' ``metrics.json``: Paper | Reproduced | Δ | ✓.
 
-Formatting is fixed (sorted keys, fixed decimals, no timestamps) so a regenerated table diffs
-cleanly.  A row whose run is missing shows ``missing``, never a number; a paper value that is
-not available shows ``n/a``.  Numbers are compared (✓/✗) only at the paper scale: other scales
-use another dataset and network, which the caption states.
+Every row runs once per seed of the scale; a Reproduced cell is the mean ± sample std over the
+seeds found (n in its own column).  Formatting is fixed (sorted keys, fixed decimals, no
+timestamps) so a regenerated table diffs cleanly.  A row with no finished seed shows
+``missing``, never a number; a paper value that is not available shows ``n/a``.  Numbers are
+compared (✓/✗) only at the paper scale: other scales use another dataset and network, which
+the caption states.  Grouping rows also show ``assignment_converged`` (the smallest over their
+seeds; below 0.9 they are marked as not converged).
 """
 
 from __future__ import annotations
@@ -12,12 +15,15 @@ import csv
 import io
 import json
 import re
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from .convergence import CONVERGED
 from .io import atomic_write_json, atomic_write_text
+from .outputs import run_dir
 
 COLUMNS = (  # key, header, decimals
     ("params_m", "Params (10^6)", 2),
@@ -42,9 +48,31 @@ def reproduced_values(metrics: dict) -> dict[str, float]:
 @dataclass(frozen=True)
 class Cell:
     paper: float | None
-    reproduced: float | None
+    reproduced: float | None  # mean over the seeds
     delta: float | None
     ok: str  # "✓", "✗", "–" (nothing to compare) or "n/c" (not comparable at this scale)
+    std: float = 0.0  # sample std over the seeds (0 for one seed)
+    n: int = 0
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def seed_metrics(runs_dir: Path, experiment: str, seeds: list[int]) -> list[dict]:
+    """The evaluate metrics of every finished seed of a row, in seed order (each names its seed)."""
+    found = []
+    for seed in seeds:
+        path = run_dir(runs_dir, experiment, seed, "evaluate") / "metrics.json"
+        if path.is_file():
+            found.append({**json.loads(path.read_text()), "seed": seed})
+    return found
+
+
+def assignment_converged(metrics: list[dict]) -> float | None:
+    """The least converged seed's ``assignment_converged`` (None: not a grouping row)."""
+    values = [m["grouping"]["assignment_converged"] for m in metrics if "grouping" in m]
+    return min(values) if values else None
 
 
 def _decimals(key: str, value: float, default: int) -> int:
@@ -64,19 +92,21 @@ def fmt_delta(key: str, delta: float | None, default: int) -> str:
     return "–" if delta is None else f"{delta:+.{_decimals(key, delta, default)}f}"
 
 
-def build_rows(table: str, registry: dict, paper: dict, metrics_dir: Path, scale: str) -> list[dict]:
-    """One dict per table row: label, experiment, per-column Cell, and the raw metrics (or None)."""
+def build_rows(table: str, registry: dict, paper: dict, runs_dir: Path, scale: str) -> list[dict]:
+    """One dict per table row: label, experiment, per-column Cell (mean ± std over the seeds),
+    the per-seed metrics (empty when no seed finished) and the grouping's convergence."""
     tol = paper["tolerance"]
+    seeds = registry["scales"][scale]["seeds"]
     out = []
     for row in registry["tables"][table]["rows"]:
         exp = row["experiment"]
-        path = metrics_dir / exp / "evaluate" / "metrics.json"
-        metrics = json.loads(path.read_text()) if path.is_file() else None
-        repro = reproduced_values(metrics) if metrics else {}
+        metrics = seed_metrics(runs_dir, exp, seeds)
+        per_seed = [reproduced_values(m) for m in metrics]
         reported = paper.get(table, {}).get(exp, {})
         cells = {}
         for key, _, _ in COLUMNS:
-            p, r = reported.get(key), repro.get(key)
+            p = reported.get(key)
+            r, std = mean_std([v[key] for v in per_seed]) if per_seed else (None, 0.0)
             delta = None if p is None or r is None else r - p
             if delta is None:
                 ok = "–"
@@ -84,9 +114,25 @@ def build_rows(table: str, registry: dict, paper: dict, metrics_dir: Path, scale
                 ok = "n/c"
             else:
                 ok = "✓" if abs(delta) <= tol[key] + 1e-9 else "✗"
-            cells[key] = Cell(p, r, delta, ok)
-        out.append({"experiment": exp, "label": row["label"], "cells": cells, "metrics": metrics})
+            cells[key] = Cell(p, r, delta, ok, std, len(per_seed))
+        out.append({"experiment": exp, "label": row["label"], "cells": cells, "metrics": metrics,
+                    "converged": assignment_converged(metrics)})
     return out
+
+
+def fmt_reproduced(key: str, cell: Cell, default: int, missing: str) -> str:
+    text = fmt(key, cell.reproduced, default, missing)
+    return f"{text} ± {fmt(key, cell.std, default, '')}" if cell.n > 1 else text
+
+
+def fmt_converged(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.2f}" if value >= CONVERGED else f"{value:.2f} (NOT converged)"
+
+
+def seeds_text(row: dict) -> str:
+    return str(len(row["metrics"]))
 
 
 def caption(table: str, registry: dict, scale: str, dataset: str, arch: str) -> str:
@@ -96,21 +142,25 @@ def caption(table: str, registry: dict, scale: str, dataset: str, arch: str) -> 
         f" NOT CIFAR-100 numbers: scale '{scale}' runs {arch} on {dataset}; Paper columns are the "
         f"supplement's WRN-16-8/CIFAR-100 values, shown for reference only (✓ column: n/c = not comparable)."
     )
-    return f"{title}. Reproduced at scale '{scale}' ({arch}, {dataset}).{note}"
+    seeds = registry["scales"][scale]["seeds"]
+    return (f"{title}. Reproduced at scale '{scale}' ({arch}, {dataset}); mean ± sample std over seeds "
+            f"{', '.join(map(str, seeds))} (n per row).{note}")
 
 
 def render_markdown(rows: list[dict], cap: str) -> str:
     head = ["Row"]
     for _, name, _ in COLUMNS:
         head += [f"{name} Paper", "Reproduced", "Δ", "✓"]
+    head += ["n", "Assignments converged"]
     lines = [f"**{cap}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row["label"]]
         for key, _, dec in COLUMNS:
             c = row["cells"][key]
-            missing = "missing" if row["metrics"] is None else "n/a"
-            cells += [fmt(key, c.paper, dec, "n/a"), fmt(key, c.reproduced, dec, missing),
+            missing = "missing" if not row["metrics"] else "n/a"
+            cells += [fmt(key, c.paper, dec, "n/a"), fmt_reproduced(key, c, dec, missing),
                       fmt_delta(key, c.delta, dec), c.ok]
+        cells += [seeds_text(row), fmt_converged(row["converged"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -148,9 +198,9 @@ def tex_cell(text: str) -> str:
 
 
 def render_latex(rows: list[dict], cap: str, label: str) -> str:
-    spec = "l" + "rrrc" * len(COLUMNS)
-    groups = " & ".join(rf"\multicolumn{{4}}{{c}}{{{tex_text(name)}}}" for _, name, _ in COLUMNS)
-    sub = " & ".join([r"Paper & Repr. & $\Delta$ & ok"] * len(COLUMNS))
+    spec = "l" + "rrrc" * len(COLUMNS) + "rr"
+    groups = " & ".join(rf"\multicolumn{{4}}{{c}}{{{tex_text(name)}}}" for _, name, _ in COLUMNS) + " & n & Conv."
+    sub = " & ".join([r"Paper & Repr. & $\Delta$ & ok"] * len(COLUMNS)) + " & & "
     lines = [
         "% Generated by splitnet.tables from the runs' metrics.json; do not edit.",
         "% Input: UTF-8 (LaTeX's default). The document's preamble needs:",
@@ -164,9 +214,10 @@ def render_latex(rows: list[dict], cap: str, label: str) -> str:
         cells = [tex_text(row["label"])]
         for key, _, dec in COLUMNS:
             c = row["cells"][key]
-            missing = "missing" if row["metrics"] is None else "n/a"
-            cells += [tex_cell(fmt(key, c.paper, dec, "n/a")), tex_cell(fmt(key, c.reproduced, dec, missing)),
+            missing = "missing" if not row["metrics"] else "n/a"
+            cells += [tex_cell(fmt(key, c.paper, dec, "n/a")), tex_cell(fmt_reproduced(key, c, dec, missing)),
                       tex_cell(fmt_delta(key, c.delta, dec)), OK_TEX[c.ok]]
+        cells += [tex_cell(seeds_text(row)), tex_text(fmt_converged(row["converged"]))]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}}", r"\end{table*}"]
     return "\n".join(lines) + "\n"
@@ -175,43 +226,69 @@ def render_latex(rows: list[dict], cap: str, label: str) -> str:
 def render_csv(rows: list[dict], table: str, scale: str, dataset: str) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["table", "row", "label", "column", "paper", "reproduced", "delta", "ok", "scale", "dataset"])
+    writer.writerow(["table", "row", "label", "column", "paper", "reproduced", "delta", "ok", "scale", "dataset",
+                     "reproduced_std", "n"])
     for row in rows:
         for key, _, dec in COLUMNS:
             c = row["cells"][key]
-            missing = "missing" if row["metrics"] is None else ""
+            missing = "missing" if not row["metrics"] else ""
             writer.writerow([table, row["experiment"], row["label"], key, fmt(key, c.paper, dec, ""),
-                             fmt(key, c.reproduced, dec, missing), fmt(key, c.delta, dec, ""), c.ok, scale, dataset])
+                             fmt(key, c.reproduced, dec, missing), fmt(key, c.delta, dec, ""), c.ok, scale, dataset,
+                             fmt(key, c.std, dec, "") if c.n else "", c.n])
+        if row["converged"] is not None:
+            writer.writerow([table, row["experiment"], row["label"], "assignment_converged", "",
+                             f"{row['converged']:.4f}", "", "–", scale, dataset, "", len(row["metrics"])])
     return buf.getvalue()
 
 
 def class_groups_markdown(rows: list[dict], scale: str, dataset: str) -> str:
-    lines = [f"**Learned class → group assignments (scale '{scale}', {dataset}).**", ""]
+    """Per grouping row and seed: the class groups by name, purity and ARI against the dataset's
+    superclasses (chance ARI is 0), and whether the grouping converged."""
+    lines = [f"**Learned class → group assignments (scale '{scale}', {dataset}).** ARI: adjusted Rand index of the "
+             "class groups against the dataset's superclasses (0 = chance, 1 = the superclasses exactly); purity: "
+             "share of classes in their group's majority superclass.", ""]
+    superclasses = None
     for row in rows:
-        groups = (row["metrics"] or {}).get("groups")
-        if not groups:
-            continue
-        ari, pur = groups.get("superclass_ari"), groups.get("superclass_purity")
-        score = "" if ari is None else f" — superclass ARI {ari:.3f}, purity {pur:.3f}"
-        lines.append(f"*{row['label']}* (split {row['metrics']['split']}){score}")
-        lines.append("")
-        for g, classes in enumerate(groups["groups"]):
-            lines.append(f"- group {g}: {', '.join(classes)}")
-        lines.append("")
-    if "superclasses" in next((r["metrics"]["groups"] for r in rows if (r["metrics"] or {}).get("groups")), {}):
-        sup = next(r["metrics"]["groups"]["superclasses"] for r in rows if (r["metrics"] or {}).get("groups"))
-        lines.append("Dataset superclasses: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(sup.items())))
+        for m in row["metrics"]:
+            groups = m.get("groups")
+            if not groups:
+                continue
+            superclasses = superclasses or groups.get("superclasses")
+            ari, pur = groups.get("superclass_ari"), groups.get("superclass_purity")
+            score = "" if ari is None else f" — superclass ARI {ari:.3f}, purity {pur:.3f}"
+            converged = m.get("grouping", {}).get("assignment_converged")
+            conv = "" if converged is None else f", assignments converged {fmt_converged(converged)}"
+            lines.append(f"*{row['label']}* (split {m['split']}, seed {m['seed']}{conv}){score}")
+            lines.append("")
+            for g, classes in enumerate(groups["groups"]):
+                lines.append(f"- group {g}: {', '.join(classes)}")
+            lines.append("")
+    if superclasses:
+        lines.append("Dataset superclasses: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(superclasses.items())))
     return "\n".join(lines) + "\n"
+
+
+def summary_entry(row: dict) -> dict | None:
+    """A row's numbers for ``metrics/summary.json`` (the DVC metrics file)."""
+    if not row["metrics"]:
+        return None
+    entry: dict = {}
+    for key, cell in row["cells"].items():
+        entry[key] = round(cell.reproduced, 6)
+        entry[f"{key}_std"] = round(cell.std, 6)
+    entry["n"] = len(row["metrics"])
+    entry["seeds"] = [m["seed"] for m in row["metrics"]]
+    if row["converged"] is not None:
+        entry["assignment_converged"] = round(row["converged"], 6)
+        steps = [m["grouping"]["steps_to_convergence"].get("all") for m in row["metrics"]]
+        entry["steps_to_convergence"] = steps  # per seed; null: never within the run
+    return entry
 
 
 def write_tables(registry: dict, paper_file: Path, runs_dir: Path, out_dir: Path, metrics_file: Path, scale: str) -> None:
     """Write table1/table2 .md/.tex/.csv, class_groups.md and the DVC metrics summary."""
     paper = yaml.safe_load(Path(paper_file).read_text())
-    sc = registry["scales"][scale]
-    dataset = {"cifar100": "CIFAR-100", "fashion_mnist": "Fashion-MNIST"}.get(sc["data"]["source"], sc["data"]["source"])
-    if sc["data"].get("resize"):
-        dataset += f" at {sc['data']['resize']}x{sc['data']['resize']}"
-    arch = sc["model"]["arch"].upper()
+    dataset, arch = dataset_text(registry, scale), registry["scales"][scale]["model"]["arch"].upper()
     summary: dict[str, dict] = {}
     group_rows: dict[str, dict] = {}
     for table in registry["tables"]:
@@ -220,11 +297,14 @@ def write_tables(registry: dict, paper_file: Path, runs_dir: Path, out_dir: Path
         atomic_write_text(out_dir / f"{table}.md", render_markdown(rows, cap))
         atomic_write_text(out_dir / f"{table}.tex", render_latex(rows, cap, f"tab:{table}"))
         atomic_write_text(out_dir / f"{table}.csv", render_csv(rows, table, scale, dataset))
-        summary[table] = {
-            r["experiment"]: ({k: round(c.reproduced, 6) for k, c in r["cells"].items()} if r["metrics"] else None)
-            for r in rows
-        }
+        summary[table] = {r["experiment"]: summary_entry(r) for r in rows}
         for r in rows:
             group_rows.setdefault(r["experiment"], r)
     atomic_write_text(out_dir / "class_groups.md", class_groups_markdown(list(group_rows.values()), scale, dataset))
-    atomic_write_json(metrics_file, {"scale": scale, **summary})
+    atomic_write_json(metrics_file, {"scale": scale, "seeds": registry["scales"][scale]["seeds"], **summary})
+
+
+def dataset_text(registry: dict, scale: str) -> str:
+    data = registry["scales"][scale]["data"]
+    dataset = {"cifar100": "CIFAR-100", "fashion_mnist": "Fashion-MNIST"}.get(data["source"], data["source"])
+    return dataset + (f" at {data['resize']}x{data['resize']}" if data.get("resize") else "")

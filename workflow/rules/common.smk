@@ -23,8 +23,8 @@ except ConfigError as err:
 if SCALE not in REGISTRY["scales"]:
     raise WorkflowError(f"--config scale={SCALE}: unknown scale; known: {', '.join(REGISTRY['scales'])}")
 GPUS = REGISTRY["scales"][SCALE]["gpus"]
+SEEDS = REGISTRY["scales"][SCALE]["seeds"]  # every row runs once per seed
 OUT = ScaleOutputs(RESULTS, SCALE)  # results/<scale>/: every path this scale writes
-RUNS = str(OUT.runs)
 DATA = str(OUT.data)
 PYTHON = sys.executable  # the interpreter running Snakemake (venv-safe)
 
@@ -33,36 +33,41 @@ FIGURE_ROWS = figure_rows(REGISTRY)
 EXPERIMENTS = sorted(set(TABLE_ROWS) | set(FIGURE_ROWS))
 
 
-def cfg(exp):
-    return resolve(REGISTRY, exp, SCALE)
+def cfg(exp, seed=None):
+    return resolve(REGISTRY, exp, SCALE, None if seed is None else int(seed))
 
 
 def method(exp):
     return REGISTRY["experiments"][exp]["method"]
 
 
-def stage_params(exp, stage):
+def run_dir(exp, seed, stage):
+    """results/<scale>/runs/<exp>/seed_<seed>/<stage> (ScaleOutputs.run_dir: one source)."""
+    return str(OUT.run_dir(exp, seed, stage))
+
+
+def stage_params(exp, stage, seed=None):
     """The config sections a stage reads, as JSON: a change reruns exactly the affected jobs."""
-    return json.dumps(stage_config(cfg(exp), stage), sort_keys=True)
+    return json.dumps(stage_config(cfg(exp, seed), stage), sort_keys=True)
 
 
 def final_model(wildcards):
     """What `evaluate` measures: the baseline itself, or the finetuned split/pruned net."""
     if method(wildcards.exp) == "baseline":
-        return f"{RUNS}/baseline/train/model.pt"
-    return f"{RUNS}/{wildcards.exp}/finetune/model.pt"
+        return f"{run_dir('baseline', wildcards.seed, 'train')}/model.pt"
+    return f"{run_dir(wildcards.exp, wildcards.seed, 'finetune')}/model.pt"
 
 
 def split_source(wildcards):
     if method(wildcards.exp) == "random":
-        return f"{RUNS}/baseline/train/model.pt"
-    return f"{RUNS}/{wildcards.exp}/learn_groups/model.pt"
+        return f"{run_dir('baseline', wildcards.seed, 'train')}/model.pt"
+    return f"{run_dir(wildcards.exp, wildcards.seed, 'learn_groups')}/model.pt"
 
 
 def learn_inputs(wildcards):
     inputs = {"data": f"{DATA}/manifest.json"}
     if method(wildcards.exp) == "ssl":
-        inputs["baseline"] = f"{RUNS}/baseline/train/model.pt"
+        inputs["baseline"] = f"{run_dir('baseline', wildcards.seed, 'train')}/model.pt"
     return inputs
 
 
@@ -81,3 +86,4 @@ GPU_RESOURCES = dict(gpu=GPUS, cpus_per_gpu=8 if GPUS else 0, mem_mb=16000 if GP
 
 wildcard_constraints:
     exp="|".join(sorted(REGISTRY["experiments"], key=len, reverse=True)),
+    seed=r"\d+",

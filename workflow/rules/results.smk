@@ -7,16 +7,20 @@ localrules:
 
 
 TABLE_FILES = [str(p) for p in OUT.table_files(REGISTRY)]
+CLAIMS_FILES = [str(p) for p in OUT.claims_files()]
 FIGURE_FILES = [str(p) for p in OUT.figure_files(REGISTRY)]
 TRACKING_FILE = str(OUT.tracking)
 
 
 rule tables:
     input:
-        metrics=expand(f"{RUNS}/{{exp}}/evaluate/metrics.json", exp=TABLE_ROWS),
+        # every row of the grid (tables and figures), every seed: the claims compare them all
+        metrics=[run_dir(exp, seed, "evaluate") + "/metrics.json" for exp in EXPERIMENTS for seed in SEEDS],
         paper=f"{PARAMS}/paper_results.yaml",
     output:
         [report(f, caption="../report/tables.rst", category="Tables") if f.endswith(".md") else f for f in TABLE_FILES],
+        [report(f, caption="../report/claims.rst", category="Claims") if f.endswith(".md") else f
+         for f in CLAIMS_FILES],
     params:
         tables=json.dumps(REGISTRY["tables"], sort_keys=True),
     log:
@@ -27,7 +31,7 @@ rule tables:
 
 rule figures:
     input:
-        models=expand(f"{RUNS}/{{exp}}/learn_groups/model.pt", exp=FIGURE_ROWS),
+        models=[run_dir(exp, SEEDS[0], "learn_groups") + "/model.pt" for exp in FIGURE_ROWS],  # the first seed
     output:
         [report(f, caption="../report/figures.rst", category="Figures") if f.endswith(".png") else f
          for f in FIGURE_FILES],
@@ -42,6 +46,7 @@ rule figures:
 rule track:
     input:
         TABLE_FILES,
+        CLAIMS_FILES,
     output:
         TRACKING_FILE,
     log:

@@ -1,0 +1,268 @@
+"""The supplement's qualitative claims, each checked against this scale's runs (``claims.md/.csv``).
+
+Every claim compares rows over their seeds.  The rule for a verdict is stated once, here and in
+the table: a difference of two rows' means counts when it exceeds twice its standard error
+(``se = sqrt(s_a^2/n_a + s_b^2/n_b)``, sample std over seeds); with fewer than two seeds on a
+side nothing counts.  A claim ``holds`` when every comparison it makes goes its way by that
+rule, is ``contradicted`` when one goes significantly the other way, and is ``inconclusive``
+otherwise (within seed noise, or rows missing).  The paper's evidence quotes the supplement
+(``../shared/reference/supplement.txt``; tests check every quote) and ``params/paper_results.yaml``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .io import atomic_write_text
+from .tables import seed_metrics
+
+HOLDS, CONTRADICTED, INCONCLUSIVE = "holds", "contradicted", "inconclusive"
+RULE = ("A difference of means counts when |d| > 2 se, se = sqrt(s_a²/n_a + s_b²/n_b) over seeds (sample std; "
+        "needs n ≥ 2 per row). holds: every comparison of the claim goes its way by that rule; contradicted: one "
+        "goes significantly the other way; inconclusive: otherwise (within seed noise, or rows missing).")
+EQUIVALENCE_PT = 1.0  # "matches": the error difference's ±2 se interval lies within ±1 point
+PARAMS_THIRD = (23.0, 43.0)  # "about 1/3 fewer params": the paper's 32.5 % ± 10 points
+SEMANTIC_ARI = 0.5  # "semantic": ARI against the superclasses clearly above 0.5 (0 = chance)
+
+
+@dataclass(frozen=True)
+class Stat:
+    mean: float
+    std: float
+    n: int
+
+    def __str__(self) -> str:
+        return f"{self.mean:.2f} ± {self.std:.2f} (n={self.n})"
+
+
+def stat(values: list[float]) -> Stat | None:
+    if not values:
+        return None
+    return Stat(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
+
+
+def compare(a: Stat | None, b: Stat | None) -> int:
+    """+1: a is significantly larger than b, -1: significantly smaller, 0: neither (or unknown)."""
+    if a is None or b is None or a.n < 2 or b.n < 2:
+        return 0
+    d = a.mean - b.mean
+    se = math.sqrt(a.std**2 / a.n + b.std**2 / b.n)
+    return 0 if abs(d) <= 2 * se else (1 if d > 0 else -1)
+
+
+def combine(outcomes: list[int]) -> str:
+    """Each outcome: +1 the claim's way, -1 significantly against it, 0 within noise."""
+    if any(o < 0 for o in outcomes):
+        return CONTRADICTED
+    return HOLDS if outcomes and all(o > 0 for o in outcomes) else INCONCLUSIVE
+
+
+class Runs:
+    """Per-seed metrics of every row at one scale, and the statistics the claims read."""
+
+    def __init__(self, runs_dir: Path, seeds: list[int]) -> None:
+        self.runs_dir, self.seeds = Path(runs_dir), seeds
+        self._cache: dict[str, list[dict]] = {}
+
+    def metrics(self, exp: str) -> list[dict]:
+        if exp not in self._cache:
+            self._cache[exp] = seed_metrics(self.runs_dir, exp, self.seeds)
+        return self._cache[exp]
+
+    def error(self, exp: str) -> Stat | None:
+        return stat([m["test_error"] for m in self.metrics(exp)])
+
+    def params_reduced(self, exp: str) -> Stat | None:
+        return stat([m["params_reduced_pct"] for m in self.metrics(exp)])
+
+    def convergence_steps(self, exp: str) -> Stat | None:
+        """Steps until every assignment variable converged; None if a seed never converged."""
+        steps = [m.get("grouping", {}).get("steps_to_convergence", {}).get("all") for m in self.metrics(exp)]
+        return None if None in steps else stat([float(s) for s in steps])
+
+    def ari(self, exp: str) -> Stat | None:
+        return stat([m["groups"]["superclass_ari"] for m in self.metrics(exp)
+                     if m.get("groups", {}).get("superclass_ari") is not None])
+
+
+def _fmt(name: str, value: Stat | None, unit: str = "") -> str:
+    return f"{name} {value}{unit}" if value is not None else f"{name} missing"
+
+
+@dataclass(frozen=True)
+class Claim:
+    key: str
+    statement: str
+    paper: Callable[[dict], str]  # paper_results.yaml -> the paper's evidence
+    check: Callable[[Runs], tuple[str, str]]  # -> (our evidence, verdict)
+    quote: str = ""  # verbatim from the supplement (whitespace-normalised), checked by a test
+
+
+def _shallow_matches_baseline(runs: Runs) -> tuple[str, str]:
+    e_s, e_b, red = runs.error("shallow"), runs.error("baseline"), runs.params_reduced("shallow")
+    text = f"{_fmt('error Shallow', e_s, ' %')}; {_fmt('baseline', e_b, ' %')}; {_fmt('params reduced', red, ' %')}"
+    if e_s is None or e_b is None or red is None or e_s.n < 2 or e_b.n < 2:
+        return text, INCONCLUSIVE
+    d = e_s.mean - e_b.mean
+    se = math.sqrt(e_s.std**2 / e_s.n + e_b.std**2 / e_b.n)
+    text += f"; error difference {d:+.2f} ± {2 * se:.2f} (2 se)"
+    third = PARAMS_THIRD[0] <= red.mean <= PARAMS_THIRD[1]
+    if abs(d) + 2 * se <= EQUIVALENCE_PT and third:
+        return text, HOLDS
+    if d - 2 * se > EQUIVALENCE_PT or not third:
+        return text, CONTRADICTED
+    return text, INCONCLUSIVE
+
+
+def _higher(runs: Runs, pairs: list[tuple[str, str]], value: Callable[[str], Stat | None], what: str,
+            unit: str = " %") -> tuple[str, str]:
+    """Each pair (a, b) claims value(a) > value(b)."""
+    parts, outcomes = [], []
+    for a, b in pairs:
+        va, vb = value(a), value(b)
+        parts.append(f"{what} {_fmt(a, va, unit)} vs {_fmt(b, vb, unit)}")
+        outcomes.append(compare(va, vb))
+    return "; ".join(parts), combine(outcomes)
+
+
+def _overlap(runs: Runs) -> tuple[str, str]:
+    pairs = [("fc", "fc_overlap"), ("shallow", "shallow_overlap"), ("deep", "deep_overlap")]
+    err_text, err = _higher(runs, pairs, runs.error, "error")
+    red_text, red = _higher(runs, pairs, runs.params_reduced, "params reduced")
+    return f"{err_text}; {red_text}", combine([{HOLDS: 1, CONTRADICTED: -1}.get(v, 0) for v in (err, red)])
+
+
+def _shallow_beats_ssl(runs: Runs) -> tuple[str, str]:
+    err_text, err = _higher(runs, [("ssl_1e-3", "shallow")], runs.error, "error")
+    red_text, red = _higher(runs, [("shallow", "ssl_1e-3")], runs.params_reduced, "params reduced")
+    return f"{err_text}; {red_text}", combine([{HOLDS: 1, CONTRADICTED: -1}.get(v, 0) for v in (err, red)])
+
+
+def _ssl_trend(runs: Runs) -> tuple[str, str]:
+    pairs = [("ssl_3e-3", "ssl_1e-3"), ("ssl_5e-3", "ssl_3e-3")]
+    red_text, red = _higher(runs, pairs, runs.params_reduced, "params reduced")
+    err_text, err = _higher(runs, pairs, runs.error, "error")
+    return f"{red_text}; {err_text}", combine([{HOLDS: 1, CONTRADICTED: -1}.get(v, 0) for v in (red, err)])
+
+
+def _reduced_gradient_faster(runs: Runs) -> tuple[str, str]:
+    soft, simplex = runs.convergence_steps("shallow"), runs.convergence_steps("shallow_simplex")
+    text = (f"{_fmt('steps to convergence softmax (shallow)', soft)} vs "
+            f"{_fmt('reduced gradient (shallow_simplex)', simplex)}")
+    return text, combine([compare(soft, simplex)])
+
+
+def _semantic(runs: Runs) -> tuple[str, str]:
+    parts, outcomes = [], []
+    for exp in ("shallow", "shallow_g3"):
+        ari = runs.ari(exp)
+        parts.append(_fmt(f"ARI {exp}", ari))
+        if ari is None or ari.n < 2:
+            outcomes.append(0)
+            continue
+        se = ari.std / math.sqrt(ari.n)
+        outcomes.append(1 if ari.mean - 2 * se > SEMANTIC_ARI else -1 if ari.mean + 2 * se < SEMANTIC_ARI else 0)
+    return "; ".join(parts) + f" (threshold {SEMANTIC_ARI}; 0 = chance)", combine(outcomes)
+
+
+def _p(paper: dict, table: str, exp: str, key: str) -> float:
+    return paper[table][exp][key]
+
+
+CLAIMS = [
+    Claim("shallow_matches_baseline",
+          f"Shallow Split matches the baseline's error (|Δ| + 2 se ≤ {EQUIVALENCE_PT} pt) with about 1/3 fewer "
+          f"params ({PARAMS_THIRD[0]:.0f}–{PARAMS_THIRD[1]:.0f} %)",
+          lambda p: (f"Table 1: Shallow {_p(p, 'table1', 'shallow', 'test_error')} % vs baseline "
+                     f"{_p(p, 'table1', 'baseline', 'test_error')} %, params reduced "
+                     f"{_p(p, 'table1', 'shallow', 'params_reduced_pct')} %"),
+          _shallow_matches_baseline),
+    Claim("deeper_splits_cost_accuracy", "Deeper splits (Deep, Hier) have a higher error than Shallow",
+          lambda p: (f"Table 1: Shallow {_p(p, 'table1', 'shallow', 'test_error')} %, Deep "
+                     f"{_p(p, 'table1', 'deep', 'test_error')} %, Hier {_p(p, 'table1', 'hier', 'test_error')} %"),
+          lambda r: _higher(r, [("deep", "shallow"), ("hier", "shallow")], r.error, "error"),
+          quote="We hypothesize that the degradation of the deep split is due to insufficient capacity"),
+    Claim("overlap_lowers_error_adds_params",
+          "Overlap lowers each split's error (FC, Shallow, Deep) while adding params (smaller reduction)",
+          lambda p: "; ".join(f"{e}: {_p(p, 'table1', e, 'test_error')} → {_p(p, 'table1', e + '_overlap', 'test_error')} %, "
+                              f"reduced {_p(p, 'table1', e, 'params_reduced_pct')} → "
+                              f"{_p(p, 'table1', e + '_overlap', 'params_reduced_pct')} %" for e in ("fc", "shallow", "deep")),
+          _overlap,
+          quote="In the case of all three splits, the error rate is reduced while increasing the parameter and FLOPs."),
+    Claim("shallow_beats_ssl", "Shallow Split has a lower error than SSL(1e-3) while reducing far more params",
+          lambda p: (f"Table 1: Shallow {_p(p, 'table1', 'shallow', 'test_error')} % / "
+                     f"{_p(p, 'table1', 'shallow', 'params_reduced_pct')} % reduced vs SSL(1e-3) "
+                     f"{_p(p, 'table1', 'ssl_1e-3', 'test_error')} % / {_p(p, 'table1', 'ssl_1e-3', 'params_reduced_pct')} %"),
+          _shallow_beats_ssl,
+          quote="Our Shallow Split (23.96%) outperforms SSL(1e-3) (24.15%), while significantly reducing the number "
+                "of parameters (32.54%) as opposed to 9.40% of SSL."),
+    Claim("ssl_grows_with_strength", "SSL's params reduction and error grow with its strength (1e-3 < 3e-3 < 5e-3)",
+          lambda p: "Table 1: reduced " + " / ".join(f"{_p(p, 'table1', e, 'params_reduced_pct')}" for e in
+                                                      ("ssl_1e-3", "ssl_3e-3", "ssl_5e-3"))
+          + " %, error " + " / ".join(f"{_p(p, 'table1', e, 'test_error')}" for e in ("ssl_1e-3", "ssl_3e-3", "ssl_5e-3"))
+          + " %",
+          _ssl_trend),
+    Claim("g2_lowest_g4_beats_g3", "Table 2: G = 2 has the lowest error, and G = 4 beats G = 3",
+          lambda p: "Table 2: error G=2/3/4 " + " / ".join(f"{_p(p, 'table2', e, 'test_error')}" for e in
+                                                          ("shallow", "shallow_g3", "shallow_g4")) + " %",
+          lambda r: _higher(r, [("shallow_g3", "shallow"), ("shallow_g4", "shallow"), ("shallow_g3", "shallow_g4")],
+                            r.error, "error"),
+          quote="Setting G = 2 produces the lowest test error. Interestingly, the test error is lower with G = 4 than "
+                "G = 3, even with less parameters."),
+    Claim("reduced_gradient_converges_faster",
+          "The reduced gradient (simplex, official rule) converges in fewer steps than softmax",
+          lambda p: "Supp. §1.1 and Fig. 1 (distribution plots; no step counts given)",
+          _reduced_gradient_faster,
+          quote="the direct optimization of group assignment variables with reduced gradients yields faster "
+                "convergence than optimization via softmax reparametrization."),
+    Claim("class_groups_semantic",
+          f"Class groups are semantic: ARI against the superclasses (tops / footwear / other) above {SEMANTIC_ARI}",
+          lambda p: "The title; the supplement gives no grouping score for CIFAR-100",
+          _semantic, quote="Learning to Semantically Split Deep Networks"),
+]
+
+
+def claim_rows(runs: Runs, paper: dict) -> list[dict[str, str]]:
+    rows = []
+    for claim in CLAIMS:
+        ours, verdict = claim.check(runs)
+        rows.append({"claim": claim.key, "statement": claim.statement, "paper_evidence": claim.paper(paper),
+                     "our_evidence": ours, "verdict": verdict})
+    return rows
+
+
+def render_markdown(rows: list[dict[str, str]], caption: str) -> str:
+    lines = [f"**{caption}**", "", f"Rule: {RULE}", "", "| Claim | Paper's evidence | Our evidence | Verdict |",
+             "|---|---|---|---|"]
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")  # "|Δ|" must not end the cell
+
+    lines += [f"| {cell(r['statement'])} | {cell(r['paper_evidence'])} | {cell(r['our_evidence'])} | **{r['verdict']}** |"
+              for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(rows: list[dict[str, str]], scale: str) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, ["claim", "statement", "paper_evidence", "our_evidence", "verdict", "scale"],
+                            lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, "scale": scale})
+    return buf.getvalue()
+
+
+def write_claims(registry: dict, paper: dict, runs_dir: Path, out_dir: Path, scale: str, dataset: str) -> list[dict]:
+    rows = claim_rows(Runs(runs_dir, registry["scales"][scale]["seeds"]), paper)
+    caption = (f"The supplement's claims at scale '{scale}' ({registry['scales'][scale]['model']['arch'].upper()}, "
+               f"{dataset}; seeds {', '.join(map(str, registry['scales'][scale]['seeds']))}). Our numbers are "
+               "test error (%), params reduced (%), steps and ARI, mean ± sample std over seeds.")
+    atomic_write_text(Path(out_dir) / "claims.md", render_markdown(rows, caption))
+    atomic_write_text(Path(out_dir) / "claims.csv", render_csv(rows, scale))
+    return rows
