@@ -20,12 +20,15 @@ from conftest import randomize_batchnorm
 from splitnet import artifacts
 from splitnet.assignment import GroupAssignments
 from splitnet.augment import Normalizer
-from splitnet.engine import DeviceData, EngineConfig, Schedule, train
+from splitnet.engine import CHECKPOINT, DeviceData, EngineConfig, Schedule, train
 from splitnet.model import WideResNet, wrn_plan
-from splitnet.parallel import ParallelSplit, Worker, WorkerError, WorkerFailure, branch_nodes, launch, own_flops, place
+from splitnet.parallel import (ParallelSplit, StreamSplit, Worker, WorkerError, WorkerFailure, branch_nodes, launch,
+                               own_flops, place)
+from splitnet.parallel.finetune import _agree
 from splitnet.partition import balanced_partition, partition_from_assignments, random_partition
 from splitnet.spec import SplitSpec
 from splitnet.split import build_split_network
+from splitnet.stages import StageStart
 from splitnet.topology import build_topology
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,6 +91,7 @@ def _scenario(worker: Worker, files: dict, x: torch.Tensor, data: DeviceData, tm
             out["logits"].append(net(x))
         out["placement"] = [(r.start, r.stop) for r in net.placement.ranges]
     out["finetune"] = _finetune(files["finetune"], data, tmp / f"rank{worker.rank}", worker)
+    out["agree"] = _agreements(worker, tmp / "agree")
     model, _ = artifacts.load_model(files["finetune"])
     if worker.rank == worker.world - 1:
         with torch.no_grad():
@@ -98,6 +102,22 @@ def _scenario(worker: Worker, files: dict, x: torch.Tensor, data: DeviceData, tm
     except WorkerFailure as err:
         out["mismatch"] = str(err)
     return out
+
+
+def _agreements(worker: Worker, tmp: Path) -> dict[str, tuple[bool, bool]]:
+    """(resume, restored) the workers agree on, from checkpoints at given (epoch, step) or none."""
+    cases = {"same step": [(1, 3)] * worker.world, "different steps": [(1, 3)] + [(1, 2)] * (worker.world - 1),
+             "one has none": [(1, 3)] * (worker.world - 1) + [None]}
+    agreed = {}
+    for case, positions in cases.items():
+        own = tmp / case / f"rank{worker.rank}"
+        own.mkdir(parents=True)
+        position = positions[worker.rank]
+        if position is not None:
+            torch.save({"epoch": position[0], "step": position[1]}, own / CHECKPOINT)
+        start = _agree(worker, own, StageStart("digest", resume=position is not None, restored=worker.is_main))
+        agreed[case] = (start.resume, start.restored)
+    return agreed
 
 
 def _data(n: int = 48) -> DeviceData:
@@ -168,6 +188,12 @@ def test_finetune_matches_the_single_process_run(runs):
     assert not torch.allclose(start["roots.1.units.0.conv1.weight"], ref["state"]["roots.1.units.0.conv1.weight"])
 
 
+def test_workers_resume_together_or_not_at_all(runs):
+    for worker in runs["workers"]:  # worker 0's finished result is restored by all
+        assert worker["agree"] == {"same step": (True, True), "different steps": (False, True),
+                                   "one has none": (False, True)}
+
+
 def test_workers_holding_different_weights_is_an_error(runs):
     for worker in runs["workers"]:
         assert "replicated layers differ" in worker["mismatch"]
@@ -196,6 +222,26 @@ def test_placement_with_three_workers_covers_every_leaf_once():
     nodes = branch_nodes(split)
     ranges = place(nodes, own_flops(split, nodes, SHAPE), 3).ranges
     assert [i for r in ranges for i in r] == [0, 1, 2, 3]
+
+
+# ----------------------------------------------------------------------------- one GPU, streams
+
+
+def test_streams_need_a_cuda_model():
+    with pytest.raises(ValueError, match="CUDA model"):
+        StreamSplit(_split("2-4-4", "random", 0)[0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("spec, kind", [("2-4-4", "random"), ("1-2-2", "overlap"), ("1-1-4", "balanced")])
+def test_streams_equal_the_sequential_split_network(spec, kind):
+    split = _split(spec, kind, 0)[0].eval().cuda()
+    x = torch.randn(16, *SHAPE, device="cuda")
+    net = StreamSplit(split)
+    with torch.inference_mode():
+        ref = split(x)
+        for _ in range(3):  # the same streams, call after call
+            assert torch.allclose(net(x), ref, rtol=1e-5, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- failures

@@ -47,17 +47,16 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_finetune(argv: list[str], timeout: float) -> int:
     from .. import cli
     from ..engine import EXIT_PREEMPTED, NonFiniteLoss, Preempted
-    from .finetune import finetune_stage
+    from .finetune import finetune_from_env
 
     args = cli.build_parser().parse_args(["finetune", *argv])
     cfg = cli._run_config(args)  # the checks `splitnet finetune` makes before any compute
-    worker = init_from_env(timeout, cfg["engine"]["device"])
     try:
-        finetune_stage(cfg, Path(args.data), Path(args.source), Path(args.out), args.resume, worker)
+        finetune_from_env(cfg, Path(args.data), Path(args.source), Path(args.out), args.resume, timeout)
     except Preempted:
         return EXIT_PREEMPTED
     except NonFiniteLoss as err:
-        print(f"splitnet.parallel finetune: worker {worker.rank}: {err}", file=sys.stderr)
+        print(f"splitnet.parallel finetune: {err}", file=sys.stderr)
         return 3
     return 0
 

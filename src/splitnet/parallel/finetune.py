@@ -7,7 +7,7 @@ other workers keep their own checkpoints (and a copy of the result) under
 ``out_dir/.workers/rank<r>/``, so an interrupted parallel run resumes every worker.
 
 All workers take one decision together: restore worker 0's finished result, resume (only when
-every worker has a checkpoint of the same inputs), or start fresh.
+every worker has a checkpoint of the same inputs and the same step), or start fresh.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ import torch.distributed as dist
 
 from .. import artifacts, finished, stages
 from ..data import read_manifest
+from ..engine import CHECKPOINT
 from .runner import ParallelSplit
-from .workers import Worker, collective
+from .workers import DEFAULT_TIMEOUT_S, Worker, collective, init_from_env
 
 WORKERS_DIR = ".workers"
 
@@ -30,14 +31,28 @@ def worker_dir(out_dir: Path, worker: Worker) -> Path:
     return out_dir if worker.is_main else out_dir / WORKERS_DIR / f"rank{worker.rank}"
 
 
-def _agree(worker: Worker, start: stages.StageStart) -> stages.StageStart:
-    """Worker 0 decides about restoring; resuming needs every worker's checkpoint."""
+def _position(own: Path, start: stages.StageStart) -> tuple[int, int]:
+    """(epoch, step) of this worker's checkpoint, (-1, -1) without one to resume."""
+    if not start.resume:
+        return -1, -1
+    state = torch.load(own / CHECKPOINT, map_location="cpu", weights_only=True)
+    return state["epoch"], state["step"]
+
+
+def _agree(worker: Worker, own: Path, start: stages.StageStart) -> stages.StageStart:
+    """Worker 0 decides about restoring its finished result; all workers resume only from
+    checkpoints of the same step (a preemption can reach them on either side of a step)."""
     restored = torch.tensor([float(start.restored)], device=worker.comm_device)
-    resume = torch.tensor([float(start.resume)], device=worker.comm_device)
+    position = torch.tensor(_position(own, start), device=worker.comm_device, dtype=torch.float64)
+    low, high = -position, position.clone()
     with collective(worker, "agreeing on resume"):
         dist.broadcast(restored, src=0)
-        dist.all_reduce(resume, op=dist.ReduceOp.MIN)
-    return stages.StageStart(start.digest, resume=bool(resume.item()), restored=bool(restored.item()))
+        dist.all_reduce(low, op=dist.ReduceOp.MAX)
+        dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    resume = bool(torch.equal(-low, high) and high[0] >= 0)
+    if start.resume and not resume:
+        print(f"{own}: the workers' checkpoints are of different steps (or some have none); starting fresh", flush=True)
+    return stages.StageStart(start.digest, resume=resume, restored=bool(restored.item()))
 
 
 def finetune_stage(cfg: dict, data_dir: Path, source: Path, out_dir: Path, resume: bool, worker: Worker) -> Path:
@@ -47,7 +62,7 @@ def finetune_stage(cfg: dict, data_dir: Path, source: Path, out_dir: Path, resum
         raise ValueError(f"{source} is a {kind} model: only split networks have branches to run in parallel")
     own = worker_dir(Path(out_dir), worker)
     inputs = {"data": stages._manifest(data_dir), "source": source}
-    start = _agree(worker, stages._start(cfg, "finetune", own, inputs, resume))
+    start = _agree(worker, own, stages._start(cfg, "finetune", own, inputs, resume))
     if start.restored:
         return Path(out_dir) / stages.MODEL_FILE
     with stages._recorder(cfg, "finetune", own, start) as rec:
@@ -62,3 +77,14 @@ def finetune_stage(cfg: dict, data_dir: Path, source: Path, out_dir: Path, resum
         rec.finish(final, [own / stages.MODEL_FILE])
     finished.keep(own, start.digest, stages.KEPT_OUTPUTS)
     return own / stages.MODEL_FILE
+
+
+def finetune_from_env(cfg: dict, data_dir: Path, source: Path, out_dir: Path, resume: bool,
+                      timeout_s: float = DEFAULT_TIMEOUT_S) -> Path:
+    """``finetune_stage`` as one process of a torchrun / srun launch: joins the process group
+    (on the config's device) and leaves it at the end."""
+    worker = init_from_env(timeout_s, cfg["engine"]["device"])
+    try:
+        return finetune_stage(cfg, data_dir, source, out_dir, resume, worker)
+    finally:
+        dist.destroy_process_group()

@@ -36,6 +36,7 @@ class StreamSplit(nn.Module):
         if device.type != "cuda":
             raise ValueError(f"StreamSplit runs a CUDA model; this one is on {device}")
         self.split = split
+        self.device = device
         self._streams: dict[int, torch.cuda.Stream] = {}
         self._own: dict[int, StageBranch] = {}  # each StageBranch without its children (modules shared)
 
@@ -62,7 +63,7 @@ class StreamSplit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.split.trunk(x)
-        main = torch.cuda.current_stream()
+        main = torch.cuda.current_stream(self.device)
         outs: list[torch.Tensor] = []  # leaf logits, depth-first as SplitWideResNet concatenates them
         for root in self.split.roots:
             self._run(root, h, main, outs)

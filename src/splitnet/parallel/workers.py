@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 import queue
+import re
 import socket
 import time
 import traceback
@@ -61,9 +62,11 @@ class Worker:
 
 
 def _env_int(*names: str) -> int | None:
+    """The first of ``names`` that is set; its leading integer (SLURM writes e.g. ``4(x2)``)."""
     for name in names:
-        if os.environ.get(name):
-            return int(os.environ[name])
+        found = re.match(r"\d+", os.environ.get(name, ""))
+        if found:
+            return int(found.group())
     return None
 
 
@@ -76,10 +79,10 @@ def init_from_env(timeout_s: float = DEFAULT_TIMEOUT_S, device: str = "auto") ->
     rank = _env_int("RANK", "SLURM_PROCID")
     world = _env_int("WORLD_SIZE", "SLURM_NTASKS")
     if rank is None or world is None:
-        raise RuntimeError("no worker environment: start with `torchrun --nproc-per-node N ...` or `srun` "
+        raise ValueError("no worker environment: start with `torchrun --nproc-per-node N ...` or `srun` "
                            "(RANK/WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS unset)")
     if not os.environ.get("MASTER_ADDR") or not os.environ.get("MASTER_PORT"):
-        raise RuntimeError("MASTER_ADDR and MASTER_PORT must be set (torchrun sets them; under srun export the "
+        raise ValueError("MASTER_ADDR and MASTER_PORT must be set (torchrun sets them; under srun export the "
                            "first node's name and a free port, see docs/parallel.md)")
     local_rank = _env_int("LOCAL_RANK", "SLURM_LOCALID") or 0
     local_world = _env_int("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE") or world
@@ -93,7 +96,8 @@ def init_from_env(timeout_s: float = DEFAULT_TIMEOUT_S, device: str = "auto") ->
     else:
         backend, dev = "gloo", torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s))
+        dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s),
+                                device_id=dev if backend == "nccl" else None)
     return Worker(rank, world, local_rank, dev, backend, timeout_s)
 
 
