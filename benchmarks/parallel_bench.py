@@ -9,13 +9,13 @@ import time
 from collections.abc import Callable, Iterator
 
 import torch
-import torch.distributed as dist
 
+from splitnet.branches import SplitWideResNet
 from splitnet.model import WideResNet, wide_resnet
+from splitnet.parallel import Worker, barrier
 from splitnet.partition import balanced_partition
 from splitnet.spec import SplitSpec
 from splitnet.split import build_split_network
-from splitnet.branches import SplitWideResNet
 from splitnet.topology import build_topology
 
 SPLITS = {"shallow": "1-2-2", "deep": "2-2-2", "hier": "2-4-4"}
@@ -72,8 +72,8 @@ class Recorder:
     itself to every core for it); ``together`` starts all workers at a barrier.
     """
 
-    def __init__(self, rank: int, sync: Callable[[], None], warmup: int) -> None:
-        self.rank, self.sync, self.warmup = rank, sync, warmup
+    def __init__(self, worker: Worker, sync: Callable[[], None], warmup: int) -> None:
+        self.worker, self.sync, self.warmup = worker, sync, warmup
         self.ms: dict[tuple[str, str], list[float]] = {}
 
     def _add(self, key: str, mode: str, value: float) -> None:
@@ -81,15 +81,15 @@ class Recorder:
 
     def alone(self, key: str, mode: str, fn: Callable[[], object], repeats: int,
               setup: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> None:
-        if self.rank == 0:
+        if self.worker.is_main:
             with setup():
                 self._add(key, mode, ms_per_call(fn, self.warmup, repeats, self.sync))
-        dist.barrier()
+        barrier(self.worker)
 
     def together(self, key: str, mode: str, fn: Callable[[], object], repeats: int) -> None:
-        dist.barrier()
+        barrier(self.worker)
         value = ms_per_call(fn, self.warmup, repeats, self.sync)
-        if self.rank == 0:
+        if self.worker.is_main:
             self._add(key, mode, value)
 
     def median(self, key: str, mode: str) -> float:

@@ -61,7 +61,7 @@ def bench(worker: Worker, args: argparse.Namespace) -> dict | None:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, *shape, generator=gen).to(device).contiguous(memory_format=fmt)
     y = torch.randint(0, args.num_classes, (args.batch,), generator=gen).to(device)
-    rec = Recorder(worker.rank, sync_for(device), args.warmup)
+    rec = Recorder(worker, sync_for(device), args.warmup)
     wide = (lambda: every_core(set(cores), mine)) if cpu else None
     dense_step = stepper(dense.train().to(device, memory_format=fmt), x, y, args.bf16)
     steps = {}

@@ -69,7 +69,7 @@ def bench(worker: Worker, args: argparse.Namespace) -> dict | None:
         nets[name] = ParallelSplit(split, shape, worker).eval()
         if not cpu and worker.is_main:
             streams[name] = StreamSplit(split)
-    rec = Recorder(worker.rank, sync_for(device), args.warmup)
+    rec = Recorder(worker, sync_for(device), args.warmup)
     wide = (lambda: every_core(set(cores), mine)) if cpu else None
     with torch.inference_mode(), autocast(device, args.bf16):
         for _ in range(args.rounds):

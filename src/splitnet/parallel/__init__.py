@@ -12,9 +12,9 @@ See docs/parallel.md; ``python -m splitnet.parallel --help`` for the commands.
 from .placement import Placement, branch_nodes, own_flops, place
 from .runner import ParallelSplit, class_order
 from .streams import StreamSplit
-from .workers import Worker, WorkerError, WorkerFailure, collective, init_from_env, launch
+from .workers import Worker, WorkerError, WorkerFailure, barrier, collective, init_from_env, launch
 
 __all__ = [
-    "ParallelSplit", "Placement", "StreamSplit", "Worker", "WorkerError", "WorkerFailure", "branch_nodes",
+    "ParallelSplit", "Placement", "StreamSplit", "Worker", "WorkerError", "WorkerFailure", "barrier", "branch_nodes",
     "class_order", "collective", "init_from_env", "launch", "own_flops", "place",
 ]

@@ -3,8 +3,8 @@
 One process per worker.  ``init_from_env`` reads what ``torchrun`` sets (``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) or, under ``srun``, SLURM's
 ``SLURM_PROCID`` / ``SLURM_NTASKS`` / ``SLURM_LOCALID`` (``MASTER_ADDR`` / ``MASTER_PORT`` must
-then be exported by the job script).  NCCL when every local worker has its own GPU, gloo
-otherwise (CPU workers, or several workers sharing one GPU).
+then be exported by the job script).  Collectives use NCCL when every worker has a GPU of its
+own, gloo otherwise (CPU workers, or several workers sharing one GPU).
 
 A worker that dies or hangs must never hang the others: every collective has the process
 group's timeout, and ``collective`` turns the backend's error into a ``WorkerFailure`` that
@@ -14,6 +14,7 @@ raises ``WorkerError`` naming the worker that failed, died or hung.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import queue
@@ -48,7 +49,7 @@ class Worker:
     world: int
     local_rank: int
     device: torch.device
-    backend: str  # "nccl" | "gloo"
+    backend: str  # what its collectives use: "nccl" (a GPU of its own) or "gloo" (host memory)
     timeout_s: float
 
     @property
@@ -85,20 +86,36 @@ def init_from_env(timeout_s: float = DEFAULT_TIMEOUT_S, device: str = "auto") ->
         raise ValueError("MASTER_ADDR and MASTER_PORT must be set (torchrun sets them; under srun export the "
                            "first node's name and a free port, see docs/parallel.md)")
     local_rank = _env_int("LOCAL_RANK", "SLURM_LOCALID") or 0
-    local_world = _env_int("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE") or world
     use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if use_cuda:
-        gpus = torch.cuda.device_count()
-        # NCCL needs one GPU per rank; workers sharing a GPU talk through gloo on the host.
-        backend = "nccl" if gpus >= local_world else "gloo"
-        dev = torch.device("cuda", local_rank % gpus)
+        dev = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(dev)  # so that device "cuda" (engine, data) means this worker's GPU
     else:
-        backend, dev = "gloo", torch.device("cpu")
+        dev = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s),
-                                device_id=dev if backend == "nccl" else None)
+        # Both backends on GPUs: each collective runs where its tensors are (NCCL communicators
+        # are only made when a CUDA tensor is sent, so workers sharing a GPU never make one).
+        dist.init_process_group("cpu:gloo,cuda:nccl" if use_cuda else "gloo", rank=rank, world_size=world,
+                                timeout=timedelta(seconds=timeout_s))
+    backend = "nccl" if use_cuda and _own_gpus(dev, world) else "gloo"
     return Worker(rank, world, local_rank, dev, backend, timeout_s)
+
+
+def _own_gpus(device: torch.device, world: int) -> bool:
+    """Whether every worker has a GPU of its own (NCCL needs that), asked through the host:
+    per-task GPU binding (srun --gpus-per-task) shows each worker one GPU, a different one."""
+    name = f"{socket.gethostname()}/{torch.cuda.get_device_properties(device).uuid}"
+    mine = torch.tensor([int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little", signed=True)])
+    everyone = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(everyone, mine)
+    return len({int(t) for t in everyone}) == world
+
+
+def barrier(worker: Worker) -> None:
+    """All workers meet here (through the backend their collectives use)."""
+    token = torch.zeros(1, device=worker.comm_device)
+    with collective(worker, "waiting for the other workers"):
+        dist.all_reduce(token)
 
 
 @contextmanager
