@@ -103,7 +103,7 @@ def bench(worker: Worker, args: argparse.Namespace) -> dict | None:
 def broadcast(x: torch.Tensor, worker: Worker, fmt: torch.memory_format) -> torch.Tensor:
     """The input as worker 0 holds it, on every worker: what serving one request costs."""
     buffer = x.to(worker.comm_device).contiguous()
-    dist.broadcast(buffer, src=0)
+    dist.broadcast(buffer, src=0, group=worker.group)
     return buffer.to(x.device).contiguous(memory_format=fmt)
 
 

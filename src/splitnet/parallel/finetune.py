@@ -46,9 +46,9 @@ def _agree(worker: Worker, own: Path, start: stages.StageStart) -> stages.StageS
     position = torch.tensor(_position(own, start), device=worker.comm_device, dtype=torch.float64)
     low, high = -position, position.clone()
     with collective(worker, "agreeing on resume"):
-        dist.broadcast(restored, src=0)
-        dist.all_reduce(low, op=dist.ReduceOp.MAX)
-        dist.all_reduce(high, op=dist.ReduceOp.MAX)
+        dist.broadcast(restored, src=0, group=worker.group)
+        dist.all_reduce(low, op=dist.ReduceOp.MAX, group=worker.group)
+        dist.all_reduce(high, op=dist.ReduceOp.MAX, group=worker.group)
     resume = bool(torch.equal(-low, high) and high[0] >= 0)
     if start.resume and not resume:
         print(f"{own}: the workers' checkpoints are of different steps (or some have none); starting fresh", flush=True)

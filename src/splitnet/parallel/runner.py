@@ -57,7 +57,7 @@ class _GatherColumns(torch.autograd.Function):
         send = padded.contiguous() if worker.backend == "nccl" else padded.float().cpu()
         pieces = [torch.empty_like(send) for _ in widths]
         with collective(worker, "gathering the logits"):
-            dist.all_gather(pieces, send)
+            dist.all_gather(pieces, send, group=worker.group)
         gathered = torch.cat([p[:, :w] for p, w in zip(pieces, widths)], dim=1)
         return gathered.to(local.device, local.dtype)
 
@@ -124,7 +124,8 @@ class ParallelSplit(nn.Module):
         for holders in sorted(by_holders):  # the same order on every worker: new_group is collective
             if len(holders) < 2:
                 continue
-            group = None if len(holders) == self.worker.world else dist.new_group(list(holders))
+            group = (self.worker.group if len(holders) == self.worker.world
+                     else dist.new_group(list(holders), backend=self.worker.backend))
             if self.worker.rank in holders and by_holders[holders]:
                 groups.append((group, by_holders[holders]))
         return groups
@@ -192,7 +193,7 @@ class ParallelSplit(nn.Module):
                     continue
                 buffer = tensor.to(self.worker.comm_device)  # the tensor itself when already there
                 with collective(self.worker, f"collecting branch {node.name}"):
-                    dist.broadcast(buffer, src=owner)
+                    dist.broadcast(buffer, src=owner, group=self.worker.group)
                 if buffer is not tensor:
                     tensor.copy_(buffer)
         return self.split

@@ -4,7 +4,7 @@ One process per worker.  ``init_from_env`` reads what ``torchrun`` sets (``RANK`
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) or, under ``srun``, SLURM's
 ``SLURM_PROCID`` / ``SLURM_NTASKS`` / ``SLURM_LOCALID`` (``MASTER_ADDR`` / ``MASTER_PORT`` must
 then be exported by the job script).  Collectives use NCCL when every worker has a GPU of its
-own, gloo otherwise (CPU workers, or several workers sharing one GPU).
+own (checked, not assumed), gloo otherwise (CPU workers, or several workers sharing one GPU).
 
 A worker that dies or hangs must never hang the others: every collective has the process
 group's timeout, and ``collective`` turns the backend's error into a ``WorkerFailure`` that
@@ -51,6 +51,7 @@ class Worker:
     device: torch.device
     backend: str  # what its collectives use: "nccl" (a GPU of its own) or "gloo" (host memory)
     timeout_s: float
+    group: Any = None  # the process group of all workers with that backend (None: the default, gloo)
 
     @property
     def is_main(self) -> bool:
@@ -93,17 +94,17 @@ def init_from_env(timeout_s: float = DEFAULT_TIMEOUT_S, device: str = "auto") ->
     else:
         dev = torch.device("cpu")
     if not dist.is_initialized():
-        # Both backends on GPUs: each collective runs where its tensors are (NCCL communicators
-        # are only made when a CUDA tensor is sent, so workers sharing a GPU never make one).
-        dist.init_process_group("cpu:gloo,cuda:nccl" if use_cuda else "gloo", rank=rank, world_size=world,
-                                timeout=timedelta(seconds=timeout_s))
-    backend = "nccl" if use_cuda and _own_gpus(dev, world) else "gloo"
-    return Worker(rank, world, local_rank, dev, backend, timeout_s)
+        dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s))
+    # NCCL needs a GPU of its own per worker; asked through gloo first, since neither the GPU
+    # count (srun --gpus-per-task shows each worker one GPU) nor the launcher tells.
+    if use_cuda and _own_gpus(dev, world):
+        return Worker(rank, world, local_rank, dev, "nccl", timeout_s,
+                      dist.new_group(backend="nccl", timeout=timedelta(seconds=timeout_s)))
+    return Worker(rank, world, local_rank, dev, "gloo", timeout_s)
 
 
 def _own_gpus(device: torch.device, world: int) -> bool:
-    """Whether every worker has a GPU of its own (NCCL needs that), asked through the host:
-    per-task GPU binding (srun --gpus-per-task) shows each worker one GPU, a different one."""
+    """Whether every worker's (host, GPU) differs from every other's."""
     name = f"{socket.gethostname()}/{torch.cuda.get_device_properties(device).uuid}"
     mine = torch.tensor([int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little", signed=True)])
     everyone = [torch.empty_like(mine) for _ in range(world)]
@@ -115,7 +116,7 @@ def barrier(worker: Worker) -> None:
     """All workers meet here (through the backend their collectives use)."""
     token = torch.zeros(1, device=worker.comm_device)
     with collective(worker, "waiting for the other workers"):
-        dist.all_reduce(token)
+        dist.all_reduce(token, group=worker.group)
 
 
 @contextmanager
