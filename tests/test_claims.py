@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from splitnet.claims import CLAIMS, CONTRADICTED, HOLDS, INCONCLUSIVE, Stat, claim_rows, combine, compare, Runs, \
-    render_csv, render_markdown
+from splitnet.claims import CLAIMS, CONTRADICTED, HOLDS, INCONCLUSIVE, Runs, Stat, claim_rows, combine, compare, \
+    interval, render_csv, render_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 SUPPLEMENT = REPO.parent / "shared" / "reference" / "supplement.txt"
@@ -30,12 +30,16 @@ def test_every_quote_is_the_supplements_text():
             assert _normalised(claim.quote) in text, claim.key
 
 
-def test_compare_counts_a_difference_only_beyond_two_standard_errors():
-    a, b = Stat(20.0, 0.3, 3), Stat(19.0, 0.3, 3)  # se = 0.245: 1.0 > 0.49
+def test_compare_is_a_two_sided_welch_test_at_five_percent():
+    # se = 0.245, df = 4, t_0.975 = 2.776: the 95 % half-width is 0.68 (scipy.stats.ttest_ind agrees)
+    a, b = Stat(20.0, 0.3, 3), Stat(19.0, 0.3, 3)
+    lo, hi = interval(a, b)
+    assert (round(lo, 3), round(hi, 3)) == (0.32, 1.68)
     assert compare(a, b) == 1 and compare(b, a) == -1
-    assert compare(Stat(19.4, 0.3, 3), b) == 0  # 0.4 < 0.49: within noise
+    assert compare(Stat(19.6, 0.3, 3), b) == 0  # 0.6 < 0.68: within noise
     assert compare(Stat(30.0, 0.0, 1), b) == 0  # one seed: no noise estimate, nothing counts
     assert compare(None, b) == 0
+    assert compare(Stat(300.0, 0.0, 3), Stat(100.0, 0.0, 3)) == 1  # identical seeds: the difference is exact
     assert combine([1, 1]) == HOLDS and combine([1, 0]) == INCONCLUSIVE and combine([1, -1]) == CONTRADICTED
     assert combine([]) == INCONCLUSIVE
 
@@ -74,4 +78,4 @@ def test_verdicts_from_synthetic_runs(tmp_path):
     table = list(csv.DictReader(io.StringIO(render_csv(list(rows.values()), "cpu"))))
     assert {r["verdict"] for r in table} <= {HOLDS, CONTRADICTED, INCONCLUSIVE} and len(table) == len(CLAIMS)
     markdown = render_markdown(list(rows.values()), "caption")
-    assert "2 se" in markdown and markdown.count("\n| ") == len(CLAIMS) + 1
+    assert "Welch" in markdown and markdown.count("\n| ") == len(CLAIMS) + 1

@@ -27,3 +27,30 @@ def test_committed_results_have_no_absolute_paths():
             if ABSOLUTE.search(line):
                 offending.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()[:120]}")
     assert not offending, "\n".join(offending)
+
+
+COMMITTED_CPU = ROOT / "docs" / "results" / "cpu"
+
+
+def test_committed_cpu_results_show_the_method_converged():
+    """The reference results of the default scale: every row ran every seed, every grouping
+    converged before it was split, overlap rows still reduce params, and the claims table has a
+    verdict for each claim."""
+    import csv
+    import json
+
+    import yaml
+
+    summary = json.loads((COMMITTED_CPU / "metrics" / "summary.json").read_text())
+    seeds = yaml.safe_load((ROOT / "params" / "scales.yaml").read_text())["scales"]["cpu"]["seeds"]
+    assert summary["scale"] == "cpu" and summary["seeds"] == seeds and len(seeds) >= 3
+    rows = {exp: entry for table in ("table1", "table2") for exp, entry in summary[table].items()}
+    assert all(entry is not None and entry["seeds"] == seeds for entry in rows.values()), "a row misses seeds"
+    grouping = {exp: entry for exp, entry in rows.items() if "assignment_converged" in entry}
+    assert len(grouping) >= 8 and all(entry["assignment_converged"] >= 0.9 for entry in grouping.values()), grouping
+    for split in ("fc", "shallow", "deep"):
+        overlap = rows[f"{split}_overlap"]["params_reduced_pct"]
+        assert 0 <= overlap <= rows[split]["params_reduced_pct"], split
+    with (COMMITTED_CPU / "tables" / "claims.csv").open() as fh:
+        claims = list(csv.DictReader(fh))
+    assert len(claims) >= 8 and {c["verdict"] for c in claims} <= {"holds", "contradicted", "inconclusive"}

@@ -3,6 +3,7 @@ figures, MLflow, report, no-op rerun, one-row rerun), `dvc repro` in a fresh clo
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -14,7 +15,8 @@ import yaml
 from pipeline_helpers import BIN, ENV, ROOT, check, fresh_clone, job_counts, snakemake
 from slurm_cluster import slurm_cluster  # noqa: F401  (pytest fixture)
 
-TABLE_FILES = [f"{t}.{e}" for t in ("table1", "table2") for e in ("md", "tex", "csv")] + ["class_groups.md", "arch_check.md"]
+TABLE_FILES = ([f"{t}.{e}" for t in ("table1", "table2") for e in ("md", "tex", "csv")]
+               + ["class_groups.md", "arch_check.md", "claims.md", "claims.csv"])
 
 pytestmark = pytest.mark.slow
 
@@ -23,12 +25,14 @@ def test_paper_scale_dag_builds_for_every_row():
     proc = check(snakemake("-n", "--config", "scale=paper", "results=/tmp/splitnet-dag-check"))
     counts = job_counts(proc.stdout)
     registry = yaml.safe_load((ROOT / "params" / "experiments.yaml").read_text())
+    seeds = yaml.safe_load((ROOT / "params" / "scales.yaml").read_text())["scales"]["paper"]["seeds"]
     rows = {r["experiment"] for t in registry["tables"].values() for r in t["rows"]}
-    assert counts["evaluate"] == len(rows)
-    assert counts["train_baseline"] == 1 and counts["prepare_data"] == 1  # the baseline is shared
+    rows |= {exp for runs in registry["figures"].values() for exp in runs.values()}  # the claims read them too
+    assert counts["evaluate"] == len(rows) * len(seeds)
+    assert counts["train_baseline"] == len(seeds) and counts["prepare_data"] == 1  # the baseline is shared
     assert counts["tables"] == 1 and counts["figures"] == 1 and counts["track"] == 1
     non_baseline = len(rows) - 1
-    assert counts["split"] == counts["finetune"] == non_baseline
+    assert counts["split"] == counts["finetune"] == non_baseline * len(seeds)
 
 
 def test_bad_params_fail_before_any_job(tmp_path):
@@ -50,8 +54,12 @@ def test_ci_grid_produces_both_tables_figures_and_mlflow(main_run):
     md = (tables / "table1.md").read_text()
     assert "NOT CIFAR-100 numbers" in md and "missing" not in md
     summary = json.loads((out / "metrics" / "summary.json").read_text())
-    assert summary["scale"] == "ci"
-    assert all(v is not None for table in ("table1", "table2") for v in summary[table].values())
+    assert summary["scale"] == "ci" and summary["seeds"] == [0]
+    assert all(v is not None and v["seeds"] == [0] for table in ("table1", "table2") for v in summary[table].values())
+    assert 0 <= summary["table1"]["deep"]["assignment_converged"] <= 1  # grouping rows say how far they converged
+    assert "assignment_converged" not in summary["table1"]["baseline"]
+    claims = list(csv.DictReader((tables / "claims.csv").open()))
+    assert len(claims) == 8 and {c["verdict"] for c in claims} <= {"holds", "contradicted", "inconclusive"}
     assert summary["table1"]["hier"]["params_m"] < summary["table1"]["baseline"]["params_m"]
     for fig in ("fig1_assignment_dynamics", "fig2_block_structure"):
         for ext in ("png", "pdf"):
@@ -70,6 +78,9 @@ def test_ci_grid_produces_both_tables_figures_and_mlflow(main_run):
         assert len(parents) == rows
         assert {c.data.tags["mlflow.parentRunId"] for c in children} == {p.info.run_id for p in parents}
         assert all("test_error" in p.data.metrics for p in parents)
+    claims_runs = client.search_runs([client.get_experiment_by_name("splitnet/ci/claims").experiment_id])
+    assert len(claims_runs) == 1
+    assert {a.path for a in client.list_artifacts(claims_runs[0].info.run_id)} == {"claims.md", "claims.csv"}
 
 
 def test_rerun_with_nothing_changed_does_nothing(main_run):
@@ -92,7 +103,8 @@ def test_changing_one_row_reruns_only_that_row_and_the_tables(main_run):
         assert counts.get("split") == 1 and counts.get("finetune") == 1
         assert counts.get("train_baseline") is None and counts.get("prepare_data") is None
         assert counts.get("tables") == 1
-        wildcards = {line.split("exp=")[1].strip() for line in proc.stdout.splitlines() if "wildcards: exp=" in line}
+        wildcards = {line.split("exp=")[1].split(",")[0].strip() for line in proc.stdout.splitlines()
+                     if "wildcards: exp=" in line}
         assert wildcards == {"shallow_g3"}
     finally:
         path.write_text(original)
@@ -112,7 +124,7 @@ def _clone(tmp_path: Path) -> Path:
 def _use_scale(clone: Path, scale: str, tables: tuple[str, ...] | None = None) -> None:
     """What a user does to change the default: edit params/pipeline.yaml (and optionally the tables) and commit."""
     pipeline = clone / "params" / "pipeline.yaml"
-    pipeline.write_text(pipeline.read_text().replace("scale: smoke", f"scale: {scale}", 1))
+    pipeline.write_text(pipeline.read_text().replace("scale: cpu", f"scale: {scale}", 1))
     if tables is not None:
         experiments = clone / "params" / "experiments.yaml"
         data = yaml.safe_load(experiments.read_text())
@@ -171,7 +183,7 @@ def test_slurm_profile_as_written(slurm_cluster, tmp_path):  # noqa: F811
                           cwd=clone, env=env, capture_output=True, text=True)
     check(proc)
     for r in ("baseline", "shallow", "shallow_g3", "shallow_g4"):
-        record = json.loads((clone / "results" / "ci" / "runs" / r / "evaluate" / "run.json").read_text())
+        record = json.loads((clone / "results" / "ci" / "runs" / r / "seed_0" / "evaluate" / "run.json").read_text())
         assert record["status"] == "FINISHED"
         assert record["tags"]["splitnet.slurm_job_id"], "the job did not run under SLURM"
     assert list((clone / ".snakemake" / "slurm_logs").glob("rule_*/**/*.log"))

@@ -98,7 +98,7 @@ def test_stage_commands_as_written(clone):
     assert len(commands) == 7
     for command in commands:
         _run(command, path, env=clone["env"])
-    metrics = json.loads((path / "results/smoke/runs/deep/evaluate/metrics.json").read_text())
+    metrics = json.loads((path / "results/smoke/runs/deep/seed_0/evaluate/metrics.json").read_text())
     assert metrics["params_reduced_pct"] > 30
 
 
@@ -144,24 +144,24 @@ def test_unlock_after_a_killed_run(clone):
     no lock behind in this case; older versions and other kills do, hence the README's step.)"""
     path, env = clone["path"], clone["env"]
     # Final outputs missing too: Snakemake regenerates missing intermediates only for a target it must build.
-    for done in ("results/ci/runs/baseline", "results/ci/tables", "results/ci/metrics"):
+    for done in ("results/ci/runs/baseline", "results/ci/tables", "results/ci/metrics"):  # every seed's baseline
         shutil.rmtree(path / done, ignore_errors=True)
     proc = subprocess.Popen([str(BIN / "snakemake"), "--cores", "1", "--config", "scale=ci"], cwd=path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    log = path / "results/ci/logs/baseline/train.log"
+    log = path / "results/ci/logs/baseline/seed_0/train.log"
     deadline = time.monotonic() + 120
     while "step" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # nobody gets a chance to clean up
     proc.wait()
-    assert not (path / "results/ci/runs/baseline/train/run.json").exists(), "killed too late to test anything"
+    assert not (path / "results/ci/runs/baseline/seed_0/train/run.json").exists(), "killed too late to test anything"
     _run("snakemake --unlock", path, env=env)
     try:
         _run("bash workflow/scripts/reproduce.sh --config scale=ci", path, env=env)
     finally:
         restore_editable_install()
-    assert (path / "results/ci/runs/baseline/train/run.json").is_file()
-    assert (path / "results/ci/runs/baseline/evaluate/metrics.json").is_file()
+    assert (path / "results/ci/runs/baseline/seed_0/train/run.json").is_file()
+    assert (path / "results/ci/runs/baseline/seed_0/evaluate/metrics.json").is_file()
 
 
 @pytest.mark.slow

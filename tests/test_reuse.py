@@ -34,24 +34,18 @@ def _model_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def outputs(results: Path) -> dict[str, str]:
-    """Digest of every trained model's weights and every row's test error, by 'row/stage'."""
-    runs = results / "ci" / "runs"
-    found = {f"{row}/{stage}": _model_digest(runs / row / stage / "model.pt") for row in ROWS for stage in STAGES[row]}
-    for row in ROWS:
-        metrics = json.loads((runs / row / "evaluate" / "metrics.json").read_text())
-        found[f"{row}/evaluate"] = f"{metrics['test_loss']!r} {metrics['params']}"
-    return found
-
-
 class Workspace:
     def __init__(self, base: Path) -> None:
         self.params = base / "params"
         shutil.copytree(ROOT / "params", self.params)
         self.results = base / "results"
 
+    def run_dir(self, row: str, stage: str) -> Path:
+        (seed,) = yaml.safe_load((self.params / "scales.yaml").read_text())["scales"]["ci"]["seeds"]
+        return self.results / "ci" / "runs" / row / f"seed_{seed}" / stage
+
     def run(self) -> str:
-        targets = [str(self.results / "ci" / "runs" / row / "evaluate" / "metrics.json") for row in ROWS]
+        targets = [str(self.run_dir(row, "evaluate") / "metrics.json") for row in ROWS]
         proc = snakemake("--cores", "2", *targets, "--config", "scale=ci", f"params_dir={self.params}",
                          f"results={self.results}")
         return proc
@@ -67,6 +61,16 @@ class Workspace:
         file.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
+def outputs(ws: Workspace) -> dict[str, str]:
+    """Digest of every trained model's weights and every row's test error, by 'row/stage' (the
+    workspace's seed)."""
+    found = {f"{row}/{stage}": _model_digest(ws.run_dir(row, stage) / "model.pt") for row in ROWS for stage in STAGES[row]}
+    for row in ROWS:
+        metrics = json.loads((ws.run_dir(row, "evaluate") / "metrics.json").read_text())
+        found[f"{row}/evaluate"] = f"{metrics['test_loss']!r} {metrics['params']}"
+    return found
+
+
 def changed(before: dict[str, str], after: dict[str, str]) -> set[str]:
     return {key for key in before if before[key] != after[key]}
 
@@ -77,7 +81,7 @@ DOWNSTREAM_OF_BASELINE = ALL - {"deep/learn_groups", "deep/split", "deep/finetun
 # (params file, key path, new value, outputs that must change)
 CHANGES = [
     ("scales.yaml", "scales.ci.data.train_per_class", 150, ALL),
-    ("scales.yaml", "scales.ci.engine.seed", 1, ALL),
+    ("scales.yaml", "scales.ci.seeds", [1], ALL),
     # group.gamma_balance: the change that once crashed finetune on a stale checkpoint
     ("experiments.yaml", "experiments.deep.group.gamma_balance", 5.0,
      {"deep/learn_groups", "deep/split", "deep/finetune", "deep/evaluate"}),
@@ -95,11 +99,11 @@ CHANGES = [
 def changed_workspace(tmp_path_factory):
     ws = Workspace(tmp_path_factory.mktemp("reuse"))
     check(ws.run())
-    history = [outputs(ws.results)]
+    history = [outputs(ws)]
     for name, path, value, _ in CHANGES:
         ws.edit(name, path, value)
         check(ws.run())
-        history.append(outputs(ws.results))
+        history.append(outputs(ws))
     return ws, history
 
 
@@ -116,7 +120,7 @@ def test_changed_workspace_equals_a_fresh_run_bit_for_bit(changed_workspace, tmp
     shutil.rmtree(fresh.params)
     shutil.copytree(ws.params, fresh.params)
     check(fresh.run())
-    assert outputs(fresh.results) == history[-1]
+    assert outputs(fresh) == history[-1]
 
 
 def test_failed_rerun_loses_nothing_and_reverting_reuses_the_finished_result(changed_workspace):
@@ -127,6 +131,6 @@ def test_failed_rerun_loses_nothing_and_reverting_reuses_the_finished_result(cha
     assert ws.run().returncode != 0
     ws.edit("scales.yaml", "scales.ci.engine.batch_size", 100)
     proc = check(ws.run())
-    assert outputs(ws.results) == history[-1]
+    assert outputs(ws) == history[-1]
     logs = "".join(p.read_text() for p in (ws.results / "ci" / "logs").rglob("*.log"))
     assert "reusing the finished result of identical inputs" in logs, proc.stderr[-2000:]

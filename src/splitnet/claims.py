@@ -1,12 +1,12 @@
 """The supplement's qualitative claims, each checked against this scale's runs (``claims.md/.csv``).
 
-Every claim compares rows over their seeds.  The rule for a verdict is stated once, here and in
-the table: a difference of two rows' means counts when it exceeds twice its standard error
-(``se = sqrt(s_a^2/n_a + s_b^2/n_b)``, sample std over seeds); with fewer than two seeds on a
-side nothing counts.  A claim ``holds`` when every comparison it makes goes its way by that
-rule, is ``contradicted`` when one goes significantly the other way, and is ``inconclusive``
-otherwise (within seed noise, or rows missing).  The paper's evidence quotes the supplement
-(``../shared/reference/supplement.txt``; tests check every quote) and ``params/paper_results.yaml``.
+Every claim compares rows over their seeds with Welch's t statistics (unequal variances): a
+difference of two rows' means counts when its 95 % confidence interval excludes 0 (two-sided
+Welch t-test, p < 0.05); with fewer than two seeds on a side nothing counts.  A claim ``holds``
+when every comparison it makes goes its way by that rule, is ``contradicted`` when one goes
+significantly the other way, and is ``inconclusive`` otherwise (within seed noise, or rows
+missing).  The paper's evidence quotes the supplement (``../shared/reference/supplement.txt``;
+tests check every quote) and ``params/paper_results.yaml``.
 """
 
 from __future__ import annotations
@@ -19,14 +19,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from scipy import stats as scipy_stats
+
 from .io import atomic_write_text
 from .tables import seed_metrics
 
 HOLDS, CONTRADICTED, INCONCLUSIVE = "holds", "contradicted", "inconclusive"
-RULE = ("A difference of means counts when |d| > 2 se, se = sqrt(s_a²/n_a + s_b²/n_b) over seeds (sample std; "
-        "needs n ≥ 2 per row). holds: every comparison of the claim goes its way by that rule; contradicted: one "
-        "goes significantly the other way; inconclusive: otherwise (within seed noise, or rows missing).")
-EQUIVALENCE_PT = 1.0  # "matches": the error difference's ±2 se interval lies within ±1 point
+CONFIDENCE = 0.95
+RULE = ("Two rows differ when the 95 % confidence interval of the difference of their means (Welch, unequal "
+        "variances, over seeds; n ≥ 2 per row) excludes 0, i.e. a two-sided Welch t-test at p < 0.05. holds: every "
+        "comparison of the claim goes its way by that rule; contradicted: one goes significantly the other way; "
+        "inconclusive: otherwise (within seed noise, or rows missing).")
+MATCH_PT = 1.0  # "matches" (non-inferiority): the 95 % interval of the error increase stays below 1 point
 PARAMS_THIRD = (23.0, 43.0)  # "about 1/3 fewer params": the paper's 32.5 % ± 10 points
 SEMANTIC_ARI = 0.5  # "semantic": ARI against the superclasses clearly above 0.5 (0 = chance)
 
@@ -34,7 +38,7 @@ SEMANTIC_ARI = 0.5  # "semantic": ARI against the superclasses clearly above 0.5
 @dataclass(frozen=True)
 class Stat:
     mean: float
-    std: float
+    std: float  # sample std over seeds (0 for one seed)
     n: int
 
     def __str__(self) -> str:
@@ -47,13 +51,28 @@ def stat(values: list[float]) -> Stat | None:
     return Stat(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
 
 
+def interval(a: Stat, b: Stat | None = None, reference: float = 0.0) -> tuple[float, float] | None:
+    """95 % confidence interval of ``a.mean - b.mean`` (Welch), or of ``a.mean - reference``
+    without ``b``; None when a side has fewer than two seeds."""
+    sides = [a] if b is None else [a, b]
+    if any(side.n < 2 for side in sides):
+        return None
+    d = a.mean - (reference if b is None else b.mean)
+    parts = [side.std**2 / side.n for side in sides]
+    se = math.sqrt(sum(parts))
+    if se == 0:  # identical seeds on both sides (e.g. deterministic step counts): the difference is exact
+        return d, d
+    df = sum(parts) ** 2 / sum(p**2 / (side.n - 1) for p, side in zip(parts, sides))  # Welch-Satterthwaite
+    half = float(scipy_stats.t.ppf(0.5 + CONFIDENCE / 2, df)) * se
+    return d - half, d + half
+
+
 def compare(a: Stat | None, b: Stat | None) -> int:
     """+1: a is significantly larger than b, -1: significantly smaller, 0: neither (or unknown)."""
-    if a is None or b is None or a.n < 2 or b.n < 2:
+    ci = None if a is None or b is None else interval(a, b)
+    if ci is None:
         return 0
-    d = a.mean - b.mean
-    se = math.sqrt(a.std**2 / a.n + b.std**2 / b.n)
-    return 0 if abs(d) <= 2 * se else (1 if d > 0 else -1)
+    return 1 if ci[0] > 0 else -1 if ci[1] < 0 else 0
 
 
 def combine(outcomes: list[int]) -> str:
@@ -107,15 +126,14 @@ class Claim:
 def _shallow_matches_baseline(runs: Runs) -> tuple[str, str]:
     e_s, e_b, red = runs.error("shallow"), runs.error("baseline"), runs.params_reduced("shallow")
     text = f"{_fmt('error Shallow', e_s, ' %')}; {_fmt('baseline', e_b, ' %')}; {_fmt('params reduced', red, ' %')}"
-    if e_s is None or e_b is None or red is None or e_s.n < 2 or e_b.n < 2:
+    ci = None if e_s is None or e_b is None else interval(e_s, e_b)
+    if ci is None or red is None:
         return text, INCONCLUSIVE
-    d = e_s.mean - e_b.mean
-    se = math.sqrt(e_s.std**2 / e_s.n + e_b.std**2 / e_b.n)
-    text += f"; error difference {d:+.2f} ± {2 * se:.2f} (2 se)"
+    text += f"; error difference (Shallow − baseline) 95 % CI [{ci[0]:+.2f}, {ci[1]:+.2f}]"
     third = PARAMS_THIRD[0] <= red.mean <= PARAMS_THIRD[1]
-    if abs(d) + 2 * se <= EQUIVALENCE_PT and third:
+    if ci[1] <= MATCH_PT and third:  # non-inferior: at worst MATCH_PT worse, perhaps better
         return text, HOLDS
-    if d - 2 * se > EQUIVALENCE_PT or not third:
+    if ci[0] > MATCH_PT or not third:
         return text, CONTRADICTED
     return text, INCONCLUSIVE
 
@@ -162,13 +180,10 @@ def _semantic(runs: Runs) -> tuple[str, str]:
     parts, outcomes = [], []
     for exp in ("shallow", "shallow_g3"):
         ari = runs.ari(exp)
+        ci = None if ari is None else interval(ari, reference=SEMANTIC_ARI)
         parts.append(_fmt(f"ARI {exp}", ari))
-        if ari is None or ari.n < 2:
-            outcomes.append(0)
-            continue
-        se = ari.std / math.sqrt(ari.n)
-        outcomes.append(1 if ari.mean - 2 * se > SEMANTIC_ARI else -1 if ari.mean + 2 * se < SEMANTIC_ARI else 0)
-    return "; ".join(parts) + f" (threshold {SEMANTIC_ARI}; 0 = chance)", combine(outcomes)
+        outcomes.append(0 if ci is None else 1 if ci[0] > 0 else -1 if ci[1] < 0 else 0)
+    return "; ".join(parts) + f" (against {SEMANTIC_ARI}; 0 = chance)", combine(outcomes)
 
 
 def _p(paper: dict, table: str, exp: str, key: str) -> float:
@@ -177,7 +192,8 @@ def _p(paper: dict, table: str, exp: str, key: str) -> float:
 
 CLAIMS = [
     Claim("shallow_matches_baseline",
-          f"Shallow Split matches the baseline's error (|Δ| + 2 se ≤ {EQUIVALENCE_PT} pt) with about 1/3 fewer "
+          f"Shallow Split matches the baseline's error (is at most {MATCH_PT} pt worse: upper end of the 95 % CI of the "
+          f"difference) with about 1/3 fewer "
           f"params ({PARAMS_THIRD[0]:.0f}–{PARAMS_THIRD[1]:.0f} %)",
           lambda p: (f"Table 1: Shallow {_p(p, 'table1', 'shallow', 'test_error')} % vs baseline "
                      f"{_p(p, 'table1', 'baseline', 'test_error')} %, params reduced "

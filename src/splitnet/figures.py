@@ -66,16 +66,19 @@ def fig1_assignment_dynamics(runs: dict[str, Path], out_base: Path, vector: str 
         converged_at = convergence.get("steps_to_convergence", {}).get("all")
         if converged_at is not None:
             ax.axvline(converged_at, color="tab:green", linewidth=1)
-            ax.annotate(f"all converged: {converged_at} steps", (converged_at, 0.05), xytext=(4, 0),
+            ax.annotate(f"every variable converged\nafter {converged_at} steps", (converged_at, 0.3), xytext=(4, 0),
                         textcoords="offset points", fontsize=7, color="tab:green")
         else:
             ax.annotate("not converged within the run", (0.5, 0.05), xycoords="axes fraction", ha="center",
                         fontsize=7, color="tab:red")
         ax.set_title(title)
-        ax.set_xlabel("step")
+        ax.set_xscale("symlog", linthresh=100)  # linear over the first 100 steps, where the assignments move
+        ax.set_xlim(0, steps[-1])
+        ax.set_xlabel("step (linear to 100, then log)")
         ax.set_ylim(0, 1.02)
     axes[0][0].set_ylabel(f"largest assignment of each class ({vector})")
-    axes[0][0].legend(loc="center right", fontsize=6)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=3, fontsize=7, bbox_to_anchor=(0.5, -0.04))
     fig.suptitle("Class-to-group assignments during grouping", y=1.04)
     return _save(fig, out_base)
 
@@ -97,11 +100,11 @@ def fig2_block_structure(grouping_model: Path, out_base: Path) -> list[Path]:
     merged = {v.name: v for v in topology.vectors.values()}
     layers = [topology.layers[0], topology.layers[len(topology.layers) // 2], topology.layers[-1]]
     ncols = max(len(mats), len(layers))
-    fig, axes = plt.subplots(2, ncols, figsize=(2.2 * ncols, 4.6), squeeze=False)
+    fig, axes = plt.subplots(2, ncols, figsize=(2.8 * ncols, 5.6), squeeze=False, layout="constrained")
     for ax, (name, m) in zip(axes[0], sorted(mats.items())):
         image = ax.imshow(m[:, _order(m)].numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1,
                           interpolation="nearest")
-        fig.colorbar(image, ax=ax, fraction=0.08, pad=0.03)
+        fig.colorbar(image, ax=ax, fraction=0.08, pad=0.03, label="assignment" if ax is axes[0][0] else None)
         ax.set_title(name, fontsize=7)
         ax.set_yticks(range(m.shape[0]))
         ax.set_ylabel("group", fontsize=6)
@@ -129,5 +132,5 @@ def fig2_block_structure(grouping_model: Path, out_base: Path) -> list[Path]:
         ax.set_yticks([])
     for ax in axes[1][len(layers):]:
         ax.axis("off")
-    fig.suptitle(f"Learned groups and block structure (split {blob['split']})", y=1.02)
+    fig.suptitle(f"Learned groups and block structure (split {blob['split']})")
     return _save(fig, out_base)

@@ -248,10 +248,14 @@ def stage_learn_groups(cfg: dict, data_dir: Path, out_dir: Path, baseline: Path 
         total_steps = g["schedule"]["epochs"] * steps_per_epoch
 
         def snapshot(step: int) -> None:
-            # Every convergence_every steps, one small file (resume-safe: a replayed step
-            # rewrites the same bytes): the convergence curve and Figure 1 read them.
+            # Every convergence_every steps: the overlap freeze check (in steps, not epochs: it
+            # must catch the fuzzy nodes before the assignments sharpen, at every scale), then one
+            # small file (resume-safe: a replayed step rewrites the same bytes) for the
+            # convergence curve and Figure 1.
             if step % g["convergence_every"] and step != total_steps:
                 return
+            if overlap and step:
+                update_freezing(assignments, overlap["threshold"], overlap["freeze_below"])
             with torch.no_grad():
                 mats = {n: assignments.matrix(n).detach().float().cpu() for n in assignments.names}
             atomic_torch_save(mats, out_dir / SNAPSHOT_DIR / f"step_{step:07d}.pt")
@@ -264,7 +268,6 @@ def stage_learn_groups(cfg: dict, data_dir: Path, out_dir: Path, baseline: Path 
             with torch.no_grad():
                 row = convergence_metrics({n: assignments.matrix(n) for n in assignments.names}, fuzzy_threshold)
             if overlap:
-                update_freezing(assignments, overlap["threshold"], overlap["freeze_below"])
                 row["frozen_assignments"] = float(assignments.frozen.sum())
             return row
 
@@ -364,9 +367,14 @@ def _grouping_state(blob: dict, source: Path, partition: dict[str, torch.Tensor]
     froze. A grouping that did not converge is said out loud: its split follows the initial noise."""
     convergence = blob.get("convergence", {})
     names = sorted(blob["assignments"])
+    frozen = set(blob.get("frozen", [])) if overlap else set()
+    sharp = {n: float(convergence[f"sharp/{n}"]) for n in names if f"sharp/{n}" in convergence}
     state: dict[str, Any] = {
-        "assignment_converged": float(convergence.get("assignment_converged", 0.0)),
-        "sharp": {n: float(convergence[f"sharp/{n}"]) for n in names if f"sharp/{n}" in convergence},
+        # An overlap row's variable frozen by the paper's rule (< freeze_below fuzzy) has settled:
+        # it no longer moves, and its fuzzy nodes are duplicated by design, so it counts as
+        # converged; every other variable needs CONVERGED sharp columns. sharp/* stays literal.
+        "assignment_converged": min((1.0 if n in frozen else v for n, v in sharp.items()), default=0.0),
+        "sharp": sharp,
         "fuzzy": {n: float(convergence[f"fuzzy/{n}"]) for n in names if f"fuzzy/{n}" in convergence},
         "steps_to_convergence": dict(convergence.get("steps_to_convergence", {})),
     }
