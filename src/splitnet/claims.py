@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 from scipy import stats as scipy_stats
 
 from .io import atomic_write_text
-from .tables import seed_metrics
+from .tables import mean_std, seed_metrics
 
 HOLDS, CONTRADICTED, INCONCLUSIVE = "holds", "contradicted", "inconclusive"
 CONFIDENCE = 0.95
@@ -46,9 +45,7 @@ class Stat:
 
 
 def stat(values: list[float]) -> Stat | None:
-    if not values:
-        return None
-    return Stat(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
+    return Stat(*mean_std(values), len(values)) if values else None
 
 
 def interval(a: Stat, b: Stat | None = None, reference: float = 0.0) -> tuple[float, float] | None:
