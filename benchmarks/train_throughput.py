@@ -93,7 +93,7 @@ def train_rate(kind: str, args, data: DeviceData, cfg: EngineConfig, row: dict, 
         model.to(memory_format=torch.channels_last)
     stamps: list[float] = []
 
-    def after_step() -> None:
+    def after_step(step: int) -> None:
         sync(device)
         stamps.append(time.perf_counter())
 
@@ -107,8 +107,8 @@ def train_rate(kind: str, args, data: DeviceData, cfg: EngineConfig, row: dict, 
         )
         inner = after_step
 
-        def after_step() -> None:  # noqa: F811 - profiled variant
-            inner()
+        def after_step(step: int) -> None:  # noqa: F811 - profiled variant
+            inner(step)
             if len(stamps) == args.warmup:
                 prof.start()
             elif len(stamps) == args.warmup + args.steps:

@@ -78,7 +78,7 @@ def rows_of(runs: Path, experiments: list[str]) -> dict[str, list[Path]]:
 
 COMMON = {"scale": SCALE, "arch": "wrn-10-1", "seed": "0", "dataset": "fashion_mnist"}
 GROUPING = {"method": "splitnet", "parametrisation": "softmax", "gamma_disjoint": "1.0",
-            "gamma_weight": "1.0", "gamma_balance": "10.0", "dropout": "0.0"}
+            "gamma_weight": "1.0", "gamma_balance": "10.0", "dropout": "0.0", "assignment_lr_scale": "1.0"}
 EXPECTED_PARAMS = {
     "baseline": COMMON | {"method": "baseline", "dropout": "0.0"},
     "shallow": COMMON | GROUPING | {"split": "1-2-2", "G": "2"},
@@ -86,9 +86,9 @@ EXPECTED_PARAMS = {
     "hier": COMMON | GROUPING | {"split": "2-4-4", "G": "2-4", "dropout": "0.5"},
     "fc_overlap": COMMON | GROUPING | {"split": "1-1-4", "G": "4", "overlap_threshold": "0.1"},
     "shallow_simplex": COMMON | GROUPING | {"split": "1-2-2", "G": "2",
-                                            "parametrisation": "simplex", "simplex_rule": "paper"},
+                                            "parametrisation": "simplex", "simplex_rule": "official"},
     "shallow_random": COMMON | {"method": "random", "dropout": "0.0", "split": "1-2-2", "G": "2"},
-    "ssl_3e-3": COMMON | {"method": "ssl", "dropout": "0.0", "ssl_strength": "0.003"},
+    "ssl_3e-3": COMMON | {"method": "ssl", "dropout": "0.0", "ssl_strength": "0.003", "ssl_strength_scale": "1.0"},
 }
 
 

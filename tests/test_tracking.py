@@ -409,7 +409,7 @@ def test_track_command_reads_the_scale_layout_and_writes_a_portable_summary(
     repo = Path(__file__).resolve().parents[1]
     runs = Path("results") / "ci" / "runs"  # relative, as Snakemake passes it
     for stage in STAGES:
-        record_run(runs / "baseline" / stage, "baseline", stage)
+        record_run(runs / "baseline" / "seed_0" / stage, "baseline", stage)
     summary = Path("results") / "ci" / "tracking.json"
     args = ["track", "--scale", "ci", "--params-dir", str(repo / "params"), "--results", "results"]
     assert main([*args, "--summary-out", str(summary)]) == 0
@@ -420,7 +420,7 @@ def test_track_command_reads_the_scale_layout_and_writes_a_portable_summary(
     assert written["created"] == 2 * 2  # the baseline row of both tables
     assert (tmp_path / "results" / "mlflow.db").is_file()
     assert {p.data.tags["splitnet.row"] for p in row_parents(
-        written["tracking_uri"], "splitnet/ci/table2")} == {"baseline"}
+        written["tracking_uri"], "splitnet/ci/table2")} == {"baseline/seed_0"}
 
     capsys.readouterr()
     assert main([*args, "--tracking-uri", "nosuchscheme://x"]) == 2

@@ -308,11 +308,13 @@ ROW_PARAMS: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "split": ("group.split", ("splitnet", "random")),
     "parametrisation": ("group.parametrisation", ("splitnet",)),
     "simplex_rule": ("group.simplex_rule", ("splitnet",)),
+    "assignment_lr_scale": ("group.assignment_lr_scale", ("splitnet",)),
     "gamma_disjoint": ("group.gamma_disjoint", ("splitnet",)),
     "gamma_weight": ("group.gamma_weight", ("splitnet",)),
     "gamma_balance": ("group.gamma_balance", ("splitnet",)),
     "overlap_threshold": ("group.overlap.threshold", ("splitnet",)),
     "ssl_strength": ("ssl.strength", ("ssl",)),
+    "ssl_strength_scale": ("ssl.strength_scale", ("ssl",)),  # the strength used = strength x this
 }
 EVALUATE_OUTPUT = "metrics.json"  # the evaluate stage's output; it names the dataset used
 
