@@ -88,7 +88,8 @@ def _scenario(worker: Worker, files: dict, x: torch.Tensor, data: DeviceData, tm
         model, _ = artifacts.load_model(path)
         net = ParallelSplit(model.eval(), SHAPE, worker).eval()
         with torch.no_grad():
-            out["logits"].append(net(x))
+            out["logits"].append(net(x))  # trunk data-parallel: 5 images shared by the workers
+            out.setdefault("one_image", []).append(net(x[:1]))  # fewer images than workers: trunk replicated
         out["placement"] = [(r.start, r.stop) for r in net.placement.ranges]
     out["finetune"] = _finetune(files["finetune"], data, tmp / f"rank{worker.rank}", worker)
     out["agree"] = _agreements(worker, tmp / "agree")
@@ -157,6 +158,8 @@ def test_inference_equals_the_sequential_split_network(runs):
             out = worker["logits"][case]
             assert out.shape == (5, CLASSES)
             err = ((out - ref).abs().max() / ref.abs().max()).item()
+            assert err < 1e-6, (spec, kind, rank, err)
+            err = ((worker["one_image"][case] - ref[:1]).abs().max() / ref[:1].abs().max()).item()
             assert err < 1e-6, (spec, kind, rank, err)
 
 
@@ -286,7 +289,7 @@ def test_a_hung_worker_fails_the_others_after_the_collective_timeout(model_file)
     with pytest.raises(WorkerError) as err:
         launch(_hangs, 2, (model_file, torch.randn(2, *SHAPE)), timeout_s=120, collective_timeout_s=2)
     message = str(err.value)
-    assert "worker 0 failed: WorkerFailure" in message and "gathering the logits" in message
+    assert "worker 0 failed: WorkerFailure" in message and "gathering the trunk's output" in message
     assert "collective timeout 2 s" in message and "worker 1 was still running, stopped" in message
     assert time.perf_counter() - start < 45
 

@@ -1,9 +1,10 @@
 """Branch-parallel split network: every worker runs the trunk and its own branches.
 
-Forward (inference and training alike): each worker computes the trunk (replicated: sending
-its output would cost more than the input, and the branches wait for it anyway), then only
-the branches on the paths to its leaves (``placement.place``), and all workers gather the
-leaf logits, so every worker ends with the logits of the whole network in class order.
+Forward: every worker needs the trunk's output for the whole batch.  In training each worker
+computes it (replicated: BN uses the whole batch's statistics); at inference each computes
+its share of the images and the shares are gathered.  Then each worker runs only the branches
+on the paths to its leaves (``placement.place``), and all workers gather the leaf logits, so
+every worker ends with the logits of the whole network in class order.
 
 Training (§6 of the supplement, model-parallel finetuning): every worker computes the same
 loss from the same gathered logits.  The gather's backward therefore keeps each worker's own
@@ -39,6 +40,22 @@ def class_order(split: SplitWideResNet, logits: torch.Tensor) -> torch.Tensor:
     return summed / split.class_counts
 
 
+def _all_gather_cat(t: torch.Tensor, sizes: list[int] | tuple[int, ...], dim: int, worker: Worker,
+                    what: str) -> torch.Tensor:
+    """Every worker's ``t`` (``sizes[r]`` long along ``dim`` on worker r) concatenated along ``dim``."""
+    # all_gather moves equal shapes: pad every worker's piece to the longest
+    padded = torch.nn.functional.pad(t, [0, 0] * (t.dim() - 1 - dim) + [0, max(sizes) - t.shape[dim]])
+    # gloo moves float32 host tensors (bf16 -> float32 -> bf16 is lossless)
+    send = (padded if worker.backend == "nccl" else padded.float().cpu()).contiguous()
+    pieces = [torch.empty_like(send) for _ in sizes]
+    with collective(worker, what):
+        dist.all_gather(pieces, send, group=worker.group)
+    out = torch.cat([p.narrow(dim, 0, n) for p, n in zip(pieces, sizes)], dim=dim).to(t.device, t.dtype)
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
 class _GatherColumns(torch.autograd.Function):
     """All-gather every worker's logit columns; backward keeps this worker's own columns.
 
@@ -51,15 +68,7 @@ class _GatherColumns(torch.autograd.Function):
     def forward(ctx: Any, local: torch.Tensor, widths: tuple[int, ...], rank: int, worker: Worker) -> torch.Tensor:
         ctx.start = sum(widths[:rank])
         ctx.stop = ctx.start + widths[rank]
-        # all_gather moves equal shapes: pad every worker's columns to the widest.
-        padded = torch.nn.functional.pad(local, (0, max(widths) - local.shape[1]))
-        # gloo moves float32 host tensors (bf16 -> float32 -> bf16 is lossless)
-        send = padded.contiguous() if worker.backend == "nccl" else padded.float().cpu()
-        pieces = [torch.empty_like(send) for _ in widths]
-        with collective(worker, "gathering the logits"):
-            dist.all_gather(pieces, send, group=worker.group)
-        gathered = torch.cat([p[:, :w] for p, w in zip(pieces, widths)], dim=1)
-        return gathered.to(local.device, local.dtype)
+        return _all_gather_cat(local, widths, 1, worker, "gathering the logits")
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
@@ -157,7 +166,23 @@ class ParallelSplit(nn.Module):
             raise RuntimeError(f"worker {self.worker.rank}: the last backward did not reach every replicated "
                                 "layer, so their gradients were never summed (one backward per step, over the "
                                 "whole loss)")
-        return self.branches(self.split.trunk(x))
+        return self.branches(self.trunk(x))
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """The trunk's output for the whole batch.
+
+        At inference each worker runs the trunk on its share of the images and the shares are
+        gathered: eval-mode layers treat every image alone, so this is exact, and the trunk
+        (half of a hierarchical split's FLOPs) is no longer computed W times.  In training
+        every worker runs the whole batch: BN normalises with the statistics of the batch.
+        """
+        world, rank = self.worker.world, self.worker.rank
+        if self.training or torch.is_grad_enabled() or len(x) < world:
+            return self.split.trunk(x)
+        sizes = [len(x) // world + (r < len(x) % world) for r in range(world)]
+        start = sum(sizes[:rank])
+        return _all_gather_cat(self.split.trunk(x[start : start + sizes[rank]]), sizes, 0, self.worker,
+                               "gathering the trunk's output")
 
     def branches(self, h: torch.Tensor) -> torch.Tensor:
         """The branch part alone: this worker's branches on the trunk output ``h``, gathered."""
