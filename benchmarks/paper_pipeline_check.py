@@ -5,7 +5,7 @@ classes in 20 superclasses, 32x32 colour), a copy of ``params/`` whose ``paper``
 with one epoch per training stage (~100 steps of batch 90 each), and runs the stage commands
 as the pipeline does: prepare-data, train (baseline), learn-groups, split, finetune, evaluate
 for one split row, plus the same finetune model-parallel on ``--workers`` processes
-(``torchrun -m splitnet.parallel finetune``).  Everything else is the paper scale: WRN-16-8,
+(``torchrun -m splitnet finetune --parallel``).  Everything else is the paper scale: WRN-16-8,
 bf16, channels_last, the paper's schedules (milestones rescaled to the epoch).
 
 Records per stage wall time and exit status, the evaluations, and how far the parallel
@@ -105,7 +105,7 @@ def main() -> int:
         ("finetune", splitnet + ["finetune", "--experiment", exp, *common, "--data", str(data), "--source",
                                  str(runs / exp / "split/model.pt"), "--out", str(runs / exp / "finetune")]),
         ("finetune-parallel", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                               str(args.workers), "-m", "splitnet.parallel", "--timeout", "600", "finetune",
+                               str(args.workers), "-m", "splitnet", "finetune", "--parallel", "--timeout", "600",
                                "--experiment", exp, *common, "--data", str(data), "--source",
                                str(runs / exp / "split/model.pt"), "--out", str(runs / exp / "finetune_parallel")]),
     ]

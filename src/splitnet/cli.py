@@ -86,6 +86,11 @@ def cmd_stage(args: argparse.Namespace) -> int:
             stages.stage_learn_groups(cfg, Path(args.data), out, Path(args.baseline) if args.baseline else None, args.resume)
         elif args.command == "split":
             stages.stage_split(cfg, Path(args.source), out)
+        elif args.command == "finetune" and args.parallel:  # one process per worker (torchrun / srun)
+            from .parallel.finetune import finetune_from_env
+
+            timeout = {} if args.timeout is None else {"timeout_s": args.timeout}
+            finetune_from_env(cfg, Path(args.data), Path(args.source), out, args.resume, **timeout)
         elif args.command == "finetune":
             stages.stage_finetune(cfg, Path(args.data), Path(args.source), out, args.resume)
         elif args.command == "evaluate":
@@ -235,6 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--baseline", help="baseline model file (SSL starts from it)")
         if name in ("train", "learn-groups", "finetune"):
             p.add_argument("--resume", action="store_true", help="continue from this stage's checkpoint if present")
+        if name == "finetune":
+            p.add_argument("--parallel", action="store_true",
+                           help="model-parallel over the workers torchrun/srun started, one process each (docs/parallel.md)")
+            p.add_argument("--timeout", type=float, default=None,
+                           help="--parallel: seconds a collective waits for the other workers before failing "
+                                "(default: splitnet.parallel.workers.DEFAULT_TIMEOUT_S)")
         p.set_defaults(func=cmd_stage)
 
     p = sub.add_parser("tables", help="render Tables 1/2, class groups and the architecture check from results")
@@ -297,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
                 message = f"{Path(args.params_dir) / 'scales.yaml'}: scales.{args.scale}.{message}"
             print(f"splitnet {args.command}: error: {message}", file=sys.stderr)
             return EXIT_BAD_INPUT
+        if type(err).__name__ == "WorkerFailure":  # splitnet.parallel: a worker died or hung
+            print(f"splitnet {args.command}: error: {_one_line(err)}", file=sys.stderr)
+            return EXIT_UNEXPECTED
         print(f"splitnet {args.command}: error: unexpected {type(err).__name__}: {_one_line(err)}; "
               f"rerun with `splitnet --debug {args.command} ...` for the traceback", file=sys.stderr)
         return EXIT_UNEXPECTED

@@ -1,19 +1,16 @@
-"""``python -m splitnet.parallel check | finetune``, one process per worker (torchrun, srun).
+"""``python -m splitnet.parallel check``, one process per worker (torchrun, srun).
 
     torchrun --standalone --nproc-per-node 4 -m splitnet.parallel check --model split/model.pt
-    torchrun --standalone --nproc-per-node 2 -m splitnet.parallel finetune --experiment hier \\
-        --scale paper --data results/paper/data --source .../split/model.pt --out .../finetune --resume
 
 ``check`` runs a split model file branch-parallel on random input and compares the logits
-with the sequential network's (exit 1 on a mismatch).  ``finetune`` takes exactly the
-arguments of ``splitnet finetune`` and runs that stage model-parallel.
+with the sequential network's (exit 1 on a mismatch).  The finetune stage runs model-parallel
+as ``torchrun ... -m splitnet finetune --parallel <the stage's arguments>``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -44,23 +41,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if error <= args.tolerance else 1
 
 
-def cmd_finetune(argv: list[str], timeout: float) -> int:
-    from .. import cli
-    from ..engine import EXIT_PREEMPTED, NonFiniteLoss, Preempted
-    from .finetune import finetune_from_env
-
-    args = cli.build_parser().parse_args(["finetune", *argv])
-    cfg = cli._run_config(args)  # the checks `splitnet finetune` makes before any compute
-    try:
-        finetune_from_env(cfg, Path(args.data), Path(args.source), Path(args.out), args.resume, timeout)
-    except Preempted:
-        return EXIT_PREEMPTED
-    except NonFiniteLoss as err:
-        print(f"splitnet.parallel finetune: {err}", file=sys.stderr)
-        return 3
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m splitnet.parallel", description=__doc__,
@@ -74,14 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (worker i takes GPU i)")
     p.add_argument("--tolerance", type=float, default=1e-5, help="max relative difference (default %(default)g)")
-    sub.add_parser("finetune", help="the finetune stage model-parallel; the arguments of `splitnet finetune`",
-                   add_help=False)
-    args, rest = parser.parse_known_args(argv)
+    args = parser.parse_args(argv)
     try:
-        if args.command == "finetune":
-            return cmd_finetune(rest, args.timeout)
-        if rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return cmd_check(args)
     except WorkerFailure as err:
         print(f"splitnet.parallel {args.command}: error: {err}", file=sys.stderr)
