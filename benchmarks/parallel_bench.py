@@ -7,6 +7,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -107,3 +108,30 @@ def every_core(cores: set[int], mine: set[int]) -> Iterator[None]:
         yield
     finally:
         pin(mine, 1)
+
+
+@dataclass
+class WorkerSetup:
+    """What every parallel benchmark worker starts from: its device, its pinned core, the models."""
+
+    device: torch.device
+    cpu: bool
+    cores: list[int]  # every core this process may use
+    mine: set[int]  # the one core this worker is pinned to
+    fmt: torch.memory_format
+    dense: WideResNet
+    splits: dict[str, SplitWideResNet]
+    shape: tuple[int, int, int]
+
+
+def worker_setup(worker: Worker, arch: str, num_classes: int, splits: list[str], image_size: int,
+                 channels_last: bool) -> WorkerSetup:
+    """Pin a CPU worker to one core (one thread) and build the dense and split networks."""
+    cpu = worker.device.type == "cpu"
+    cores = sorted(os.sched_getaffinity(0))
+    mine = {cores[worker.rank % len(cores)]}
+    if cpu:
+        pin(mine, 1)
+    dense, split_models = build_models(arch, num_classes, splits)
+    return WorkerSetup(worker.device, cpu, cores, mine, torch.channels_last if channels_last else torch.contiguous_format,
+                       dense, split_models, (3, image_size, image_size))

@@ -30,7 +30,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_info  # noqa: E402
-from parallel_bench import SPLITS, Recorder, autocast, build_models, every_core, pin, sync_for  # noqa: E402
+from parallel_bench import SPLITS, Recorder, autocast, every_core, sync_for, worker_setup  # noqa: E402
 
 from splitnet.io import atomic_write_json  # noqa: E402
 from splitnet.parallel import ParallelSplit, Worker, launch  # noqa: E402
@@ -50,14 +50,9 @@ def stepper(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool):
 
 
 def bench(worker: Worker, args: argparse.Namespace) -> dict | None:
-    device, cpu = worker.device, worker.device.type == "cpu"
-    cores = sorted(os.sched_getaffinity(0))
-    mine = {cores[worker.rank % len(cores)]}
-    if cpu:
-        pin(mine, 1)
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
-    dense, splits = build_models(args.arch, args.num_classes, args.splits)
-    shape = (3, args.image_size, args.image_size)
+    env = worker_setup(worker, args.arch, args.num_classes, args.splits, args.image_size, args.channels_last)
+    device, cpu, cores, mine, fmt = env.device, env.cpu, env.cores, env.mine, env.fmt
+    dense, splits, shape = env.dense, env.splits, env.shape
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, *shape, generator=gen).to(device).contiguous(memory_format=fmt)
     y = torch.randint(0, args.num_classes, (args.batch,), generator=gen).to(device)
