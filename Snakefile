@@ -1,5 +1,6 @@
 # SplitNet reproduction: data -> baseline -> grouping -> split -> finetune -> evaluate -> tables.
-#   snakemake --cores all                        # cpu scale (default), local
+#   snakemake --cores all                        # cpu scale (default), local; also runs the grouping study
+#   snakemake --cores all grouping_study         # only the grouping study (results/cpu/tables/grouping_study.csv)
 #   snakemake --cores all --config scale=paper --profile workflow/profiles/slurm
 # Experiments, scales and paper numbers live in params/; the rules live in workflow/rules/.
 
@@ -22,3 +23,4 @@ rule all:
         CLAIMS_FILES,
         FIGURE_FILES,
         TRACKING_FILE,
+        STUDY_FILES if HAS_STUDY else [],

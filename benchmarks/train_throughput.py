@@ -75,7 +75,7 @@ def build(kind: str, arch: str, in_channels: int, row: dict):
         return model, None
     reg_cfg = RegularizerConfig(g["gamma_disjoint"], g["gamma_weight"], g["gamma_balance"], g["weighted"])
 
-    def regularizer():  # the closure of stage_learn_groups
+    def regularizer(step: int = 0):  # the closure of stage_learn_groups
         losses = split_losses(net, topology, assignments.matrices(), reg_cfg)
         return losses.total, {"reg_disjoint": losses.disjoint, "reg_weight": losses.weight,
                               "reg_balance": losses.balance}
@@ -145,7 +145,7 @@ def regularizer_cost(args, device: torch.device, channels_last: bool, row: dict,
     for i in range(repeats + 3):
         sync(device)
         start = time.perf_counter()
-        total, _ = regularizer()
+        total, _ = regularizer(0)
         total.backward()
         sync(device)
         if i >= 3:

@@ -69,7 +69,7 @@ def run(run_dir: Path, *, resume: bool = False, checkpoint_every: int = 1, after
     reg_cfg = RegularizerConfig(1.0, 1.0, 10.0, True)
     calls = {"n": 0}
 
-    def regularizer():
+    def regularizer(step: int = 0):
         losses = split_losses(model.net, topology, assignments.matrices(), reg_cfg)
         total = 0.1 * losses.total
         if regularizer_hook is not None:

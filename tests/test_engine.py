@@ -226,7 +226,7 @@ def test_extra_optimizer_parameters_are_not_also_updated_by_sgd(tmp_path):
 
     extra = SimplexReducedGradient([p], lr=1e-12, rule="paper")
 
-    def regularizer():
+    def regularizer(step: int = 0):
         a = model.assignments.matrix("head_out")
         return (a * torch.arange(a.numel(), dtype=a.dtype).view_as(a)).sum(), {}
 

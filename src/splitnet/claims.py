@@ -21,6 +21,7 @@ from pathlib import Path
 from scipy import stats as scipy_stats
 
 from .io import atomic_write_text
+from .metrics import semantic_ari
 from .tables import mean_std, seed_metrics
 
 HOLDS, CONTRADICTED, INCONCLUSIVE = "holds", "contradicted", "inconclusive"
@@ -103,8 +104,9 @@ class Runs:
         return None if None in steps else stat([float(s) for s in steps])
 
     def ari(self, exp: str) -> Stat | None:
-        return stat([m["groups"]["superclass_ari"] for m in self.metrics(exp)
-                     if m.get("groups", {}).get("superclass_ari") is not None])
+        """ARI of the class groups against the superclasses (their best merge, with fewer groups)."""
+        scores = [semantic_ari(m.get("groups", {})) for m in self.metrics(exp)]
+        return stat([s for s in scores if s is not None])
 
 
 def _fmt(name: str, value: Stat | None, unit: str = "") -> str:

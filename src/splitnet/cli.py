@@ -119,7 +119,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     # (imported by mlflow_import) reads it.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-    from .config import load_registry
+    from .config import load_registry, method_of
     from .mlflow_import import TrackEntry, default_tracking_uri, import_runs
     from .outputs import ScaleOutputs
     from .records import RUN_RECORD
@@ -132,7 +132,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     for table, spec in registry["tables"].items():
         for row in spec["rows"]:
             exp = row["experiment"]
-            stages = PIPELINE_STAGES[registry["experiments"][exp]["method"]]
+            stages = PIPELINE_STAGES[method_of(registry, exp)]
             for seed in registry["scales"][args.scale]["seeds"]:  # one parent run per row and seed
                 records = [out.run_dir(exp, seed, stage) / RUN_RECORD for stage in stages]
                 entries.append(TrackEntry(table, f"{exp}/seed_{seed}", records,
@@ -179,6 +179,29 @@ def cmd_figures(args: argparse.Namespace) -> int:
     (exp,) = runs["fig2_block_structure"].values()
     fig2_block_structure(out.run_dir(exp, seed, "learn_groups") / "model.pt", out.figures / "fig2_block_structure")
     print(f"wrote {out.figures}/fig1_assignment_dynamics.(png|pdf), fig2_block_structure.(png|pdf)")
+    return 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from .config import load_registry
+    from .figures import fig_class_groups
+    from .outputs import ScaleOutputs
+    from .study import FIGURE_PRESETS, study_cells, write_study
+    from .tables import seed_metrics
+
+    registry = load_registry(args.params_dir)
+    out = ScaleOutputs(args.results, args.scale)
+    rows = write_study(registry, args.results, out.tables)
+    panels = {}
+    for cell in study_cells(registry):
+        if cell.preset in FIGURE_PRESETS:
+            metrics = seed_metrics(ScaleOutputs(args.results, cell.scale).runs, cell.experiment, list(cell.seeds))
+            if metrics:
+                panels[f"{cell.dataset}\n{cell.preset}"] = [{**m["groups"], "seed": m["seed"]} for m in metrics]
+    if panels:
+        fig_class_groups(panels, out.figures / "grouping_study")
+    print(f"wrote {', '.join(str(p) for p in out.study_files())}: "
+          f"{sum(r['seeds'] for r in rows)} runs in {len(rows)} (dataset, preset) cells")
     return 0
 
 
@@ -237,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("split", "finetune", "evaluate"):
             p.add_argument("--source", required=True, help="model file of the previous stage")
         if name == "learn-groups":
-            p.add_argument("--baseline", help="baseline model file (SSL starts from it)")
+            p.add_argument("--baseline", help="baseline model file (SSL and groupings with group.init baseline start from it)")
         if name in ("train", "learn-groups", "finetune"):
             p.add_argument("--resume", action="store_true", help="continue from this stage's checkpoint if present")
         if name == "finetune":
@@ -259,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params-dir", default="params")
     p.add_argument("--results", default="results")
     p.set_defaults(func=cmd_figures)
+
+    p = sub.add_parser("study", help="the grouping study: class-group ARI per dataset and preset (grouping_study.csv)")
+    p.add_argument("--scale", default="cpu", help="whose tables/ and figures/ directories receive the study")
+    p.add_argument("--params-dir", default="params")
+    p.add_argument("--results", default="results", help="reads <results>/<dataset's scale>/runs/<row@preset>/...")
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("track", help="import every run record into MLflow (serial, idempotent)")
     p.add_argument("--scale", default="cpu")
@@ -286,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
               f"see `splitnet {args.command} --help`", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
-        if args.command in ("tables", "figures", "track"):
+        if args.command in ("tables", "figures", "track", "study"):
             from .validate import check_results_command
 
             check_results_command(args)

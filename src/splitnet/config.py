@@ -1,10 +1,12 @@
 """The experiment registry (``params/``): load, validate, and resolve one run's configuration.
 
-``params/experiments.yaml`` holds ``defaults``, every paper-table row under ``experiments`` and
-the ``tables``; ``params/scales.yaml`` holds the ``scales`` (paper / cpu / smoke / ci).  A run's
-configuration is ``defaults`` <- row <- scale (data, model.arch, engine, epoch counts) <- the
-scale's ``overrides``; when a scale sets a stage's epochs, that stage's milestones are rescaled
-in proportion (``overrides`` come after, so a scale can replace them, e.g. by ``[]``).  The
+``params/experiments.yaml`` holds ``defaults``, every paper-table row under ``experiments``, the
+``presets``, the ``grouping_study`` and the ``tables``; ``params/scales.yaml`` holds the ``scales``
+(paper / cpu / planted / smoke / ci).  A run's configuration is ``defaults`` <- row <- scale (data,
+model.arch, engine, epoch counts) <- the scale's ``overrides`` <- the preset; when a scale sets a
+stage's epochs, that stage's milestones are rescaled in proportion (``overrides`` come after, so a
+scale can replace them, e.g. by ``[]``).  Experiment ``<row>@<preset>`` is a row run with a
+preset (``shallow@semantic``); a plain row name runs it as the paper does.  The
 seed (one of the scale's ``seeds``) sets the engine seed (weights, assignment initialisation,
 data order) and the random partition's seed.
 Validation (JSON schema + cross-checks) fails before any job starts and names the file and key.
@@ -26,7 +28,9 @@ from .spec import SpecError, SplitSpec
 EXPERIMENTS_FILE = "experiments.yaml"
 SCALES_FILE = "scales.yaml"
 STAGE_SCHEDULES = ("train", "group", "finetune", "ssl")
-SCALES_FILE_KEYS = ("scales",)  # scales.yaml holds these top-level keys, experiments.yaml the schema's others
+SCALES_FILE_KEYS = ("scales",)
+PRESET_SEPARATOR = "@"
+PAPER_PRESET = "paper"  # in the grouping study: the row unchanged  # scales.yaml holds these top-level keys, experiments.yaml the schema's others
 
 
 class ConfigError(ValueError):
@@ -118,8 +122,11 @@ def key_location(registry: dict, params_dir: str | Path, experiment: str, scale:
         return f"{params_dir / SCALES_FILE}: scales.{scale}.{key}"
     if path[1:] == ["schedule", "epochs"] and path[0] in scale_entry["epochs"]:
         return f"{params_dir / SCALES_FILE}: scales.{scale}.epochs.{path[0]}"
-    if _has_key(registry["experiments"][experiment], path):
-        return f"{params_dir / EXPERIMENTS_FILE}: experiments.{experiment}.{key}"
+    row, preset = split_experiment(registry, experiment)
+    if preset is not None and _has_key(registry["presets"][preset], path):
+        return f"{params_dir / EXPERIMENTS_FILE}: presets.{preset}.{key}"
+    if _has_key(registry["experiments"][row], path):
+        return f"{params_dir / EXPERIMENTS_FILE}: experiments.{row}.{key}"
     return f"{params_dir / EXPERIMENTS_FILE}: defaults.{key}"
 
 
@@ -140,6 +147,28 @@ def _cross_check(registry: dict, params_dir: Path) -> None:
                 raise ConfigError(f"{params_dir / SCALES_FILE}: scales.{scale}.overrides.{key}: a scale cannot change a "
                                   "row's identity; set it on the row in experiments.yaml")
     where = params_dir / EXPERIMENTS_FILE
+    for name, preset in registry["presets"].items():
+        for key in ("method", "group.split"):
+            if _has_key(preset, key.split(".")):
+                raise ConfigError(f"{where}: presets.{name}.{key}: a preset cannot change a row's identity; "
+                                  "set it on the row")
+    study = registry["grouping_study"]
+    if study["scale"] not in registry["scales"]:
+        raise ConfigError(f"{where}: grouping_study.scale: unknown scale {study['scale']!r}")
+    for name in study["presets"]:
+        if name != PAPER_PRESET and name not in registry["presets"]:
+            raise ConfigError(f"{where}: grouping_study.presets: unknown preset {name!r}; known: "
+                              f"{', '.join([PAPER_PRESET, *registry['presets']])}")
+    for name, entry in study["datasets"].items():
+        if entry["scale"] not in registry["scales"]:
+            raise ConfigError(f"{where}: grouping_study.datasets.{name}.scale: unknown scale {entry['scale']!r}")
+        if registry["experiments"].get(entry["experiment"], {}).get("method") != "splitnet":
+            raise ConfigError(f"{where}: grouping_study.datasets.{name}.experiment: {entry['experiment']!r} is not "
+                              "a splitnet experiment")
+        for preset in entry.get("presets", []):
+            if preset not in study["presets"]:
+                raise ConfigError(f"{where}: grouping_study.datasets.{name}.presets: {preset!r} is not one of "
+                                  "grouping_study.presets")
     for name, row in registry["experiments"].items():
         split = row.get("group", {}).get("split")
         if row["method"] in ("splitnet", "random"):
@@ -152,10 +181,10 @@ def _cross_check(registry: dict, params_dir: Path) -> None:
                 raise ConfigError(f"{where}: experiments.{name}.group.split: {err}") from None
     for table, spec in registry["tables"].items():
         for i, row in enumerate(spec["rows"]):
-            if row["experiment"] not in registry["experiments"]:
-                raise ConfigError(
-                    f"{where}: tables.{table}.rows[{i}].experiment: unknown experiment {row['experiment']!r}"
-                )
+            try:
+                split_experiment(registry, row["experiment"])
+            except ConfigError as err:
+                raise ConfigError(f"{where}: tables.{table}.rows[{i}].experiment: {err}") from None
     for figure, runs in registry["figures"].items():
         for label, experiment in runs.items():
             if registry["experiments"].get(experiment, {}).get("method") != "splitnet":
@@ -180,14 +209,40 @@ def _rescale(schedule: dict, epochs: int) -> dict:
     return {**schedule, "epochs": epochs, "milestones": [m for m in milestones if m < epochs]}
 
 
+def split_experiment(registry: dict, experiment: str) -> tuple[str, str | None]:
+    """``"shallow@semantic"`` -> ``("shallow", "semantic")``, ``"shallow"`` -> ``("shallow", None)``."""
+    row, _, preset = experiment.partition(PRESET_SEPARATOR)
+    if row not in registry["experiments"]:
+        raise ConfigError(f"unknown experiment {row!r}; known: {', '.join(registry['experiments'])} "
+                          f"(optionally {PRESET_SEPARATOR}<preset>)")
+    if _ and preset not in registry["presets"]:
+        raise ConfigError(f"unknown preset {preset!r} in experiment {experiment!r}; known: {', '.join(registry['presets'])}")
+    return row, preset or None
+
+
+def method_of(registry: dict, experiment: str) -> str:
+    """The method of a row or ``row@preset`` (a preset never changes it)."""
+    return registry["experiments"][split_experiment(registry, experiment)[0]]["method"]
+
+
+def study_experiment(row: str, preset: str) -> str:
+    """The experiment the grouping study runs for a row and preset (``paper``: the row itself)."""
+    return row if preset == PAPER_PRESET else f"{row}{PRESET_SEPARATOR}{preset}"
+
+
+def experiment_names(registry: dict) -> list[str]:
+    """Every experiment name the pipeline can build: the rows, and every row with every preset."""
+    rows = list(registry["experiments"])
+    return rows + [f"{r}{PRESET_SEPARATOR}{p}" for r in rows for p in registry["presets"]]
+
+
 def resolve(registry: dict, experiment: str, scale: str, seed: int | None = None) -> dict[str, Any]:
-    """The full configuration of one row at one scale and seed (default: the scale's first)."""
-    if experiment not in registry["experiments"]:
-        known = ", ".join(registry["experiments"])
-        raise ConfigError(f"unknown experiment {experiment!r}; known: {known}")
+    """The full configuration of one row (with its preset, if named) at one scale and seed
+    (default: the scale's first)."""
+    row, preset = split_experiment(registry, experiment)
     if scale not in registry["scales"]:
         raise ConfigError(f"unknown scale {scale!r}; known: {', '.join(registry['scales'])}")
-    cfg = deep_merge(registry["defaults"], registry["experiments"][experiment])
+    cfg = deep_merge(registry["defaults"], registry["experiments"][row])
     sc = registry["scales"][scale]
     cfg["model"] = deep_merge(cfg.get("model", {}), sc["model"])
     cfg["data"] = copy.deepcopy(sc["data"])
@@ -197,6 +252,8 @@ def resolve(registry: dict, experiment: str, scale: str, seed: int | None = None
         if stage in cfg and "schedule" in cfg[stage]:
             cfg[stage]["schedule"] = _rescale(cfg[stage]["schedule"], epochs)
     cfg = deep_merge(cfg, sc.get("overrides", {}))
+    if preset is not None:
+        cfg = deep_merge(cfg, registry["presets"][preset])
     seed = sc["seeds"][0] if seed is None else seed
     cfg["engine"]["seed"] = seed
     cfg["split"]["random_seed"] = cfg["split"]["random_seed"] + seed

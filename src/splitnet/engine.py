@@ -209,7 +209,7 @@ def train(
     run_dir: Path,
     *,
     normalizer: Normalizer,
-    regularizer: Callable[[], tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None,
+    regularizer: Callable[[int], tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None,
     extra_optimizers: list[torch.optim.Optimizer] = (),
     after_step: Callable[[int], None] | None = None,
     end_of_epoch: Callable[[int], dict[str, float]] | None = None,
@@ -219,7 +219,8 @@ def train(
 ) -> TrainResult:
     """Train ``model`` in place; the model must already be on the data's device.
 
-    ``regularizer()`` returns (extra loss, named parts) computed once per step outside autocast;
+    ``regularizer(step)`` returns (extra loss, named parts) computed once per step outside autocast,
+    given the number of updates made before this one (a ramp can depend on it);
     ``extra_optimizers`` step after the SGD optimizer (e.g. the simplex assignments);
     ``after_step(step)`` runs after every update, with the number of updates made so far; ``end_of_epoch(epoch)`` returns extra metrics
     (validation, freezing events) for the epoch's history row, which also goes to ``on_log``.
@@ -319,7 +320,7 @@ def train(
                     logits = runner(x)
                 loss = F.cross_entropy(logits.float(), data.labels[idx])
                 if regularizer is not None:
-                    extra, parts = regularizer()
+                    extra, parts = regularizer(epoch * steps_per_epoch + step)
                     loss = loss + extra
                     for k, v in parts.items():
                         parts_sum[k] = parts_sum.get(k, 0.0) + v.detach()

@@ -134,3 +134,40 @@ def fig2_block_structure(grouping_model: Path, out_base: Path) -> list[Path]:
         ax.axis("off")
     fig.suptitle(f"Learned groups and block structure (split {blob['split']})")
     return _save(fig, out_base)
+
+
+def fig_class_groups(panels: dict[str, list[dict]], out_base: Path) -> list[Path]:
+    """Class x seed maps of the learned class groups, one panel per (dataset, preset).
+
+    Each entry of a panel is the ``groups`` table of one seed's metrics.json. Classes run down,
+    ordered by superclass (lines between superclasses); a cell's colour is its group, with each
+    seed's groups numbered by the mean superclass of their members, so a grouping that follows
+    the superclasses shows bands that match the lines whatever its arbitrary group ids.
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.3 * len(panels) + 1, 4.2), squeeze=False,
+                             constrained_layout=True)
+    for ax, (title, tables) in zip(axes[0], panels.items()):
+        supers = tables[0]["superclasses"]
+        classes = [c for members in supers.values() for c in members]
+        super_of = {c: i for i, members in enumerate(supers.values()) for c in members}
+        columns = []
+        for table in tables:
+            group_of = {c: table["class_to_group"][c][0] for c in classes}
+            centre = {g: sum(super_of[c] for c in classes if group_of[c] == g) / sum(group_of[c] == g for c in classes)
+                      for g in set(group_of.values())}
+            rank = {g: r for r, g in enumerate(sorted(centre, key=lambda g: (centre[g], g)))}
+            columns.append([rank[group_of[c]] for c in classes])
+        image = torch.tensor(columns, dtype=torch.float32).T
+        ax.imshow(image, cmap="tab10", vmin=0, vmax=9, aspect="auto", interpolation="nearest")
+        bounds = [sum(len(m) for m in list(supers.values())[: i + 1]) - 0.5 for i in range(len(supers) - 1)]
+        for y in bounds:
+            ax.axhline(y, color="black", linewidth=1.2)
+        ax.set_xticks(range(len(tables)), [str(t.get("seed", i)) for i, t in enumerate(tables)])
+        ax.set_xlabel("seed")
+        ax.set_yticks(range(len(classes)), classes if len(classes) <= 20 else [""] * len(classes), fontsize=6)
+        ax.set_title(title, fontsize=7)
+    fig.suptitle("Learned class groups (colour = group, numbered by the superclasses of its members; "
+                 "lines separate the true superclasses)", fontsize=7)
+    paths = _save(fig, out_base)
+    plt.close(fig)
+    return paths

@@ -20,7 +20,7 @@ from .io import sha256_file
 # editing them changes no trained number, so they do not invalidate checkpoints.
 PRESENTATION_MODULES = frozenset({
     "__init__.py", "__main__.py", "cli.py", "tables.py", "figures.py", "records.py",
-    "mlflow_import.py", "summary.py", "arch_check.py", "validate.py", "outputs.py", "claims.py",
+    "mlflow_import.py", "summary.py", "arch_check.py", "validate.py", "outputs.py", "claims.py", "study.py",
 })
 
 

@@ -35,6 +35,40 @@ def adjusted_rand_index(a: list[int], b: list[int]) -> float:
     return (index - expected) / (maximum - expected)
 
 
+def merges(superclasses: int, blocks: int) -> list[list[int]]:
+    """Every way to merge ``superclasses`` labels into ``blocks`` non-empty blocks, as label maps.
+
+    Restricted growth strings: ``m[0] = 0`` and each ``m[i] <= max(m[:i]) + 1``, so each set
+    partition appears once.
+    """
+    out: list[list[int]] = []
+
+    def grow(prefix: list[int]) -> None:
+        if len(prefix) == superclasses:
+            if max(prefix) + 1 == blocks:
+                out.append(prefix)
+            return
+        for label in range(min(max(prefix) + 2, blocks)):
+            grow([*prefix, label])
+
+    if 1 <= blocks <= superclasses:
+        grow([0])
+    return out
+
+
+def best_merge_ari(groups: list[int], superclass: list[int], blocks: int) -> float:
+    """The highest ARI of ``groups`` against the superclasses merged into ``blocks`` groups
+    (with fewer groups than superclasses, the grouping can at best match such a merge)."""
+    count = max(superclass) + 1
+    return max(adjusted_rand_index(groups, [m[s] for s in superclass]) for m in merges(count, blocks))
+
+
+def semantic_ari(groups: dict) -> float | None:
+    """The score of a class-group table (``class_group_table``): the ARI against the best merge of
+    the superclasses when there are fewer groups than superclasses, else against the superclasses."""
+    return groups.get("best_merge_ari", groups.get("superclass_ari"))
+
+
 def purity(groups: list[int], superclass: list[int]) -> float:
     """Fraction of classes whose superclass is the majority superclass of their group."""
     by_group: dict[int, list[int]] = {}
@@ -50,7 +84,8 @@ def class_group_table(
     """The learned class -> group assignment, with superclass agreement when a map exists.
 
     ``membership`` is the G x classes boolean partition of the fc outputs; a duplicated class
-    (overlap) counts in the ARI/purity under its lowest group.
+    (overlap) counts in the ARI/purity under its lowest group.  With fewer groups than
+    superclasses, ``best_merge_ari`` is the ARI against the best merge of the superclasses.
     """
     groups = [int(col.nonzero()[0]) for col in membership.T]
     table = {
@@ -60,6 +95,8 @@ def class_group_table(
     if superclass is not None:
         table["superclass_purity"] = purity(groups, superclass)
         table["superclass_ari"] = adjusted_rand_index(groups, superclass)
+        if membership.shape[0] < len(set(superclass)):  # fewer groups than superclasses: score the best merge
+            table["best_merge_ari"] = best_merge_ari(groups, superclass, membership.shape[0])
         if superclass_names is not None:
             table["superclasses"] = {name: [class_names[c] for c, s in enumerate(superclass) if s == i]
                                      for i, name in enumerate(superclass_names)}

@@ -34,6 +34,11 @@ class ScaleOutputs:
     def claims_files(self) -> list[Path]:
         return [self.tables / "claims.md", self.tables / "claims.csv"]
 
+    def study_files(self) -> list[Path]:
+        """The grouping study's table and class-group figure (``splitnet study``)."""
+        return [self.tables / "grouping_study.csv", self.tables / "grouping_study.md",
+                *(self.figures / f"grouping_study.{ext}" for ext in FIGURE_FORMATS)]
+
     def figure_files(self, registry: dict) -> list[Path]:
         return [self.figures / f"{name}.{ext}" for name in registry["figures"] for ext in FIGURE_FORMATS]
 

@@ -15,7 +15,7 @@ Weights use PyTorch layout: conv ``[D_out, D_in, k, k]``, fc ``[D_out, D_in]``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import torch
@@ -137,6 +137,15 @@ class RegularizerConfig:
     gamma_weight: float = 1.0
     gamma_balance: float = 10.0
     weighted: bool = True
+
+
+def warmed_up(config: RegularizerConfig, step: int, disjoint_warmup_steps: int) -> RegularizerConfig:
+    """``config`` with gamma_disjoint ramped linearly from 0 over the first ``disjoint_warmup_steps``
+    updates (0: no ramp). Near uniform assignments R_D amplifies whatever noise they start with;
+    the ramp lets R_W, which follows the weights' structure, shape the groups first."""
+    if not disjoint_warmup_steps or step >= disjoint_warmup_steps:
+        return config
+    return replace(config, gamma_disjoint=config.gamma_disjoint * step / disjoint_warmup_steps)
 
 
 @dataclass

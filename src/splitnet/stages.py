@@ -16,6 +16,7 @@ ssl           group lasso from the baseline   prune zeroed channels         yes
 
 from __future__ import annotations
 
+
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ from .convergence import CONVERGED, SHARP, convergence_metrics, read_snapshots, 
 from .overlap import DEFAULT_THRESHOLD, update_freezing
 from .partition import partition_from_assignments, random_partition
 from .reduced_gradient import SimplexReducedGradient
-from .regularizers import RegularizerConfig, split_losses
+from .regularizers import RegularizerConfig, split_losses, warmed_up
 from .spec import SplitSpec
 from .split import build_split_network
 from .ssl import channels_to_keep, group_lasso_penalty, prune, zero_pruned_weights
@@ -213,7 +214,12 @@ def stage_learn_groups(cfg: dict, data_dir: Path, out_dir: Path, baseline: Path 
         raise ValueError(f"method {cfg['method']!r} has no learn-groups stage")
     g = cfg["group"]
     spec = SplitSpec.parse(g["split"])
-    start = _start(cfg, "learn_groups", out_dir, {"data": _manifest(data_dir)}, resume)
+    inputs = {"data": _manifest(data_dir)}
+    if g["init"] == "baseline":
+        if baseline is None:
+            raise ValueError("group.init baseline starts the grouping from the trained baseline: pass --baseline")
+        inputs["baseline"] = baseline
+    start = _start(cfg, "learn_groups", out_dir, inputs, resume)
     if start.restored:
         return out_dir / MODEL_FILE
     with _recorder(cfg, "learn_groups", out_dir, start) as rec:
@@ -221,13 +227,18 @@ def stage_learn_groups(cfg: dict, data_dir: Path, out_dir: Path, baseline: Path 
         torch.manual_seed(engine.seed)
         plan = _plan_for(cfg, data_dir)
         net = WideResNet(plan, bn_no_scale=cfg["model"]["bn_no_scale"], **_dropout_kwargs(cfg, spec))
+        if g["init"] == "baseline":
+            # The trained weights, BN scales included: they stay frozen at the baseline's values
+            # where bn_no_scale freezes them, so the network computes exactly the baseline's function.
+            net.load_state_dict(artifacts.load_artifact(baseline)["state_dict"])
         topology = build_topology(plan, spec)
         assignments = GroupAssignments(topology, g["parametrisation"])
         model = GroupingModel(net, assignments)
         reg_cfg = RegularizerConfig(g["gamma_disjoint"], g["gamma_weight"], g["gamma_balance"], g["weighted"])
 
-        def regularizer():
-            losses = split_losses(net, topology, assignments.matrices(), reg_cfg)
+        def regularizer(step: int):
+            step_cfg = warmed_up(reg_cfg, step, g["disjoint_warmup_steps"])
+            losses = split_losses(net, topology, assignments.matrices(), step_cfg)
             return losses.total, {"reg_disjoint": losses.disjoint, "reg_weight": losses.weight,
                                   "reg_balance": losses.balance}
 
@@ -298,7 +309,7 @@ def _learn_ssl(cfg: dict, data_dir: Path, out_dir: Path, baseline: Path | None, 
     with _recorder(cfg, "learn_groups", out_dir, start) as rec:
         model, _ = artifacts.load_model(baseline)
 
-        def regularizer():
+        def regularizer(step: int):
             penalty = group_lasso_penalty(model)
             return strength * penalty, {"reg_group_lasso": penalty}
 

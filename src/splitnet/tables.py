@@ -256,6 +256,8 @@ def class_groups_markdown(rows: list[dict], scale: str, dataset: str) -> str:
             superclasses = superclasses or groups.get("superclasses")
             ari, pur = groups.get("superclass_ari"), groups.get("superclass_purity")
             score = "" if ari is None else f" — superclass ARI {ari:.3f}, purity {pur:.3f}"
+            if "best_merge_ari" in groups:
+                score += f", ARI vs the best {len(groups['groups'])}-merge of the superclasses {groups['best_merge_ari']:.3f}"
             converged = m.get("grouping", {}).get("assignment_converged")
             conv = "" if converged is None else f", assignments converged {fmt_converged(converged)}"
             lines.append(f"*{row['label']}* (split {m['split']}, seed {m['seed']}{conv}){score}")

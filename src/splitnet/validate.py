@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from . import artifacts
-from .config import EXPERIMENTS_FILE, SCALES_FILE, key_location, load_registry
+from .config import EXPERIMENTS_FILE, SCALES_FILE, ConfigError, key_location, load_registry, split_experiment
 from .data import DataError, parse_config, read_manifest
 from .data.prepare import MANIFEST
 from .io import sha256_file
@@ -81,9 +81,10 @@ METHOD_STAGES: dict[str, tuple[str, ...]] = {
 
 def check_names(registry: dict, params_dir: Path, experiment: str, scale: str) -> None:
     """``--experiment`` and ``--scale`` must name a row and a scale of the params files."""
-    if experiment not in registry["experiments"]:
-        raise InputError(f"--experiment {experiment!r} is not a row of {params_dir / EXPERIMENTS_FILE}; "
-                         f"pick one of: {', '.join(registry['experiments'])}")
+    try:
+        split_experiment(registry, experiment)
+    except ConfigError as err:
+        raise InputError(f"--experiment {experiment!r}: {err} (in {params_dir / EXPERIMENTS_FILE})") from None
     if scale not in registry["scales"]:
         raise InputError(f"--scale {scale!r} is not a scale of {params_dir / SCALES_FILE}; "
                          f"pick one of: {', '.join(registry['scales'])}")
@@ -302,9 +303,12 @@ def check_stage(args: argparse.Namespace, registry: dict, cfg: dict) -> None:
     else:
         flag, path = "--source", getattr(args, "source", None)
     rule = SOURCE_RULES.get((command, method))
-    if command == "learn-groups" and method == "splitnet" and path is not None:
-        raise InputError(f"--baseline is only read by SSL rows; row {experiment!r} (method splitnet) learns its "
-                         "groups from scratch: drop --baseline")
+    if command == "learn-groups" and method == "splitnet":
+        if cfg["group"]["init"] == "baseline":
+            rule = SourceRule("dense", "the baseline row's train/model.pt (group.init: baseline)")
+        elif path is not None:
+            raise InputError(f"--baseline is only read by SSL rows and groupings with group.init baseline; row "
+                             f"{experiment!r} learns its groups from scratch: drop --baseline")
     if rule is None:
         return
     context = f"{command} of row {experiment!r} (method {method})"
@@ -341,7 +345,7 @@ def _check_data_settings(data_cfg: dict, where: str) -> None:
         # parse_config names keys as "data.<key>"; prefix the file and scale it lives in
         raise InputError(f"{where.rsplit('.data', 1)[0]}.{message}" if message.startswith("data")
                          else f"{where}: {message}") from None
-    if not settings.download and not settings.root.exists():
+    if not settings.download and settings.source != "planted" and not settings.root.exists():  # planted: written here
         raise InputError(f"{where}.root: {settings.root} does not exist; point it at the raw {settings.source} "
                          "files, or set download: true")
 

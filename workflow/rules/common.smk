@@ -3,13 +3,15 @@
 # Every value that reaches a shell command is quoted with Snakemake's `:q` format (shlex.quote),
 # so config values and paths with spaces or shell syntax stay single arguments.
 import json
+import re
 import sys
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from splitnet.config import ConfigError, load_registry, resolve, stage_config
+from splitnet.config import ConfigError, experiment_names, load_registry, method_of, resolve, stage_config
 from splitnet.outputs import ScaleOutputs, figure_rows
+from splitnet.study import evaluate_files as study_inputs
 
 validate(config, "../schemas/config.schema.yaml")
 
@@ -22,10 +24,11 @@ except ConfigError as err:
     raise WorkflowError(str(err)) from None
 if SCALE not in REGISTRY["scales"]:
     raise WorkflowError(f"--config scale={SCALE}: unknown scale; known: {', '.join(REGISTRY['scales'])}")
-GPUS = REGISTRY["scales"][SCALE]["gpus"]
 SEEDS = REGISTRY["scales"][SCALE]["seeds"]  # every row runs once per seed
-OUT = ScaleOutputs(RESULTS, SCALE)  # results/<scale>/: every path this scale writes
-DATA = str(OUT.data)
+OUT = ScaleOutputs(RESULTS, SCALE)  # results/<scale>/: the tables, figures and runs this scale builds
+# Stage rules take the scale as a wildcard, so one set of rules builds runs of any scale (the
+# grouping study reads two); their paths are the patterns of ScaleOutputs("{scale}").
+PATTERN = ScaleOutputs(RESULTS, "{scale}")
 PYTHON = sys.executable  # the interpreter running Snakemake (venv-safe)
 
 TABLE_ROWS = sorted({row["experiment"] for t in REGISTRY["tables"].values() for row in t["rows"]})
@@ -33,57 +36,75 @@ FIGURE_ROWS = figure_rows(REGISTRY)
 EXPERIMENTS = sorted(set(TABLE_ROWS) | set(FIGURE_ROWS))
 
 
-def cfg(exp, seed=None):
-    return resolve(REGISTRY, exp, SCALE, None if seed is None else int(seed))
+def cfg(exp, seed=None, scale=SCALE):
+    return resolve(REGISTRY, exp, scale, None if seed is None else int(seed))
 
 
 def method(exp):
-    return REGISTRY["experiments"][exp]["method"]
+    return method_of(REGISTRY, exp)
 
 
-def run_dir(exp, seed, stage):
+def starts_from_baseline(exp, scale):
+    """A grouping that starts from the trained baseline (group.init: baseline)."""
+    return method(exp) == "splitnet" and cfg(exp, None, scale)["group"]["init"] == "baseline"
+
+
+def run_dir(exp, seed, stage, scale="{scale}"):
     """results/<scale>/runs/<exp>/seed_<seed>/<stage> (ScaleOutputs.run_dir: one source)."""
-    return str(OUT.run_dir(exp, seed, stage))
+    return str(ScaleOutputs(RESULTS, scale).run_dir(exp, seed, stage))
 
 
-def stage_params(exp, stage, seed=None):
+def manifest(scale="{scale}"):
+    return f"{ScaleOutputs(RESULTS, scale).data}/manifest.json"
+
+
+def log_file(name):
+    return f"{PATTERN.logs}/{name}.log"
+
+
+def stage_params(exp, stage, seed, scale):
     """The config sections a stage reads, as JSON: a change reruns exactly the affected jobs."""
-    return json.dumps(stage_config(cfg(exp, seed), stage), sort_keys=True)
+    return json.dumps(stage_config(cfg(exp, seed, scale), stage), sort_keys=True)
 
 
-def final_model(wildcards):
+def final_model(w):
     """What `evaluate` measures: the baseline itself, or the finetuned split/pruned net."""
-    if method(wildcards.exp) == "baseline":
-        return f"{run_dir('baseline', wildcards.seed, 'train')}/model.pt"
-    return f"{run_dir(wildcards.exp, wildcards.seed, 'finetune')}/model.pt"
+    if method(w.exp) == "baseline":
+        return f"{run_dir('baseline', w.seed, 'train', w.scale)}/model.pt"
+    return f"{run_dir(w.exp, w.seed, 'finetune', w.scale)}/model.pt"
 
 
-def split_source(wildcards):
-    if method(wildcards.exp) == "random":
-        return f"{run_dir('baseline', wildcards.seed, 'train')}/model.pt"
-    return f"{run_dir(wildcards.exp, wildcards.seed, 'learn_groups')}/model.pt"
+def split_source(w):
+    if method(w.exp) == "random":
+        return f"{run_dir('baseline', w.seed, 'train', w.scale)}/model.pt"
+    return f"{run_dir(w.exp, w.seed, 'learn_groups', w.scale)}/model.pt"
 
 
-def learn_inputs(wildcards):
-    inputs = {"data": f"{DATA}/manifest.json"}
-    if method(wildcards.exp) == "ssl":
-        inputs["baseline"] = f"{run_dir('baseline', wildcards.seed, 'train')}/model.pt"
+def learn_inputs(w):
+    inputs = {"data": manifest(w.scale)}
+    if method(w.exp) == "ssl" or starts_from_baseline(w.exp, w.scale):
+        inputs["baseline"] = f"{run_dir('baseline', w.seed, 'train', w.scale)}/model.pt"
     return inputs
 
 
 def baseline_args(wildcards, input):
-    """`--baseline <file>` for SSL rows, nothing otherwise (as an argument list for the shell)."""
+    """`--baseline <file>` for SSL rows and groupings from the baseline, nothing otherwise (an argument list)."""
     return ["--baseline", input.baseline] if "baseline" in input.keys() else []
 
 
-def threads_of(exp):
-    return max(1, cfg(exp)["engine"].get("threads", 0) or 1)
+def threads_of(w):
+    return max(1, cfg(getattr(w, "exp", "baseline"), None, w.scale)["engine"].get("threads", 0) or 1)
+
+
+def gpus(w):
+    return REGISTRY["scales"][w.scale]["gpus"]
 
 
 # GPU rules ask SLURM for one GPU and CPUs per GPU only at scales that use GPUs (paper).
-GPU_RESOURCES = dict(gpu=GPUS, cpus_per_gpu=8 if GPUS else 0, mem_mb=16000 if GPUS else 2000,
-                     runtime=1440 if GPUS else 60)
+GPU_RESOURCES = dict(gpu=gpus, cpus_per_gpu=lambda w: 8 if gpus(w) else 0,
+                     mem_mb=lambda w: 16000 if gpus(w) else 2000, runtime=lambda w: 1440 if gpus(w) else 60)
 
 wildcard_constraints:
-    exp="|".join(sorted(REGISTRY["experiments"], key=len, reverse=True)),
+    exp="|".join(re.escape(e) for e in sorted(experiment_names(REGISTRY), key=len, reverse=True)),
     seed=r"\d+",
+    scale="|".join(re.escape(s) for s in REGISTRY["scales"]),

@@ -1,16 +1,17 @@
-# prepare-data: raw dataset -> train/val/test tensors + manifest (shared by every row).
+# prepare-data: raw dataset -> train/val/test tensors + manifest (shared by every row of a scale).
 
 
 rule prepare_data:
     output:
-        f"{DATA}/manifest.json",
+        manifest(),
     params:
-        cfg=stage_params("baseline", "prepare_data"),
+        cfg=lambda w: stage_params("baseline", "prepare_data", None, w.scale),
+        out=lambda w: ScaleOutputs(RESULTS, w.scale).data,
     log:
-        f"{OUT.logs}/prepare_data.log",
+        log_file("prepare_data"),
     resources:
         mem_mb=4000,
         runtime=30,
     shell:
-        "SPLITNET_RULE={rule:q} {PYTHON:q} -m splitnet prepare-data --experiment baseline --scale {SCALE:q}"
-        " --params-dir {PARAMS:q} --out {DATA:q} > {log:q} 2>&1"
+        "SPLITNET_RULE={rule:q} {PYTHON:q} -m splitnet prepare-data --experiment baseline --scale {wildcards.scale:q}"
+        " --params-dir {PARAMS:q} --out {params.out:q} > {log:q} 2>&1"

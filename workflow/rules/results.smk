@@ -2,6 +2,7 @@
 
 localrules:
     tables,
+    grouping_study,
     figures,
     track,
 
@@ -10,12 +11,14 @@ TABLE_FILES = [str(p) for p in OUT.table_files(REGISTRY)]
 CLAIMS_FILES = [str(p) for p in OUT.claims_files()]
 FIGURE_FILES = [str(p) for p in OUT.figure_files(REGISTRY)]
 TRACKING_FILE = str(OUT.tracking)
+STUDY_FILES = [str(p) for p in OUT.study_files()]
+HAS_STUDY = REGISTRY["grouping_study"]["scale"] == SCALE  # the study belongs to one scale's pipeline
 
 
 rule tables:
     input:
         # every row of the grid (tables and figures), every seed: the claims compare them all
-        metrics=[run_dir(exp, seed, "evaluate") + "/metrics.json" for exp in EXPERIMENTS for seed in SEEDS],
+        metrics=[run_dir(exp, seed, "evaluate", SCALE) + "/metrics.json" for exp in EXPERIMENTS for seed in SEEDS],
         paper=f"{PARAMS}/paper_results.yaml",
     output:
         [report(f, caption="../report/tables.rst", category="Tables") if f.endswith(".md") else f for f in TABLE_FILES],
@@ -31,7 +34,7 @@ rule tables:
 
 rule figures:
     input:
-        models=[run_dir(exp, SEEDS[0], "learn_groups") + "/model.pt" for exp in FIGURE_ROWS],  # the first seed
+        models=[run_dir(exp, SEEDS[0], "learn_groups", SCALE) + "/model.pt" for exp in FIGURE_ROWS],  # the first seed
     output:
         [report(f, caption="../report/figures.rst", category="Figures") if f.endswith(".png") else f
          for f in FIGURE_FILES],
@@ -54,3 +57,18 @@ rule track:
     shell:
         "MLFLOW_DISABLE_TELEMETRY=true {PYTHON:q} -m splitnet track --scale {SCALE:q} --params-dir {PARAMS:q}"
         " --results {RESULTS:q} --summary-out {output:q} > {log:q} 2>&1"
+
+
+rule grouping_study:
+    input:
+        # every (dataset, preset, seed) run of the study, at the dataset's own scale
+        metrics=[str(p) for p in study_inputs(REGISTRY, RESULTS)],
+    output:
+        [report(f, caption="../report/study.rst", category="Grouping study") if f.endswith((".md", ".png")) else f
+         for f in STUDY_FILES],
+    params:
+        study=json.dumps({k: REGISTRY[k] for k in ("grouping_study", "presets")}, sort_keys=True),
+    log:
+        f"{OUT.logs}/grouping_study.log",
+    shell:
+        "{PYTHON:q} -m splitnet study --scale {SCALE:q} --params-dir {PARAMS:q} --results {RESULTS:q} > {log:q} 2>&1"

@@ -5,21 +5,22 @@
 
 rule train_baseline:
     input:
-        data=f"{DATA}/manifest.json",
+        data=manifest(),
     output:
         model=run_dir("baseline", "{seed}", "train") + "/model.pt",
         record=run_dir("baseline", "{seed}", "train") + "/run.json",
     params:
-        cfg=lambda w: stage_params("baseline", "train", w.seed),
-        out=lambda w: run_dir("baseline", w.seed, "train"),
-    threads: threads_of("baseline")
+        cfg=lambda w: stage_params("baseline", "train", w.seed, w.scale),
+        data=lambda w: ScaleOutputs(RESULTS, w.scale).data,
+        out=lambda w: run_dir("baseline", w.seed, "train", w.scale),
+    threads: threads_of
     resources:
         **GPU_RESOURCES,
     log:
-        f"{OUT.logs}/baseline/seed_{{seed}}/train.log",
+        log_file("baseline/seed_{seed}/train"),
     shell:
-        "SPLITNET_RULE={rule:q} {PYTHON:q} -m splitnet train --experiment baseline --scale {SCALE:q}"
-        " --seed {wildcards.seed:q} --params-dir {PARAMS:q} --data {DATA:q} --out {params.out:q} --resume"
+        "SPLITNET_RULE={rule:q} {PYTHON:q} -m splitnet train --experiment baseline --scale {wildcards.scale:q}"
+        " --seed {wildcards.seed:q} --params-dir {PARAMS:q} --data {params.data:q} --out {params.out:q} --resume"
         " > {log:q} 2>&1"
 
 
@@ -30,17 +31,18 @@ rule learn_groups:
         model=run_dir("{exp}", "{seed}", "learn_groups") + "/model.pt",
         record=run_dir("{exp}", "{seed}", "learn_groups") + "/run.json",
     params:
-        cfg=lambda w: stage_params(w.exp, "learn_groups", w.seed),
+        cfg=lambda w: stage_params(w.exp, "learn_groups", w.seed, w.scale),
         baseline=baseline_args,
-        out=lambda w: run_dir(w.exp, w.seed, "learn_groups"),
-    threads: lambda w: threads_of(w.exp)
+        data=lambda w: ScaleOutputs(RESULTS, w.scale).data,
+        out=lambda w: run_dir(w.exp, w.seed, "learn_groups", w.scale),
+    threads: threads_of
     resources:
         **GPU_RESOURCES,
     log:
-        f"{OUT.logs}/{{exp}}/seed_{{seed}}/learn_groups.log",
+        log_file("{exp}/seed_{seed}/learn_groups"),
     shell:
-        "SPLITNET_RULE={rule:q} {PYTHON:q} -m splitnet learn-groups --experiment {wildcards.exp:q} --scale {SCALE:q}"
-        " --seed {wildcards.seed:q} --params-dir {PARAMS:q} --data {DATA:q} {params.baseline:q} --out {params.out:q} --resume > {log:q} 2>&1"
+        "SPLITNET_RULE={rule:q} {PYTHON:q} -m splitnet learn-groups --experiment {wildcards.exp:q} --scale {wildcards.scale:q}"
+        " --seed {wildcards.seed:q} --params-dir {PARAMS:q} --data {params.data:q} {params.baseline:q} --out {params.out:q} --resume > {log:q} 2>&1"
 
 
 rule split:
@@ -50,54 +52,56 @@ rule split:
         model=run_dir("{exp}", "{seed}", "split") + "/model.pt",
         record=run_dir("{exp}", "{seed}", "split") + "/run.json",
     params:
-        cfg=lambda w: stage_params(w.exp, "split", w.seed),
-        out=lambda w: run_dir(w.exp, w.seed, "split"),
+        cfg=lambda w: stage_params(w.exp, "split", w.seed, w.scale),
+        out=lambda w: run_dir(w.exp, w.seed, "split", w.scale),
     resources:
         mem_mb=4000,
         runtime=30,
     log:
-        f"{OUT.logs}/{{exp}}/seed_{{seed}}/split.log",
+        log_file("{exp}/seed_{seed}/split"),
     shell:
-        "SPLITNET_RULE={rule:q} {PYTHON:q} -m splitnet split --experiment {wildcards.exp:q} --scale {SCALE:q}"
+        "SPLITNET_RULE={rule:q} {PYTHON:q} -m splitnet split --experiment {wildcards.exp:q} --scale {wildcards.scale:q}"
         " --seed {wildcards.seed:q} --params-dir {PARAMS:q} --source {input.source:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule finetune:
     input:
-        data=f"{DATA}/manifest.json",
+        data=manifest(),
         source=run_dir("{exp}", "{seed}", "split") + "/model.pt",
     output:
         model=run_dir("{exp}", "{seed}", "finetune") + "/model.pt",
         record=run_dir("{exp}", "{seed}", "finetune") + "/run.json",
     params:
-        cfg=lambda w: stage_params(w.exp, "finetune", w.seed),
-        out=lambda w: run_dir(w.exp, w.seed, "finetune"),
-    threads: lambda w: threads_of(w.exp)
+        cfg=lambda w: stage_params(w.exp, "finetune", w.seed, w.scale),
+        data=lambda w: ScaleOutputs(RESULTS, w.scale).data,
+        out=lambda w: run_dir(w.exp, w.seed, "finetune", w.scale),
+    threads: threads_of
     resources:
         **GPU_RESOURCES,
     log:
-        f"{OUT.logs}/{{exp}}/seed_{{seed}}/finetune.log",
+        log_file("{exp}/seed_{seed}/finetune"),
     shell:
-        "SPLITNET_RULE={rule:q} {PYTHON:q} -m splitnet finetune --experiment {wildcards.exp:q} --scale {SCALE:q}"
-        " --seed {wildcards.seed:q} --params-dir {PARAMS:q} --data {DATA:q} --source {input.source:q} --out {params.out:q} --resume"
+        "SPLITNET_RULE={rule:q} {PYTHON:q} -m splitnet finetune --experiment {wildcards.exp:q} --scale {wildcards.scale:q}"
+        " --seed {wildcards.seed:q} --params-dir {PARAMS:q} --data {params.data:q} --source {input.source:q} --out {params.out:q} --resume"
         " > {log:q} 2>&1"
 
 
 rule evaluate:
     input:
-        data=f"{DATA}/manifest.json",
+        data=manifest(),
         source=final_model,
     output:
         metrics=run_dir("{exp}", "{seed}", "evaluate") + "/metrics.json",
         record=run_dir("{exp}", "{seed}", "evaluate") + "/run.json",
     params:
-        cfg=lambda w: stage_params(w.exp, "evaluate", w.seed),
-        out=lambda w: run_dir(w.exp, w.seed, "evaluate"),
-    threads: lambda w: threads_of(w.exp)
+        cfg=lambda w: stage_params(w.exp, "evaluate", w.seed, w.scale),
+        data=lambda w: ScaleOutputs(RESULTS, w.scale).data,
+        out=lambda w: run_dir(w.exp, w.seed, "evaluate", w.scale),
+    threads: threads_of
     resources:
         **GPU_RESOURCES,
     log:
-        f"{OUT.logs}/{{exp}}/seed_{{seed}}/evaluate.log",
+        log_file("{exp}/seed_{seed}/evaluate"),
     shell:
-        "SPLITNET_RULE={rule:q} {PYTHON:q} -m splitnet evaluate --experiment {wildcards.exp:q} --scale {SCALE:q}"
-        " --seed {wildcards.seed:q} --params-dir {PARAMS:q} --data {DATA:q} --source {input.source:q} --out {params.out:q} > {log:q} 2>&1"
+        "SPLITNET_RULE={rule:q} {PYTHON:q} -m splitnet evaluate --experiment {wildcards.exp:q} --scale {wildcards.scale:q}"
+        " --seed {wildcards.seed:q} --params-dir {PARAMS:q} --data {params.data:q} --source {input.source:q} --out {params.out:q} > {log:q} 2>&1"

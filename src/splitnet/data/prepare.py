@@ -4,8 +4,10 @@ Configuration (``cfg``, the ``data`` section of a run configuration). Unknown ke
 
 ``source`` (required)
     ``"cifar100"`` (official python pickles, 100 classes in 20 superclasses) or
-    ``"fashion_mnist"`` (IDX files, 10 classes in 3 superclasses, see ``fashion_mnist.py``).
-``root`` (default: ``data/cifar100`` resp. ``/usr/share/datasets/fashion-mnist``)
+    ``"fashion_mnist"`` (IDX files, 10 classes in 3 superclasses, see ``fashion_mnist.py``) or
+    ``"planted"`` (a planted class hierarchy that ``planted.py`` writes into ``root`` in
+    CIFAR-100's format and that is then read back through the CIFAR-100 loader).
+``root`` (default: ``data/cifar100``, ``/usr/share/datasets/fashion-mnist`` resp. ``data/planted``)
     Where the raw files are. For CIFAR-100 a directory holding ``cifar-100-python/`` or
     ``cifar-100-python.tar.gz``, or the archive itself; for Fashion-MNIST the directory holding
     the four ``*-ubyte.gz`` files.
@@ -14,6 +16,9 @@ Configuration (``cfg``, the ``data`` section of a run configuration). Unknown ke
 ``md5`` (CIFAR-100 only, default: the official checksums)
     Mapping file name (``train``, ``test``, ``meta``, ``cifar-100-python.tar.gz``) -> expected
     MD5, for datasets in the CIFAR-100 format that are not the official one.
+``planted`` (source planted only, required there)
+    The generator's arguments: ``superclasses``, ``classes_per_superclass``, ``train_per_class``,
+    ``test_per_class`` (images written per class) and ``seed``.
 ``val_size`` (default 5000)
     Number of train images held out as validation, chosen at random (seeded, not stratified).
     5000 of 50,000 is the official SplitNet protocol for CIFAR-100; Fashion-MNIST uses the
@@ -54,13 +59,16 @@ import torch
 from splitnet.data import fashion_mnist
 from splitnet.data.cifar100 import load_cifar100
 from splitnet.data.errors import DataError
+from splitnet.data.planted import write_planted_cifar
 from splitnet.data.resize import resize_area
 from splitnet.data.source import ImageSet, SourceData
 from splitnet.data.subsets import generator, hold_out, per_class
 from splitnet.io import atomic_torch_save, atomic_write_json, sha256_file
 
-SOURCES = ("cifar100", "fashion_mnist")
-DEFAULT_ROOTS = {"cifar100": Path("data/cifar100"), "fashion_mnist": fashion_mnist.DEFAULT_ROOT}
+SOURCES = ("cifar100", "fashion_mnist", "planted")
+DEFAULT_ROOTS = {"cifar100": Path("data/cifar100"), "fashion_mnist": fashion_mnist.DEFAULT_ROOT,
+                 "planted": Path("data/planted")}
+PLANTED_KEYS = ("superclasses", "classes_per_superclass", "train_per_class", "test_per_class", "seed")
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -75,6 +83,7 @@ class DataSettings:
     root: Path
     download: bool = False
     md5: dict[str, str] | None = None
+    planted: dict[str, int] | None = None
     val_size: int = 5000
     train_per_class: int | None = None
     val_per_class: int | None = None
@@ -127,6 +136,14 @@ def parse_config(cfg: Mapping[str, Any]) -> DataSettings:
     md5 = cfg.get("md5")
     if md5 is not None and (source != "cifar100" or not isinstance(md5, Mapping)):
         raise DataError("data.md5 must be a mapping file name -> MD5 and applies only to source cifar100")
+    planted = cfg.get("planted")
+    if (planted is not None) != (source == "planted"):
+        raise DataError("data.planted (the generator's arguments) is required for source planted and only read there")
+    if planted is not None:
+        if not isinstance(planted, Mapping) or sorted(planted) != sorted(PLANTED_KEYS):
+            raise DataError(f"data.planted must set exactly {', '.join(PLANTED_KEYS)}, got {planted!r}")
+        for key in PLANTED_KEYS:
+            _check_int(f"planted.{key}", planted[key], 0 if key == "seed" else 1, nullable=False)
     root = cfg.get("root") or DEFAULT_ROOTS[source]
     if not isinstance(root, (str, os.PathLike)):
         raise DataError(f"data.root must be a path, got {root!r}")
@@ -135,6 +152,7 @@ def parse_config(cfg: Mapping[str, Any]) -> DataSettings:
         root=Path(root).expanduser().absolute(),
         download=download,
         md5=None if md5 is None else {str(k): str(v) for k, v in md5.items()},
+        planted=None if planted is None else {k: planted[k] for k in PLANTED_KEYS},
         val_size=_int_setting(cfg, "val_size", 5000, 0),
         train_per_class=_optional_int_setting(cfg, "train_per_class", 1),
         val_per_class=_optional_int_setting(cfg, "val_per_class", 1),
@@ -147,6 +165,12 @@ def parse_config(cfg: Mapping[str, Any]) -> DataSettings:
 def _load_source(settings: DataSettings) -> SourceData:
     if settings.source == "cifar100":
         return load_cifar100(settings.root, md5=settings.md5, download=settings.download)
+    if settings.source == "planted":
+        p = settings.planted or {}
+        md5 = write_planted_cifar(settings.root, num_superclasses=p["superclasses"],
+                                  classes_per_superclass=p["classes_per_superclass"], train_per_class=p["train_per_class"],
+                                  test_per_class=p["test_per_class"], seed=p["seed"])
+        return load_cifar100(settings.root, md5=md5)
     return fashion_mnist.load_fashion_mnist(settings.root, download=settings.download)
 
 
