@@ -63,6 +63,9 @@ def test_verdicts_from_synthetic_runs(tmp_path):
     _write(runs, "ssl_3e-3", [15.5, 15.6, 15.7], 10.0)
     _write(runs, "ssl_5e-3", [16.5, 16.6, 16.7], 30.0)
     _write(runs, "shallow_g3", [13.0, 13.1, 13.2], 40.0)  # better than G = 2: against the claim
+    # the preset rows: G = 2 scored against the best 2-merge of the superclasses
+    _write(runs, "shallow@semantic", [15.0, 15.0, 15.0], 30.0, groups={"superclass_ari": 0.72, "best_merge_ari": 1.0})
+    _write(runs, "shallow_g3@semantic", [15.0, 15.0, 15.0], 30.0, groups={"superclass_ari": 0.8})
     rows = {r["claim"]: r for r in claim_rows(Runs(runs, [0, 1, 2]), PAPER)}
     assert rows["shallow_matches_baseline"]["verdict"] == HOLDS
     assert rows["deeper_splits_cost_accuracy"]["verdict"] == INCONCLUSIVE  # deep yes, hier within noise
@@ -71,6 +74,8 @@ def test_verdicts_from_synthetic_runs(tmp_path):
     assert rows["g2_lowest_g4_beats_g3"]["verdict"] == CONTRADICTED
     assert rows["reduced_gradient_converges_faster"]["verdict"] == HOLDS
     assert rows["class_groups_semantic"]["verdict"] == CONTRADICTED  # ARI 0.1 with no spread: below 0.5
+    assert rows["class_groups_semantic_with_preset"]["verdict"] == HOLDS
+    assert "ARI shallow@semantic 1.00 ± 0.00 (n=3)" in rows["class_groups_semantic_with_preset"]["our_evidence"]
     assert rows["overlap_lowers_error_adds_params"]["verdict"] == INCONCLUSIVE  # overlap rows missing
     assert "15.10 ± 0.10 (n=3)" in rows["shallow_matches_baseline"]["our_evidence"]
     assert "23.96" in rows["shallow_beats_ssl"]["paper_evidence"]

@@ -15,6 +15,8 @@ import yaml
 from pipeline_helpers import BIN, ENV, ROOT, check, fresh_clone, job_counts, snakemake
 from slurm_cluster import slurm_cluster  # noqa: F401  (pytest fixture)
 
+from splitnet.claims import CLAIMS
+
 TABLE_FILES = ([f"{t}.{e}" for t in ("table1", "table2") for e in ("md", "tex", "csv")]
                + ["class_groups.md", "arch_check.md", "claims.md", "claims.csv"])
 
@@ -59,7 +61,7 @@ def test_ci_grid_produces_both_tables_figures_and_mlflow(main_run):
     assert 0 <= summary["table1"]["deep"]["assignment_converged"] <= 1  # grouping rows say how far they converged
     assert "assignment_converged" not in summary["table1"]["baseline"]
     claims = list(csv.DictReader((tables / "claims.csv").open()))
-    assert len(claims) == 8 and {c["verdict"] for c in claims} <= {"holds", "contradicted", "inconclusive"}
+    assert len(claims) == len(CLAIMS) and {c["verdict"] for c in claims} <= {"holds", "contradicted", "inconclusive"}
     assert summary["table1"]["hier"]["params_m"] < summary["table1"]["baseline"]["params_m"]
     for fig in ("fig1_assignment_dynamics", "fig2_block_structure"):
         for ext in ("png", "pdf"):

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from splitnet.class_similarity import balanced_spectral_groups
 from splitnet.config import ConfigError, experiment_names, load_registry, method_of, resolve, study_experiment
 from splitnet.data import prepare_data, read_manifest
 from splitnet.data.errors import DataError
@@ -142,3 +143,43 @@ def test_class_group_figure_is_written(tmp_path):
               for s, g in enumerate(([0 if s == 0 else 1 for s in FASHION_SUPER], [0, 1] * 5))]
     paths = fig_class_groups({"fashion\npaper": tables, "fashion\nsemantic": tables[:1]}, tmp_path / "fig")
     assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 1000 for p in paths)
+
+
+def _block_confusion(blocks: list[list[int]], classes: int, within: float = 0.05) -> torch.Tensor:
+    confusion = torch.full((classes, classes), 0.001) + torch.eye(classes)
+    for block in blocks:
+        for i in block:
+            for j in block:
+                confusion[i, j] += within
+    return confusion
+
+
+def test_balanced_spectral_groups_recover_confusion_blocks():
+    # Fashion-like: tops (5) / footwear (3) / other (2); G = 2 puts the unconfused "other" with footwear (5/5)
+    confusion = _block_confusion([[0, 2, 3, 4, 6], [5, 7, 9], [1, 8]], 10)
+    assert adjusted_rand_index(balanced_spectral_groups(confusion, 2), [0, 1, 0, 0, 0, 1, 0, 1, 1, 1]) == 1.0
+    # four blocks of five (the planted layout), classes shuffled
+    order = torch.randperm(20, generator=torch.Generator().manual_seed(0)).tolist()
+    truth = [order.index(c) // 5 for c in range(20)]
+    confusion = _block_confusion([[c for c in range(20) if truth[c] == b] for b in range(4)], 20, within=0.01)
+    groups = balanced_spectral_groups(confusion, 4)
+    assert adjusted_rand_index(groups, truth) == 1.0 and sorted(groups.count(g) for g in range(4)) == [5] * 4
+    with pytest.raises(ValueError, match="cannot put 3 classes into 4 groups"):
+        balanced_spectral_groups(torch.eye(3), 4)
+
+
+@pytest.mark.parametrize("parametrisation", ["softmax", "simplex"])
+def test_favour_starts_each_class_leaning_to_its_group(parametrisation):
+    from splitnet.assignment import GroupAssignments
+    from splitnet.model import wrn_plan
+    from splitnet.spec import SplitSpec
+    from splitnet.topology import build_topology
+
+    topology = build_topology(wrn_plan(10, 1, 1, 10), SplitSpec.parse("1-1-2"))
+    assignments = GroupAssignments(topology, parametrisation, generator=torch.Generator().manual_seed(0))
+    groups = [0, 1] * 5
+    assignments.favour("head_out", groups, 1.0)
+    matrix = assignments.matrix("head_out")
+    assert torch.allclose(matrix.sum(0), torch.ones(10))
+    favoured = matrix[groups, range(10)]
+    assert torch.allclose(favoured, torch.full((10,), torch.e / (torch.e + 1)), atol=0.01)  # +1 logit of 2 groups

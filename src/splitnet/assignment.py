@@ -69,6 +69,20 @@ class GroupAssignments(nn.Module):
                 out[v.name] = merge_rows(out[v.source], v.groups)
         return {name: out[name] for name in self.topology.vectors}
 
+    @torch.no_grad()
+    def favour(self, name: str, groups: list[int], logit: float) -> None:
+        """Start node ``i`` of a variable leaning to group ``groups[i]``: its logit there is raised by
+        ``logit`` (softmax); simplex columns move to the same probabilities, keeping their noise."""
+        value = self.values[name]
+        nodes = torch.arange(value.shape[1])
+        favoured = torch.tensor(groups)
+        if self.parametrisation == "softmax":
+            value[favoured, nodes] += logit
+        else:
+            target = torch.zeros_like(value)
+            target[favoured, nodes] = logit
+            value.add_(torch.softmax(target, dim=0) - 1.0 / value.shape[0])
+
     def is_frozen(self, name: str) -> bool:
         return bool(self.frozen[self.names.index(name)])
 

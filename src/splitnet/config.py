@@ -225,6 +225,14 @@ def method_of(registry: dict, experiment: str) -> str:
     return registry["experiments"][split_experiment(registry, experiment)[0]]["method"]
 
 
+def needs_baseline(cfg: dict[str, Any]) -> bool:
+    """Does this resolved row's learn-groups stage read the trained baseline (``--baseline``)?"""
+    if cfg["method"] == "ssl":
+        return True
+    group = cfg["group"]
+    return cfg["method"] == "splitnet" and (group["init"] == "baseline" or group["class_init"] == "confusion")
+
+
 def study_experiment(row: str, preset: str) -> str:
     """The experiment the grouping study runs for a row and preset (``paper``: the row itself)."""
     return row if preset == PAPER_PRESET else f"{row}{PRESET_SEPARATOR}{preset}"

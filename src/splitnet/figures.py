@@ -157,7 +157,7 @@ def fig_class_groups(panels: dict[str, list[dict]], out_base: Path) -> list[Path
                       for g in set(group_of.values())}
             rank = {g: r for r, g in enumerate(sorted(centre, key=lambda g: (centre[g], g)))}
             columns.append([rank[group_of[c]] for c in classes])
-        image = torch.tensor(columns, dtype=torch.float32).T
+        image = torch.tensor(columns, dtype=torch.float32).T.numpy()
         ax.imshow(image, cmap="tab10", vmin=0, vmax=9, aspect="auto", interpolation="nearest")
         bounds = [sum(len(m) for m in list(supers.values())[: i + 1]) - 0.5 for i in range(len(supers) - 1)]
         for y in bounds:

@@ -27,9 +27,10 @@ from torch import nn
 
 from . import artifacts, finished
 from .assignment import GroupAssignments
+from .class_similarity import balanced_spectral_groups, soft_confusion
 from .augment import Normalizer
 from .counting import count_model, reduction_pct
-from .config import stage_config
+from .config import needs_baseline, stage_config
 from .data import load_split, prepare_data, read_manifest
 from .data.prepare import MANIFEST
 from .engine import CHECKPOINT, DeviceData, EngineConfig, Schedule, checkpoint_digest, evaluate, resolve_device, train
@@ -143,6 +144,9 @@ class StageStart:
 
 # What a finished stage keeps under its digest (see finished.py); SNAPSHOT_DIR only exists for grouping.
 KEPT_OUTPUTS = [MODEL_FILE, RUN_RECORD, SNAPSHOT_DIR]
+# group.class_init confusion: a class's logit in its confusion group starts this much higher
+# (probability 0.73 for G = 2, 0.48 for G = 4): a head start the regularizers can still undo.
+CLASS_INIT_LOGIT = 1.0
 
 
 def _start(cfg: dict, stage: str, out_dir: Path, inputs: dict[str, Path | None], resume: bool) -> StageStart:
@@ -204,6 +208,16 @@ def _dropout_kwargs(cfg: dict, spec: SplitSpec) -> dict:
     return {"dropout": p, "dropout_stages": stages, "dropout_fc": spec.groups[3] > 1}
 
 
+def _confusion_groups(cfg: dict, data_dir: Path, baseline: Path, groups: int) -> list[int]:
+    """Balanced spectral class groups of the baseline's soft confusions on the validation split."""
+    engine, device = _engine(cfg)
+    model = artifacts.build_model(artifacts.load_artifact(baseline)).to(device)
+    train_data, val_data = _data(data_dir, "train", device), _data(data_dir, "val", device)
+    images = _normalizer(engine, train_data)(val_data.images.float())
+    confusion = soft_confusion(model, images, val_data.labels, len(read_manifest(data_dir)["class_names"]))
+    return balanced_spectral_groups(confusion, groups)
+
+
 def stage_learn_groups(cfg: dict, data_dir: Path, out_dir: Path, baseline: Path | None = None,
                        resume: bool = False) -> Path:
     """SplitNet grouping (from scratch), or SSL sparsification (from the baseline)."""
@@ -215,9 +229,9 @@ def stage_learn_groups(cfg: dict, data_dir: Path, out_dir: Path, baseline: Path 
     g = cfg["group"]
     spec = SplitSpec.parse(g["split"])
     inputs = {"data": _manifest(data_dir)}
-    if g["init"] == "baseline":
+    if needs_baseline(cfg):
         if baseline is None:
-            raise ValueError("group.init baseline starts the grouping from the trained baseline: pass --baseline")
+            raise ValueError("group.init baseline / group.class_init confusion read the trained baseline: pass --baseline")
         inputs["baseline"] = baseline
     start = _start(cfg, "learn_groups", out_dir, inputs, resume)
     if start.restored:
@@ -233,6 +247,9 @@ def stage_learn_groups(cfg: dict, data_dir: Path, out_dir: Path, baseline: Path 
             net.load_state_dict(artifacts.load_artifact(baseline)["state_dict"])
         topology = build_topology(plan, spec)
         assignments = GroupAssignments(topology, g["parametrisation"])
+        if g["class_init"] == "confusion" and spec.groups[3] > 1:
+            # start each class in its group of the baseline's confusions (class_similarity.py)
+            assignments.favour("head_out", _confusion_groups(cfg, data_dir, baseline, spec.groups[3]), CLASS_INIT_LOGIT)
         model = GroupingModel(net, assignments)
         reg_cfg = RegularizerConfig(g["gamma_disjoint"], g["gamma_weight"], g["gamma_balance"], g["weighted"])
 

@@ -28,7 +28,8 @@ from typing import Any
 import torch
 
 from . import artifacts
-from .config import EXPERIMENTS_FILE, SCALES_FILE, ConfigError, key_location, load_registry, split_experiment
+from .config import (EXPERIMENTS_FILE, SCALES_FILE, ConfigError, key_location, load_registry, needs_baseline,
+                     split_experiment)
 from .data import DataError, parse_config, read_manifest
 from .data.prepare import MANIFEST
 from .io import sha256_file
@@ -304,11 +305,11 @@ def check_stage(args: argparse.Namespace, registry: dict, cfg: dict) -> None:
         flag, path = "--source", getattr(args, "source", None)
     rule = SOURCE_RULES.get((command, method))
     if command == "learn-groups" and method == "splitnet":
-        if cfg["group"]["init"] == "baseline":
-            rule = SourceRule("dense", "the baseline row's train/model.pt (group.init: baseline)")
+        if needs_baseline(cfg):
+            rule = SourceRule("dense", "the baseline row's train/model.pt (group.init baseline or class_init confusion)")
         elif path is not None:
-            raise InputError(f"--baseline is only read by SSL rows and groupings with group.init baseline; row "
-                             f"{experiment!r} learns its groups from scratch: drop --baseline")
+            raise InputError(f"--baseline is only read by SSL rows and groupings with group.init baseline or "
+                             f"class_init confusion; row {experiment!r} reads no baseline: drop --baseline")
     if rule is None:
         return
     context = f"{command} of row {experiment!r} (method {method})"

@@ -9,7 +9,7 @@ import sys
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from splitnet.config import ConfigError, experiment_names, load_registry, method_of, resolve, stage_config
+from splitnet.config import ConfigError, experiment_names, load_registry, method_of, needs_baseline, resolve, stage_config
 from splitnet.outputs import ScaleOutputs, figure_rows
 from splitnet.study import evaluate_files as study_inputs
 
@@ -44,9 +44,6 @@ def method(exp):
     return method_of(REGISTRY, exp)
 
 
-def starts_from_baseline(exp, scale):
-    """A grouping that starts from the trained baseline (group.init: baseline)."""
-    return method(exp) == "splitnet" and cfg(exp, None, scale)["group"]["init"] == "baseline"
 
 
 def run_dir(exp, seed, stage, scale="{scale}"):
@@ -82,7 +79,7 @@ def split_source(w):
 
 def learn_inputs(w):
     inputs = {"data": manifest(w.scale)}
-    if method(w.exp) == "ssl" or starts_from_baseline(w.exp, w.scale):
+    if needs_baseline(cfg(w.exp, w.seed, w.scale)):
         inputs["baseline"] = f"{run_dir('baseline', w.seed, 'train', w.scale)}/model.pt"
     return inputs
 
@@ -98,6 +95,21 @@ def threads_of(w):
 
 def gpus(w):
     return REGISTRY["scales"][w.scale]["gpus"]
+
+
+def finetune_workers(w):
+    """Processes that finetune one split network (the scale's finetune_workers; 1 for dense nets)."""
+    if method(w.exp) not in ("splitnet", "random"):
+        return 1
+    return REGISTRY["scales"][w.scale].get("finetune_workers", 1)
+
+
+def finetune_launcher(w):
+    """The interpreter, or torchrun (as `python -m torch.distributed.run`, venv-safe) for several workers."""
+    workers = finetune_workers(w)
+    if workers == 1:
+        return [PYTHON]
+    return [PYTHON, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={workers}"]
 
 
 # GPU rules ask SLURM for one GPU and CPUs per GPU only at scales that use GPUs (paper).

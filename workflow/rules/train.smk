@@ -75,15 +75,18 @@ rule finetune:
         cfg=lambda w: stage_params(w.exp, "finetune", w.seed, w.scale),
         data=lambda w: ScaleOutputs(RESULTS, w.scale).data,
         out=lambda w: run_dir(w.exp, w.seed, "finetune", w.scale),
+        launcher=finetune_launcher,
+        parallel=lambda w: ["--parallel"] if finetune_workers(w) > 1 else [],
     threads: threads_of
     resources:
-        **GPU_RESOURCES,
+        # model-parallel finetuning (docs/parallel.md): one GPU per worker at scales with finetune_workers > 1
+        **{**GPU_RESOURCES, "gpu": lambda w: gpus(w) * finetune_workers(w)},
     log:
         log_file("{exp}/seed_{seed}/finetune"),
     shell:
-        "SPLITNET_RULE={rule:q} {PYTHON:q} -m splitnet finetune --experiment {wildcards.exp:q} --scale {wildcards.scale:q}"
+        "SPLITNET_RULE={rule:q} {params.launcher:q} -m splitnet finetune --experiment {wildcards.exp:q} --scale {wildcards.scale:q}"
         " --seed {wildcards.seed:q} --params-dir {PARAMS:q} --data {params.data:q} --source {input.source:q} --out {params.out:q} --resume"
-        " > {log:q} 2>&1"
+        " {params.parallel:q} > {log:q} 2>&1"
 
 
 rule evaluate:
