@@ -45,14 +45,11 @@ else
     par_inf=(--latency-repeats 20)
     pipeline=()
 fi
-# split_inference.py measures both memory formats itself and has no bf16 option (yet): pass
-# the flags only where the script offers them.
+# split_inference.py measures both memory formats itself: it takes only the bf16 flag.
 split_fast=()
-for flag in "${fast[@]}"; do
-    if "$PY" benchmarks/split_inference.py --help 2>/dev/null | grep -q -- "$flag"; then
-        split_fast+=("$flag")
-    fi
-done
+if (( ! tiny )); then
+    split_fast=(--bf16)
+fi
 
 step() {  # step NAME TIMEOUT_S COMMAND...: run it, log it, record exit status and seconds
     local name=$1 limit=$2

@@ -4,7 +4,7 @@ Prints images/s per model and memory format, the measured speedup over the dense
 FLOP ratio (dense FLOPs / split FLOPs), and records everything with machine info in
 benchmarks/results/split_inference-<device>.json.  Target: speedup >= 0.9 x FLOP ratio.
 
-    python benchmarks/split_inference.py [--device cpu|cuda] [--batch 64] [--repeats 5]
+    python benchmarks/split_inference.py [--device cpu|cuda] [--bf16] [--batch 64] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds over all models (median)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--groups", choices=("balanced", "random"), default="balanced")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA only, as the engine)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
@@ -61,8 +62,10 @@ def main() -> None:
         rates: dict[str, list[float]] = {name: [] for name in models}
         for _ in range(args.rounds):
             for name, model in models.items():
-                measured = throughput(model, (3, 32, 32), args.batch, args.repeats, torch.device(args.device),
-                                      fmt == "channels_last", warmup=args.warmup)
+                device = torch.device(args.device)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16 and device.type == "cuda"):
+                    measured = throughput(model, (3, 32, 32), args.batch, args.repeats, device,
+                                          fmt == "channels_last", warmup=args.warmup)
                 rates[name].append(measured["images_per_s"])
         base = statistics.median(rates["dense"])
         for name in models:
@@ -80,7 +83,7 @@ def main() -> None:
 
     out = Path(args.out or Path(__file__).parent / "results" / f"split_inference-{args.device}.json")
     atomic_write_json(out, {"benchmark": "split_inference", "arch": "wrn-16-8", "batch": args.batch,
-                            "groups": args.groups, "repeats": args.repeats, "rounds": args.rounds, "device": args.device,
+                            "groups": args.groups, "bf16": args.bf16 and args.device.startswith("cuda"), "repeats": args.repeats, "rounds": args.rounds, "device": args.device,
                             "machine": machine_info(), "results": rows})
     print(f"recorded {out}")
 

@@ -37,6 +37,40 @@ def test_paper_scale_dag_builds_for_every_row():
     assert counts["split"] == counts["finetune"] == non_baseline * len(seeds)
 
 
+def test_paper_scale_finetunes_split_networks_on_one_gpu_per_worker():
+    """Supp. §6 at the paper scale: the finetune rule starts finetune_workers processes through
+    torchrun (`splitnet finetune --parallel`) and asks SLURM for that many GPUs; dense rows stay one process."""
+    workers = yaml.safe_load((ROOT / "params" / "scales.yaml").read_text())["scales"]["paper"]["finetune_workers"]
+    assert workers == 2
+    # targets before --config (which takes every following word as a key=value pair)
+    proc = check(snakemake("-n", "-p", "/tmp/splitnet-dag-check/paper/runs/hier/seed_0/finetune/model.pt",
+                           "/tmp/splitnet-dag-check/paper/runs/ssl_1e-3/seed_0/finetune/model.pt",
+                           "--config", "scale=paper", "results=/tmp/splitnet-dag-check"))
+    commands = [line for line in proc.stdout.splitlines() if "-m splitnet finetune" in line]
+    hier = next(c for c in commands if "--experiment hier" in c)
+    ssl = next(c for c in commands if "--experiment ssl_1e-3" in c)
+    assert f"-m torch.distributed.run --standalone --nproc-per-node={workers} -m splitnet finetune" in hier
+    assert hier.split(">")[0].rstrip().endswith("--parallel")
+    assert "torch.distributed.run" not in ssl and "--parallel" not in ssl
+    blocks = proc.stdout.split("rule finetune:")[1:]
+    gpus = {("hier" if "exp=hier" in b else "ssl"): b.split("gpu=")[1].split(",")[0] for b in blocks}
+    assert gpus == {"hier": str(workers), "ssl": "1"}
+
+
+def test_grouping_study_target_runs_every_dataset_preset_and_seed():
+    """`snakemake grouping_study`: one evaluate per (dataset, preset, seed), at each dataset's scale."""
+    from splitnet.config import load_registry
+    from splitnet.study import study_cells
+
+    registry = load_registry(ROOT / "params")
+    proc = check(snakemake("-n", "grouping_study", "--config", "results=/tmp/splitnet-study-dag"))
+    counts = job_counts(proc.stdout)
+    cells = study_cells(registry)
+    assert counts["evaluate"] == len({(c.scale, c.experiment, s) for c in cells for s in c.seeds})
+    assert counts["grouping_study"] == 1 and counts["prepare_data"] == len({c.scale for c in cells})
+    assert "results/planted" not in proc.stdout and "/tmp/splitnet-study-dag/planted/runs/fc@semantic/seed_4" in proc.stdout
+
+
 def test_bad_params_fail_before_any_job(tmp_path):
     params = tmp_path / "params"
     shutil.copytree(ROOT / "params", params)
@@ -106,7 +140,7 @@ def test_changing_one_row_reruns_only_that_row_and_the_tables(main_run):
         assert counts.get("train_baseline") is None and counts.get("prepare_data") is None
         assert counts.get("tables") == 1
         wildcards = {line.split("exp=")[1].split(",")[0].strip() for line in proc.stdout.splitlines()
-                     if "wildcards: exp=" in line}
+                     if "wildcards:" in line and "exp=" in line}
         assert wildcards == {"shallow_g3"}
     finally:
         path.write_text(original)
