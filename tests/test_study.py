@@ -183,3 +183,50 @@ def test_favour_starts_each_class_leaning_to_its_group(parametrisation):
     assert torch.allclose(matrix.sum(0), torch.ones(10))
     favoured = matrix[groups, range(10)]
     assert torch.allclose(favoured, torch.full((10,), torch.e / (torch.e + 1)), atol=0.01)  # +1 logit of 2 groups
+
+
+PLANTED_TEST_SEEDS = (0, 1, 2)
+
+
+@pytest.mark.slow
+def test_semantic_preset_on_the_planted_hierarchy(tmp_path):
+    """The `semantic` preset through the stage commands, on a small planted hierarchy (the
+    `planted` scale's network, overrides and normalisation; 20 classes in 4 superclasses, 1,200
+    grouping steps), three seeds: every grouping converges and the class groups match the
+    superclasses far better than chance. A random balanced grouping of these 20 classes has ARI
+    0.00 ± 0.08 (p99.9 0.34); a mean of three such ARIs reaches 0.3 with probability < 5e-5. The
+    issue's goal (mean ARI >= 0.9) is not met (measured here: 0.42, 0.29, 0.61);
+    docs/studies/semantic-groups.md has the full study and why."""
+    from splitnet.cli import main
+
+    registry_scales = yaml.safe_load(Path("params/scales.yaml").read_text())["scales"]
+    params = tmp_path / "params"
+    params.mkdir()
+    (params / "experiments.yaml").write_text(Path("params/experiments.yaml").read_text())
+    scale = json.loads(json.dumps(registry_scales["planted"]))
+    scale["data"].update(root=str(tmp_path / "raw"), val_size=100, resize=12)
+    scale["data"]["planted"].update(train_per_class=60, test_per_class=20)
+    scale["epochs"] = {"train": 30, "group": 100, "finetune": 1, "ssl": 1}  # 12 steps per epoch
+    scale["seeds"] = list(PLANTED_TEST_SEEDS)
+    (params / "scales.yaml").write_text(yaml.safe_dump({"scales": {**registry_scales, "planted_small": scale}}))
+
+    def cli(*args) -> None:
+        assert main([str(a) for a in (*args, "--scale", "planted_small", "--params-dir", params)]) == 0, args
+
+    data, aris = tmp_path / "data", []
+    cli("prepare-data", "--experiment", "baseline", "--out", data)
+    for seed in PLANTED_TEST_SEEDS:
+        out = tmp_path / f"seed_{seed}"
+        common = ("--seed", seed, "--data", data)
+        cli("train", "--experiment", "baseline", *common, "--out", out / "train")
+        cli("learn-groups", "--experiment", "fc@semantic", *common, "--baseline", out / "train" / "model.pt",
+            "--out", out / "learn_groups")
+        cli("split", "--experiment", "fc@semantic", "--seed", seed, "--source", out / "learn_groups" / "model.pt",
+            "--out", out / "split")
+        cli("evaluate", "--experiment", "fc@semantic", *common, "--source", out / "split" / "model.pt",
+            "--out", out / "evaluate")
+        metrics = json.loads((out / "evaluate" / "metrics.json").read_text())
+        assert metrics["grouping"]["assignment_converged"] >= 0.9, f"seed {seed} did not converge"
+        aris.append(semantic_ari(metrics["groups"]))
+    print(f"planted ARI per seed {PLANTED_TEST_SEEDS}: {aris}")
+    assert sum(aris) / len(aris) >= 0.3, f"ARI per seed {aris}"
