@@ -123,6 +123,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     from .mlflow_import import TrackEntry, default_tracking_uri, import_runs
     from .outputs import ScaleOutputs
     from .records import RUN_RECORD
+    from .study import study_cells
 
     registry = load_registry(args.params_dir)
     out = ScaleOutputs(args.results, args.scale)
@@ -137,8 +138,18 @@ def cmd_track(args: argparse.Namespace) -> int:
                 records = [out.run_dir(exp, seed, stage) / RUN_RECORD for stage in stages]
                 entries.append(TrackEntry(table, f"{exp}/seed_{seed}", records,
                                           experiment_title=f"splitnet/{args.scale}/{table}"))
-    claims = [path for path in out.claims_files() if path.is_file()]
-    summary = import_runs(uri, entries, files={f"splitnet/{args.scale}/claims": claims} if claims else None)
+    files = {f"splitnet/{args.scale}/claims": [path for path in out.claims_files() if path.is_file()]}
+    if registry["grouping_study"]["scale"] == args.scale:  # one parent run per (dataset, preset, seed)
+        title = f"splitnet/{args.scale}/grouping_study"
+        for cell in study_cells(registry):
+            cell_out = ScaleOutputs(args.results, cell.scale)
+            for seed in cell.seeds:
+                records = [cell_out.run_dir(cell.experiment, seed, stage) / RUN_RECORD
+                           for stage in PIPELINE_STAGES["splitnet"]]
+                entries.append(TrackEntry("grouping_study", f"{cell.dataset}/{cell.preset}/seed_{seed}", records,
+                                          experiment_title=title))
+        files[f"{title}/table"] = [path for path in out.study_files() if path.is_file()]
+    summary = import_runs(uri, entries, files={name: paths for name, paths in files.items() if paths} or None)
     print(f"tracking {uri}: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
     if args.summary_out:
         from .io import atomic_write_json

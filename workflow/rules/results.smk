@@ -50,6 +50,7 @@ rule track:
     input:
         TABLE_FILES,
         CLAIMS_FILES,
+        STUDY_FILES if HAS_STUDY else [],  # the study's runs are imported too
     output:
         TRACKING_FILE,
     log:
