@@ -116,7 +116,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     (params / "experiments.yaml").write_text(yaml.safe_dump(experiments, sort_keys=False))
     shutil.copy(REPO / "params" / "splits.yaml", params / "splits.yaml")
     planted = {"source": "cifar100", "root": str(root / "planted"), "md5": md5, "val_size": 40, "resize": 8, "seed": 0}
+    # the repo's scales stay: the grouping study in experiments.yaml names two of them
     scales = {
+        **yaml.safe_load((REPO / "params" / "scales.yaml").read_text())["scales"],
         "tiny": _scale(planted),
         "toobig": _scale(planted, batch_size=5000),
         "gpu99": _scale(planted, device="cuda:99"),

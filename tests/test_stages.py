@@ -96,7 +96,9 @@ def env(tmp_path_factory):
     experiments["experiments"]["ssl_strong"] = SSL_STRONG_ROW
     (params / "experiments.yaml").write_text(yaml.safe_dump(experiments, sort_keys=False))
     planted = {"source": "cifar100", "root": str(root / "planted"), "md5": md5, "val_size": 60, "resize": 16, "seed": 0}
+    # the repo's scales stay: the grouping study in experiments.yaml names two of them
     scales = {
+        **yaml.safe_load((REPO / "params" / "scales.yaml").read_text())["scales"],
         "tiny": _scale(planted),
         "fmnist": _scale({"source": "fashion_mnist", "root": str(root / "fashion"), "val_size": 40, "resize": 16,
                           "seed": 0}),
