@@ -37,7 +37,7 @@ from splitnet.io import atomic_write_json  # noqa: E402
 from splitnet.metrics import adjusted_rand_index, best_merge_ari  # noqa: E402
 from splitnet.outputs import ScaleOutputs  # noqa: E402
 from splitnet.spec import SplitSpec  # noqa: E402
-from splitnet.stages import _data, _engine, _normalizer  # noqa: E402
+from splitnet.stage_run import device_data, engine_config, normalizer_for  # noqa: E402
 
 
 def cosine_affinity(vectors: torch.Tensor) -> torch.Tensor:
@@ -55,10 +55,10 @@ def score(groups: list[int], superclass: list[int], count: int) -> float:
 def probe(cfg: dict, data_dir: Path, baseline: Path, groups: int) -> dict[str, float]:
     manifest = read_manifest(data_dir)
     superclass, classes = manifest["superclass"], len(manifest["class_names"])
-    engine, device = _engine(cfg)
+    engine, device = engine_config(cfg)
     model = artifacts.build_model(artifacts.load_artifact(baseline)).to(device).eval()
-    train, val = _data(data_dir, "train", device), _data(data_dir, "val", device)
-    images = _normalizer(engine, train)(val.images.float())
+    train, val = device_data(data_dir, "train", device), device_data(data_dir, "val", device)
+    images = normalizer_for(engine, train)(val.images.float())
     features: list[torch.Tensor] = []
     hook = model.fc.register_forward_hook(lambda module, inputs, output: features.append(inputs[0]))
     for start in range(0, len(images), 500):

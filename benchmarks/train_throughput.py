@@ -7,7 +7,7 @@ is taken between ``after_step`` callbacks (CUDA synchronised), so the warm-up st
 end-of-epoch checkpoint are excluded.  Models:
 
 * ``baseline``: the dense WRN as ``stage_train`` builds it;
-* ``plain``:    the Deep 2-2-2 grouping network (``stages.GroupingModel``, dropout as the ``deep``
+* ``plain``:    the Deep 2-2-2 grouping network (``grouping_stage.GroupingModel``, dropout as the ``deep``
   row) trained *without* the regularizers;
 * ``grouping``: the same with the regularizers of ``stage_learn_groups`` (``split_losses`` with the
   ``deep`` row's gammas, computed every step).
@@ -40,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine_info  # noqa: E402
 
-from splitnet import stages  # noqa: E402
+from splitnet.grouping_stage import GroupingModel, dropout_kwargs  # noqa: E402
 from splitnet.assignment import GroupAssignments  # noqa: E402
 from splitnet.augment import Normalizer, random_crop_flip  # noqa: E402
 from splitnet.config import load_registry, resolve  # noqa: E402
@@ -67,13 +67,13 @@ def build(kind: str, arch: str, in_channels: int, row: dict):
         return WideResNet(plan, bn_no_scale=False), None
     g = row["group"]
     spec = SplitSpec.parse(g["split"])
-    net = WideResNet(plan, bn_no_scale=row["model"]["bn_no_scale"], **stages._dropout_kwargs(row, spec))
+    net = WideResNet(plan, bn_no_scale=row["model"]["bn_no_scale"], **dropout_kwargs(row, spec))
     topology = build_topology(plan, spec)
     assignments = GroupAssignments(topology, g["parametrisation"])
-    model = stages.GroupingModel(net, assignments)
+    model = GroupingModel(net, assignments)
     if kind == "plain":
         return model, None
-    reg_cfg = RegularizerConfig(g["gamma_disjoint"], g["gamma_weight"], g["gamma_balance"], g["weighted"])
+    reg_cfg = RegularizerConfig.from_group(g)
 
     def regularizer(step: int = 0):  # the closure of stage_learn_groups
         losses = split_losses(net, topology, assignments.matrices(), reg_cfg)

@@ -22,7 +22,7 @@ from splitnet.model import WideResNet, wrn_plan
 from splitnet.reduced_gradient import SimplexReducedGradient
 from splitnet.regularizers import RegularizerConfig, split_losses
 from splitnet.spec import SplitSpec
-from splitnet.stages import GroupingModel
+from splitnet.grouping_stage import GroupingModel
 from splitnet.topology import build_topology
 
 NUM_IMAGES = 192

@@ -114,7 +114,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     experiments = yaml.safe_load((REPO / "params" / "experiments.yaml").read_text())
     experiments["experiments"].update(EXTRA_ROWS)
     (params / "experiments.yaml").write_text(yaml.safe_dump(experiments, sort_keys=False))
-    shutil.copy(REPO / "params" / "splits.yaml", params / "splits.yaml")
     planted = {"source": "cifar100", "root": str(root / "planted"), "md5": md5, "val_size": 40, "resize": 8, "seed": 0}
     # the repo's scales stay: the grouping study in experiments.yaml names two of them
     scales = {
@@ -348,9 +347,11 @@ CASES = [
          ("--model", "--split")),
     Case("summary_bad_convention", lambda w, t: ["summary", "--split", "1-2-2", "--convention", "both"],
          ("--convention",)),
-    Case("summary_splits_file_not_yaml", lambda w, t: ["summary", "--split", "shallow", "--params-dir",
-                                                       _splits_file(t, "splits: [unclosed\n")],
-         ("splits.yaml", "not valid YAML")),
+    Case("summary_params_not_yaml", lambda w, t: ["summary", "--split", "shallow", "--params-dir",
+                                                  _experiments_file(t, "experiments: [unclosed\n")],
+         ("experiments.yaml", "not valid YAML")),
+    Case("summary_unknown_split_name", lambda w, t: ["summary", "--split", "shallowest"],
+         ("--split 'shallowest'", "shallow_g3")),
     # ---------------------------------------------------------------- tables, figures, track
     Case("tables_unknown_scale", lambda w, t: ["tables", "--scale", "huge", "--params-dir", w.params, "--results", w.root],
          ("--scale 'huge'",)),
@@ -371,8 +372,9 @@ CASES = [
 ]
 
 
-def _splits_file(tmp: Path, text: str) -> Path:
-    (tmp / "splits.yaml").write_text(text)
+def _experiments_file(tmp: Path, text: str) -> Path:
+    (tmp / "experiments.yaml").write_text(text)
+    shutil.copy(REPO / "params" / "scales.yaml", tmp / "scales.yaml")
     return tmp
 
 

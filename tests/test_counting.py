@@ -1,9 +1,13 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
+from splitnet.arch_check import checked_rows
 from splitnet.cli import main
+from splitnet.config import load_registry
 from splitnet.counting import count_model, flop_counter_check
 from splitnet.model import wide_resnet
 from splitnet.partition import balanced_partition
@@ -12,16 +16,8 @@ from splitnet.split import build_split_network
 from splitnet.summary import summarize
 from splitnet.topology import build_topology
 
-# (split, paper params % reduced, paper FLOPs % reduced or None): supplement Tables 1 and 2.
-PAPER_ROWS = [
-    ("1-1-4", 0.35, 0.0),
-    ("1-2-2", 32.54, 14.63),
-    ("2-2-2", 46.39, 31.97),
-    ("2-4-4", 62.58, 39.29),
-    ("1-2-2", 32.44, None),  # Table 2, G=2
-    ("1-3-3", 43.09, None),
-    ("1-4-4", 48.66, None),
-]
+REGISTRY = load_registry("params")
+PAPER = yaml.safe_load(Path("params/paper_results.yaml").read_text())  # the supplement's Tables 1 and 2
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +36,21 @@ def test_wrn_16_8_counts_match_the_paper(wrn16_8):
     assert per_layer["fc"].params == 51_300 and per_layer["fc"].flops == 102_600
 
 
-@pytest.mark.parametrize("code,paper_params,paper_flops", PAPER_ROWS)
-def test_balanced_split_rows_match_paper_within_0_2_points(wrn16_8, code, paper_params, paper_flops):
+@pytest.mark.parametrize("table,experiment,code", checked_rows(REGISTRY, PAPER))
+def test_balanced_split_rows_match_paper_within_tolerance(wrn16_8, table, experiment, code):
     s = summarize(wrn16_8, SplitSpec.parse(code), (3, 32, 32), convention="shared")
-    assert abs(s["params_reduced_pct"] - paper_params) < 0.2
-    if paper_flops is not None:
-        assert abs(s["flops_reduced_pct"] - paper_flops) < 0.2
+    paper, tolerance = PAPER[table][experiment], PAPER["tolerance"]
+    assert abs(s["params_reduced_pct"] - paper["params_reduced_pct"]) <= tolerance["params_reduced_pct"]
+    if paper["flops_reduced_pct"] is not None:
+        assert abs(s["flops_reduced_pct"] - paper["flops_reduced_pct"]) <= tolerance["flops_reduced_pct"]
+
+
+def test_every_split_of_the_paper_tables_is_checked():
+    checked = {code for _, _, code in checked_rows(REGISTRY, PAPER)}
+    used = {REGISTRY["experiments"][row["experiment"]]["group"]["split"]
+            for spec in REGISTRY["tables"].values() for row in spec["rows"]
+            if REGISTRY["experiments"].get(row["experiment"], {}).get("group", {}).get("split")}
+    assert used and checked == used
 
 
 def test_partitioned_convention_gives_the_official_code_counts(wrn16_8):

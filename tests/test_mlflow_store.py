@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from splitnet.cli import PIPELINE_STAGES
+from splitnet.config import METHOD_STAGES
 from splitnet.config import load_registry, resolve, stage_config
 from splitnet.io import atomic_write_json
 from splitnet.mlflow_import import TrackEntry, import_runs
@@ -53,7 +53,7 @@ def write_row(runs: Path, experiment: str) -> list[Path]:
     stage, per-epoch history of the training stages, evaluate's metrics.json)."""
     cfg = resolve(REGISTRY, experiment, SCALE)
     paths = []
-    for stage in PIPELINE_STAGES[cfg["method"]]:
+    for stage in METHOD_STAGES[cfg["method"]]:
         out = runs / experiment / stage
         with RunRecorder(out, experiment, stage, SCALE, stage_config(cfg, stage)) as rec:
             if stage == "evaluate":

@@ -28,7 +28,7 @@ from splitnet.parallel.finetune import _agree
 from splitnet.partition import balanced_partition, partition_from_assignments, random_partition
 from splitnet.spec import SplitSpec
 from splitnet.split import build_split_network
-from splitnet.stages import StageStart
+from splitnet.stage_run import StageStart
 from splitnet.topology import build_topology
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from splitnet.assignment import GroupAssignments
+from splitnet.config import load_registry
 from splitnet.model import wide_resnet
 from splitnet.regularizers import (
     RegularizerConfig,
@@ -19,6 +21,8 @@ from splitnet.regularizers import (
 )
 from splitnet.spec import SplitSpec
 from splitnet.topology import build_topology
+
+PAPER_GAMMAS = RegularizerConfig.from_group(load_registry("params")["defaults"]["group"])  # official group.sh values
 
 
 def make(spec: str, seed: int = 0, parametrisation: str = "softmax"):
@@ -155,7 +159,7 @@ def test_penalties_are_one_at_init_with_uniform_assignments(spec):
         weight = model.get_submodule(layer.path).weight
         s = weight_split_penalty(weight, matrices[layer.input], matrices[layer.output]).item()
         assert s == pytest.approx(1.0, rel=0.05), layer.path
-    losses = split_losses(model, topology, matrices, RegularizerConfig())
+    losses = split_losses(model, topology, matrices, PAPER_GAMMAS)
     assert losses.disjoint.item() == pytest.approx(1.0, abs=1e-6)
     assert losses.balance.item() == pytest.approx(1.0, abs=1e-6)
     assert losses.weight.item() == pytest.approx(1.0, rel=0.05)
@@ -165,7 +169,7 @@ def test_penalties_are_one_at_init_with_uniform_assignments(spec):
 
 def test_split_losses_near_one_with_softmax_init():
     model, topology, assignments = make("2-2-2")
-    losses = split_losses(model, topology, assignments.matrices(), RegularizerConfig())
+    losses = split_losses(model, topology, assignments.matrices(), PAPER_GAMMAS)
     for value in (losses.disjoint, losses.weight, losses.balance):
         assert value.item() == pytest.approx(1.0, rel=0.1)
 
@@ -213,7 +217,7 @@ def test_disjoint_term_is_the_weighted_sum():
     matrices = {
         name: torch.softmax(torch.randn(v.groups, v.size) * 3, dim=0) for name, v in topology.vectors.items()
     }
-    losses = split_losses(model, topology, matrices, RegularizerConfig())
+    losses = split_losses(model, topology, matrices, PAPER_GAMMAS)
     weights = term_weights(topology)
     assert "stage2_out" not in weights and "stage3_out" not in weights  # merged vectors
     disjoint = sum(w * disjoint_penalty(matrices[n]).item() for n, w in weights.items())
@@ -246,19 +250,19 @@ def test_weighted_aggregation_value_and_gradient():
                 acc += s * g[i]
         analytic.append(acc / values.sum())
 
-    weighted = split_losses(model, topology, assignments.matrices(), RegularizerConfig(weighted=True))
+    weighted = split_losses(model, topology, assignments.matrices(), replace(PAPER_GAMMAS, weighted=True))
     assert weighted.weight.item() == pytest.approx((values.pow(2).sum() / values.sum()).item(), rel=1e-6)
     for got, want in zip(torch.autograd.grad(weighted.weight, params), analytic):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-8)
 
-    plain = split_losses(model, topology, assignments.matrices(), RegularizerConfig(weighted=False))
+    plain = split_losses(model, topology, assignments.matrices(), replace(PAPER_GAMMAS, weighted=False))
     assert plain.weight.item() == pytest.approx(values.mean().item(), rel=1e-6)
     assert weighted.weight.item() > plain.weight.item()  # sum S^2/sum S >= mean S, strict when S differ
 
 
 def test_zero_gamma_terms_are_left_out():
     model, topology, assignments = make("1-1-4")
-    config = RegularizerConfig(gamma_disjoint=0.0, gamma_balance=0.0)
+    config = replace(PAPER_GAMMAS, gamma_disjoint=0.0, gamma_balance=0.0)
     losses = split_losses(model, topology, assignments.matrices(), config)
     assert losses.total.item() == losses.weight.item()
     assert losses.disjoint.item() > 0.5 and losses.balance.item() > 0.5  # still reported
@@ -267,7 +271,7 @@ def test_zero_gamma_terms_are_left_out():
 def test_zero_gamma_does_not_propagate_nan():
     model, topology, assignments = make("1-1-4")
     matrices = assignments.matrices()
-    config = RegularizerConfig(gamma_disjoint=1.0, gamma_weight=0.0, gamma_balance=1.0)
+    config = replace(PAPER_GAMMAS, gamma_disjoint=1.0, gamma_weight=0.0, gamma_balance=1.0)
     with torch.no_grad():
         model.fc.weight.fill_(float("nan"))
     losses = split_losses(model, topology, matrices, config)
@@ -278,7 +282,7 @@ def test_zero_gamma_does_not_propagate_nan():
 
 def test_unsplit_spec_gives_zeros():
     model, topology, assignments = make("1-1-1")
-    losses = split_losses(model, topology, assignments.matrices(), RegularizerConfig())
+    losses = split_losses(model, topology, assignments.matrices(), PAPER_GAMMAS)
     for value in (losses.disjoint, losses.weight, losses.balance, losses.total):
         assert value.item() == 0.0
 
@@ -294,7 +298,7 @@ def test_regularizer_gradients_finite_after_split():
         "head_in": one_hot(groups, model.fc.in_features).float().requires_grad_(),
         "head_out": one_hot(groups, 10).float().requires_grad_(),
     }
-    losses = split_losses(model, topology, matrices, RegularizerConfig())
+    losses = split_losses(model, topology, matrices, PAPER_GAMMAS)
     assert losses.weight.item() < 1e-6
     assert losses.disjoint.item() == 0.0
     losses.total.backward()

@@ -1,10 +1,12 @@
+import json
 import math
 
 import pytest
 import torch
 
+from splitnet.cli import main
 from splitnet.model import PreActUnit, parse_arch, wide_resnet, wrn_plan
-from splitnet.spec import SpecError, SplitSpec, even_merge_indices, load_named_splits
+from splitnet.spec import SpecError, SplitSpec, even_merge_indices
 from splitnet.topology import build_topology
 
 
@@ -29,16 +31,9 @@ def test_spec_parse_and_errors():
         SplitSpec.parse("0-1-2")
 
 
-def test_named_splits_file_is_valid():
-    named = load_named_splits("params/splits.yaml")
-    assert named["hier"].code == "2-4-4" and named["fc"].code == "1-1-4"
-
-
-def test_named_splits_file_error_names_the_key(tmp_path):
-    bad = tmp_path / "splits.yaml"
-    bad.write_text("splits:\n  deep: 2-1-2\n")
-    with pytest.raises(SpecError, match=r"splits.yaml: splits.deep"):
-        load_named_splits(bad)
+def test_summary_takes_a_split_row_name(capsys):
+    assert main(["summary", "--split", "hier", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["split"] == "2-4-4"
 
 
 def test_wrn_16_8_structure_and_init():

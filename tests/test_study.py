@@ -78,9 +78,9 @@ def test_presets_apply_last_and_keep_the_row_identity(tmp_path):
 
 
 def test_disjoint_warmup_ramps_gamma_disjoint_only():
-    config = RegularizerConfig(gamma_disjoint=2.0, gamma_weight=1.0, gamma_balance=3.0)
+    config = RegularizerConfig(gamma_disjoint=2.0, gamma_weight=1.0, gamma_balance=3.0, weighted=True)
     assert warmed_up(config, 0, 100).gamma_disjoint == 0.0
-    assert warmed_up(config, 25, 100) == RegularizerConfig(0.5, 1.0, 3.0)
+    assert warmed_up(config, 25, 100) == RegularizerConfig(0.5, 1.0, 3.0, True)
     assert warmed_up(config, 100, 100) is config and warmed_up(config, 7, 0) is config
 
 

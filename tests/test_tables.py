@@ -65,7 +65,7 @@ def test_regenerated_tables_are_byte_identical(tmp_path):
 
 
 def test_arch_check_rows_all_within_tolerance():
-    rows = arch_check_rows(yaml.safe_load(open("params/paper_results.yaml")))
+    rows = arch_check_rows(load_registry("params"), yaml.safe_load(open("params/paper_results.yaml")))
     assert all(r["ok_params_reduced_pct"] for r in rows)
     assert all(r["ok_flops_reduced_pct"] in (True, None) for r in rows)
 

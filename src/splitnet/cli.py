@@ -10,29 +10,27 @@ from typing import NoReturn
 
 import yaml
 
+from .config import EXPERIMENTS_FILE, SPLIT_METHODS, STAGES, TRAINING_STAGES, command_name, load_registry
 from .data.errors import DataError
-from .spec import SpecError, SplitSpec, load_named_splits
+from .spec import SpecError, SplitSpec
 
 EXIT_BAD_INPUT = 2
 EXIT_UNEXPECTED = 1
 
 
 def resolve_split(text: str, params_dir: Path) -> SplitSpec:
-    """A G3-G2-G1 string, or a name from ``params/splits.yaml``."""
+    """A G3-G2-G1 string, or the name of a split row in ``params/experiments.yaml`` (its group.split)."""
     if any(ch.isdigit() for ch in text) and "-" in text:
         try:
             return SplitSpec.parse(text)  # looks like a spec: report what is wrong with it
         except SpecError as err:
             raise SpecError(f"--split {text!r}: {err}") from None
-    splits_file = params_dir / "splits.yaml"
-    try:
-        named = load_named_splits(splits_file) if splits_file.is_file() else {}
-    except yaml.YAMLError as err:
-        raise SpecError(f"{splits_file} is not valid YAML ({err}); fix it or pass a G3-G2-G1 spec") from None
+    registry = load_registry(params_dir)
+    named = {name: row["group"]["split"] for name, row in registry["experiments"].items() if row["method"] in SPLIT_METHODS}
     if text in named:
-        return named[text]
-    known = ", ".join(sorted(named)) or f"none ({splits_file} not found)"
-    raise SpecError(f"--split {text!r} is neither a G3-G2-G1 spec (e.g. 2-4-4) nor a known name: {known}")
+        return SplitSpec.parse(named[text])
+    raise SpecError(f"--split {text!r} is neither a G3-G2-G1 spec (e.g. 2-4-4) nor a split row of "
+                    f"{params_dir / EXPERIMENTS_FILE}: {', '.join(named)}")
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -103,14 +101,6 @@ def cmd_stage(args: argparse.Namespace) -> int:
     return 0
 
 
-PIPELINE_STAGES = {  # run records of a row, in pipeline order (the parent run shows the last)
-    "baseline": ("train", "evaluate"),
-    "splitnet": ("learn_groups", "split", "finetune", "evaluate"),
-    "random": ("split", "finetune", "evaluate"),
-    "ssl": ("learn_groups", "split", "finetune", "evaluate"),
-}
-
-
 def cmd_track(args: argparse.Namespace) -> int:
     """Import the scale's run records into MLflow (one store for every scale)."""
     import os
@@ -119,7 +109,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     # (imported by mlflow_import) reads it.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-    from .config import load_registry, method_of
+    from .config import METHOD_STAGES, load_registry, method_of
     from .mlflow_import import TrackEntry, default_tracking_uri, import_runs
     from .outputs import ScaleOutputs
     from .records import RUN_RECORD
@@ -133,7 +123,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     for table, spec in registry["tables"].items():
         for row in spec["rows"]:
             exp = row["experiment"]
-            stages = PIPELINE_STAGES[method_of(registry, exp)]
+            stages = METHOD_STAGES[method_of(registry, exp)]  # the parent run shows the last
             for seed in registry["scales"][args.scale]["seeds"]:  # one parent run per row and seed
                 records = [out.run_dir(exp, seed, stage) / RUN_RECORD for stage in stages]
                 entries.append(TrackEntry(table, f"{exp}/seed_{seed}", records,
@@ -145,7 +135,7 @@ def cmd_track(args: argparse.Namespace) -> int:
             cell_out = ScaleOutputs(args.results, cell.scale)
             for seed in cell.seeds:
                 records = [cell_out.run_dir(cell.experiment, seed, stage) / RUN_RECORD
-                           for stage in PIPELINE_STAGES["splitnet"]]
+                           for stage in METHOD_STAGES["splitnet"]]
                 entries.append(TrackEntry("grouping_study", f"{cell.dataset}/{cell.preset}/seed_{seed}", records,
                                           experiment_title=title))
         files[f"{title}/table"] = [path for path in out.study_files() if path.is_file()]
@@ -171,7 +161,7 @@ def cmd_tables(args: argparse.Namespace) -> int:
     write_tables(registry, paper, out.runs, out.tables, out.summary, args.scale)
     write_claims(registry, yaml.safe_load(paper.read_text()), out.runs, out.tables, args.scale,
                  dataset_text(registry, args.scale))
-    write_arch_check(paper, out.tables)
+    write_arch_check(registry, paper, out.tables)
     print(f"wrote {out.tables}/: {', '.join(sorted(p.name for p in out.tables.iterdir() if not p.name.startswith('.')))}")
     return 0
 
@@ -236,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("summary", help="per-layer and total params/FLOPs of a split WRN vs the unsplit one")
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--split", help="G3-G2-G1 spec (1-1-4, 1-2-2, 2-2-2, 2-4-4) or a name in params/splits.yaml")
+    what.add_argument("--split", help="G3-G2-G1 spec (1-1-4, 1-2-2, 2-2-2, 2-4-4) or a split row's name (shallow, deep, ...)")
     what.add_argument("--model", help="a split model file: count its learned (unequal) groups instead")
     p.add_argument("--arch", default="wrn-16-8", help="wrn-<depth>-<width> (default wrn-16-8)")
     p.add_argument("--convention", choices=("shared", "partitioned"), default="shared",
@@ -245,36 +235,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-channels", type=int, default=3)
     p.add_argument("--num-classes", type=int, default=100)
     p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--params-dir", default="params", help="where splits.yaml lives (default ./params)")
+    p.add_argument("--params-dir", default="params", help="where experiments.yaml lives (default ./params)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_summary)
 
-    stage_help = {
-        "prepare-data": "write the prepared data splits (train/val/test .pt + manifest)",
-        "train": "train the dense baseline WRN",
-        "learn-groups": "SplitNet grouping (regularizers on the assignments) or SSL sparsification",
-        "split": "cut the network into branches (learned, random) or prune it (SSL)",
-        "finetune": "finetune the split/pruned network",
-        "evaluate": "test error, params/FLOPs, class groups, throughput -> metrics.json",
-    }
-    for name, text in stage_help.items():
-        p = sub.add_parser(name, help=text)
+    for stage, about in STAGES.items():
+        name = command_name(stage)
+        p = sub.add_parser(name, help=about.summary)
         p.add_argument("--experiment", required=True, help="row id in params/experiments.yaml (e.g. deep)")
         p.add_argument("--scale", default="cpu", help="paper | cpu | smoke | ci (params/scales.yaml)")
         p.add_argument("--params-dir", default="params")
         p.add_argument("--out", required=True, help="this stage's output directory")
-        if name != "prepare-data":
+        if stage != "prepare_data":
             p.add_argument("--seed", type=seed_arg, default=None,
                            help="engine seed: weights, assignment init, data order (default: the scale's first seed)")
-        if name != "prepare-data":
-            p.add_argument("--data", required=name != "split", help="prepared data directory")
-        if name in ("split", "finetune", "evaluate"):
+            p.add_argument("--data", required=stage != "split", help="prepared data directory")
+        if stage in ("split", "finetune", "evaluate"):
             p.add_argument("--source", required=True, help="model file of the previous stage")
-        if name == "learn-groups":
+        if stage == "learn_groups":
             p.add_argument("--baseline", help="baseline model file (SSL and groupings with group.init baseline start from it)")
-        if name in ("train", "learn-groups", "finetune"):
+        if stage in TRAINING_STAGES:
             p.add_argument("--resume", action="store_true", help="continue from this stage's checkpoint if present")
-        if name == "finetune":
+        if stage == "finetune":
             p.add_argument("--parallel", action="store_true",
                            help="model-parallel over the workers torchrun/srun started, one process each (docs/parallel.md)")
             p.add_argument("--timeout", type=float, default=None,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,9 @@ from .spec import SpecError, SplitSpec
 
 EXPERIMENTS_FILE = "experiments.yaml"
 SCALES_FILE = "scales.yaml"
-STAGE_SCHEDULES = ("train", "group", "finetune", "ssl")
-SCALES_FILE_KEYS = ("scales",)
+SCALES_FILE_KEYS = ("scales",)  # scales.yaml holds these top-level keys, experiments.yaml the schema's others
 PRESET_SEPARATOR = "@"
-PAPER_PRESET = "paper"  # in the grouping study: the row unchanged  # scales.yaml holds these top-level keys, experiments.yaml the schema's others
+PAPER_PRESET = "paper"  # in the grouping study: the row unchanged
 
 
 class ConfigError(ValueError):
@@ -171,7 +171,7 @@ def _cross_check(registry: dict, params_dir: Path) -> None:
                                   "grouping_study.presets")
     for name, row in registry["experiments"].items():
         split = row.get("group", {}).get("split")
-        if row["method"] in ("splitnet", "random"):
+        if row["method"] in SPLIT_METHODS:
             if split is None:
                 raise ConfigError(f"{where}: experiments.{name}.group.split is required for method {row['method']}")
         if split is not None:
@@ -269,23 +269,44 @@ def resolve(registry: dict, experiment: str, scale: str, seed: int | None = None
     return cfg
 
 
-def table_rows(registry: dict) -> dict[str, list[dict]]:
-    return {name: spec["rows"] for name, spec in registry["tables"].items()}
+@dataclass(frozen=True)
+class Stage:
+    sections: tuple[str, ...]  # the config sections the stage reads
+    summary: str  # what it does (the CLI's help)
 
 
-# The config sections each pipeline stage reads. One source of truth: the stage's run record,
-# its resume digest and the Snakemake params that trigger its reruns all derive from it.
-STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "prepare_data": ("data",),
-    "train": ("model", "engine", "train"),
-    "learn_groups": ("model", "engine", "group", "ssl"),
-    "split": ("model", "group", "split", "ssl"),
-    "finetune": ("engine", "finetune"),
-    "evaluate": ("model", "engine", "evaluate"),
+# The pipeline's stages in order. One source of truth: the CLI's stage commands (``learn_groups``
+# -> ``splitnet learn-groups``), the stage's run record, its resume digest and the Snakemake
+# params that trigger its reruns all derive from it.
+STAGES: dict[str, Stage] = {
+    "prepare_data": Stage(("data",), "write the prepared data splits (train/val/test .pt + manifest)"),
+    "train": Stage(("model", "engine", "train"), "train the dense baseline WRN"),
+    "learn_groups": Stage(("model", "engine", "group", "ssl"),
+                          "SplitNet grouping (regularizers on the assignments) or SSL sparsification"),
+    "split": Stage(("model", "group", "split", "ssl"), "cut the network into branches (learned, random) or prune it (SSL)"),
+    "finetune": Stage(("engine", "finetune"), "finetune the split/pruned network"),
+    "evaluate": Stage(("model", "engine", "evaluate"),
+                      "test error, params/FLOPs, class groups, throughput -> metrics.json"),
 }
+
+# The stages each method runs after prepare_data, in pipeline order (the last is ``evaluate``;
+# the one before it makes the model ``evaluate`` measures).
+METHOD_STAGES: dict[str, tuple[str, ...]] = {
+    "baseline": ("train", "evaluate"),
+    "splitnet": ("learn_groups", "split", "finetune", "evaluate"),
+    "random": ("split", "finetune", "evaluate"),
+    "ssl": ("learn_groups", "split", "finetune", "evaluate"),
+}
+TRAINING_STAGES = ("train", "learn_groups", "finetune")  # the stages that run the training engine
+SPLIT_METHODS = ("splitnet", "random")  # the methods that cut the network into branches (group.split)
+
+
+def command_name(stage: str) -> str:
+    """The CLI command of a stage: ``learn_groups`` -> ``learn-groups``."""
+    return stage.replace("_", "-")
 
 
 def stage_config(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
     """The part of a row's resolved config that ``stage`` reads (plus the row's identity)."""
     identity = ("experiment", "scale", "method") if stage == "prepare_data" else ("experiment", "scale", "seed", "method")
-    return {k: cfg[k] for k in (*identity, *STAGE_SECTIONS[stage]) if k in cfg}
+    return {k: cfg[k] for k in (*identity, *STAGES[stage].sections) if k in cfg}

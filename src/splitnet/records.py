@@ -51,6 +51,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from splitnet.config import SPLIT_METHODS
 from splitnet.io import atomic_write_json
 from splitnet.spec import SplitSpec
 
@@ -305,7 +306,7 @@ ROW_PARAMS: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "arch": ("model.arch", None),
     "dropout": ("model.dropout", None),
     "seed": ("engine.seed", None),
-    "split": ("group.split", ("splitnet", "random")),
+    "split": ("group.split", SPLIT_METHODS),
     "parametrisation": ("group.parametrisation", ("splitnet",)),
     "simplex_rule": ("group.simplex_rule", ("splitnet",)),
     "assignment_lr_scale": ("group.assignment_lr_scale", ("splitnet",)),

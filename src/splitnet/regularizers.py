@@ -15,7 +15,7 @@ Weights use PyTorch layout: conv ``[D_out, D_in, k, k]``, fc ``[D_out, D_in]``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 
 import torch
@@ -133,10 +133,15 @@ class RegularizerConfig:
     own current S value, see :func:`split_losses`.
     """
 
-    gamma_disjoint: float = 1.0
-    gamma_weight: float = 1.0
-    gamma_balance: float = 10.0
-    weighted: bool = True
+    gamma_disjoint: float
+    gamma_weight: float
+    gamma_balance: float
+    weighted: bool
+
+    @classmethod
+    def from_group(cls, group: dict) -> RegularizerConfig:
+        """The strengths of a resolved ``group`` config section (params/experiments.yaml)."""
+        return cls(**{f.name: group[f.name] for f in fields(cls)})
 
 
 def warmed_up(config: RegularizerConfig, step: int, disjoint_warmup_steps: int) -> RegularizerConfig:

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
-import yaml
 
 SEGMENTS: tuple[str, ...] = ("stage1", "stage2", "stage3", "head")
 _SPEC_RE = re.compile(r"^\s*(\d+)-(\d+)-(\d+)\s*$")
@@ -79,37 +77,10 @@ class SplitSpec:
         """The official ``G3-G2-G1`` string."""
         return "-".join(str(g) for g in self.groups[1:])
 
-    def of(self, segment: str) -> int:
-        return self.groups[SEGMENTS.index(segment)]
-
     @property
     def first_split(self) -> int | None:
         """Index (into SEGMENTS) of the lowest segment with more than one group."""
         return next((i for i, g in enumerate(self.groups) if g > 1), None)
 
-    def is_split(self, segment: str) -> bool:
-        return self.of(segment) > 1
-
-    def parent_of(self, segment_index: int, group: int) -> int:
-        """The group of the previous segment that ``group`` of ``segment_index`` hangs under."""
-        n, m = self.groups[segment_index], self.groups[segment_index - 1]
-        return even_merge_indices(n, m)[group]
-
     def __str__(self) -> str:
         return self.code
-
-
-def load_named_splits(path: str | Path) -> dict[str, SplitSpec]:
-    """Read ``name: G3-G2-G1`` pairs from a YAML file (``params/splits.yaml``)."""
-    path = Path(path)
-    with path.open() as fh:
-        data = yaml.safe_load(fh) or {}
-    if not isinstance(data, dict) or "splits" not in data or not isinstance(data["splits"], dict):
-        raise SpecError(f"{path}: expected a mapping with a 'splits:' section of name: G3-G2-G1")
-    out = {}
-    for name, text in data["splits"].items():
-        try:
-            out[str(name)] = SplitSpec.parse(text)
-        except SpecError as err:
-            raise SpecError(f"{path}: splits.{name}: {err}") from None
-    return out

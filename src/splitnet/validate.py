@@ -28,8 +28,8 @@ from typing import Any
 import torch
 
 from . import artifacts
-from .config import (EXPERIMENTS_FILE, SCALES_FILE, ConfigError, key_location, load_registry, needs_baseline,
-                     split_experiment)
+from .config import (EXPERIMENTS_FILE, METHOD_STAGES, SCALES_FILE, SPLIT_METHODS, TRAINING_STAGES, ConfigError,
+                     command_name, key_location, load_registry, needs_baseline, split_experiment)
 from .data import DataError, parse_config, read_manifest
 from .data.prepare import MANIFEST
 from .io import sha256_file
@@ -37,9 +37,7 @@ from .model import WRNPlan, parse_arch, wrn_plan
 from .spec import SplitSpec
 from .topology import build_topology, stage_in, stage_out
 
-TRAINING_STAGES = ("train", "learn-groups", "finetune")
 DEVICE_TYPES = ("cpu", "cuda", "mps")
-SPLIT_METHODS = ("splitnet", "random")
 
 
 class InputError(ValueError):
@@ -68,15 +66,6 @@ SOURCE_RULES: dict[tuple[str, str], SourceRule] = {
     ("evaluate", "random"): SourceRule("split", "this row's finetune/model.pt"),
     ("evaluate", "ssl"): SourceRule("dense", "this row's finetune/model.pt"),
 }
-# The stages each method runs (prepare-data belongs to every row).
-METHOD_STAGES: dict[str, tuple[str, ...]] = {
-    "baseline": ("prepare-data", "train", "evaluate"),
-    "splitnet": ("prepare-data", "learn-groups", "split", "finetune", "evaluate"),
-    "random": ("prepare-data", "split", "finetune", "evaluate"),
-    "ssl": ("prepare-data", "learn-groups", "split", "finetune", "evaluate"),
-}
-
-
 # ----------------------------------------------------------------------------- names and paths
 
 
@@ -266,10 +255,13 @@ def check_stage(args: argparse.Namespace, registry: dict, cfg: dict) -> None:
     def where(key: str) -> str:
         return key_location(registry, params_dir, experiment, scale, key)
 
-    if command not in METHOD_STAGES[method]:
-        rows = ", ".join(r for r, row in registry["experiments"].items() if command in METHOD_STAGES[row["method"]])
+    def commands(method: str) -> list[str]:  # prepare-data belongs to every row
+        return [command_name(stage) for stage in ("prepare_data", *METHOD_STAGES[method])]
+
+    if command not in commands(method):
+        rows = ", ".join(r for r, row in registry["experiments"].items() if command in commands(row["method"]))
         raise InputError(f"--experiment {experiment!r} is a {method} row, which has no {command} stage "
-                         f"(its stages: {', '.join(METHOD_STAGES[method])}); rows with one: {rows}")
+                         f"(its stages: {', '.join(commands(method))}); rows with one: {rows}")
     check_writable_dir(Path(args.out), "--out")
     if command == "prepare-data":
         _check_data_settings(cfg["data"], where("data"))
@@ -286,7 +278,7 @@ def check_stage(args: argparse.Namespace, registry: dict, cfg: dict) -> None:
         if command == "evaluate" and cfg["engine"]["normalization"] == "dataset":
             splits += ("train",)  # the normalisation statistics come from the training images
         manifest = check_prepared_data(data_dir, splits)
-    if command in TRAINING_STAGES:
+    if command in map(command_name, TRAINING_STAGES):
         count = manifest["splits"]["train"]["count"]
         batch = cfg["engine"]["batch_size"]
         if batch > count:

@@ -9,7 +9,8 @@ import sys
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from splitnet.config import ConfigError, experiment_names, load_registry, method_of, needs_baseline, resolve, stage_config
+from splitnet.config import (METHOD_STAGES, SPLIT_METHODS, ConfigError, experiment_names, load_registry, method_of, needs_baseline,
+                             resolve, stage_config)
 from splitnet.outputs import ScaleOutputs, figure_rows
 from splitnet.study import evaluate_files as study_inputs
 
@@ -44,8 +45,6 @@ def method(exp):
     return method_of(REGISTRY, exp)
 
 
-
-
 def run_dir(exp, seed, stage, scale="{scale}"):
     """results/<scale>/runs/<exp>/seed_<seed>/<stage> (ScaleOutputs.run_dir: one source)."""
     return str(ScaleOutputs(RESULTS, scale).run_dir(exp, seed, stage))
@@ -65,10 +64,10 @@ def stage_params(exp, stage, seed, scale):
 
 
 def final_model(w):
-    """What `evaluate` measures: the baseline itself, or the finetuned split/pruned net."""
-    if method(w.exp) == "baseline":
-        return f"{run_dir('baseline', w.seed, 'train', w.scale)}/model.pt"
-    return f"{run_dir(w.exp, w.seed, 'finetune', w.scale)}/model.pt"
+    """What `evaluate` measures: the model of the row's stage before it (the baseline's train,
+    the others' finetune)."""
+    stage = METHOD_STAGES[method(w.exp)][-2]
+    return f"{run_dir(w.exp, w.seed, stage, w.scale)}/model.pt"
 
 
 def split_source(w):
@@ -99,7 +98,7 @@ def gpus(w):
 
 def finetune_workers(w):
     """Processes that finetune one split network (the scale's finetune_workers; 1 for dense nets)."""
-    if method(w.exp) not in ("splitnet", "random"):
+    if method(w.exp) not in SPLIT_METHODS:
         return 1
     return REGISTRY["scales"][w.scale].get("finetune_workers", 1)
 

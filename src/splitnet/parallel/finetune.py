@@ -17,9 +17,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .. import artifacts, finished, stages
+from .. import artifacts, finished
 from ..data import read_manifest
 from ..engine import CHECKPOINT
+from ..stage_run import (KEPT_OUTPUTS, MODEL_FILE, StageStart, manifest_file, save_finetuned, stage_recorder, start_stage,
+                         train_stage)
 from .runner import ParallelSplit
 from .workers import DEFAULT_TIMEOUT_S, Worker, collective, init_from_env
 
@@ -31,7 +33,7 @@ def worker_dir(out_dir: Path, worker: Worker) -> Path:
     return out_dir if worker.is_main else out_dir / WORKERS_DIR / f"rank{worker.rank}"
 
 
-def _position(own: Path, start: stages.StageStart) -> tuple[int, int]:
+def _position(own: Path, start: StageStart) -> tuple[int, int]:
     """(epoch, step) of this worker's checkpoint, (-1, -1) without one to resume."""
     if not start.resume:
         return -1, -1
@@ -39,7 +41,7 @@ def _position(own: Path, start: stages.StageStart) -> tuple[int, int]:
     return state["epoch"], state["step"]
 
 
-def _agree(worker: Worker, own: Path, start: stages.StageStart) -> stages.StageStart:
+def _agree(worker: Worker, own: Path, start: StageStart) -> StageStart:
     """Worker 0 decides about restoring its finished result; all workers resume only from
     checkpoints of the same step (a preemption can reach them on either side of a step)."""
     restored = torch.tensor([float(start.restored)], device=worker.comm_device)
@@ -52,7 +54,7 @@ def _agree(worker: Worker, own: Path, start: stages.StageStart) -> stages.StageS
     resume = bool(torch.equal(-low, high) and high[0] >= 0)
     if start.resume and not resume:
         print(f"{own}: the workers' checkpoints are of different steps (or some have none); starting fresh", flush=True)
-    return stages.StageStart(start.digest, resume=resume, restored=bool(restored.item()))
+    return StageStart(start.digest, resume=resume, restored=bool(restored.item()))
 
 
 def finetune_stage(cfg: dict, data_dir: Path, source: Path, out_dir: Path, resume: bool, worker: Worker) -> Path:
@@ -61,22 +63,18 @@ def finetune_stage(cfg: dict, data_dir: Path, source: Path, out_dir: Path, resum
     if kind != "split":
         raise ValueError(f"{source} is a {kind} model: only split networks have branches to run in parallel")
     own = worker_dir(Path(out_dir), worker)
-    inputs = {"data": stages._manifest(data_dir), "source": source}
-    start = _agree(worker, own, stages._start(cfg, "finetune", own, inputs, resume))
+    inputs = {"data": manifest_file(data_dir), "source": source}
+    start = _agree(worker, own, start_stage(cfg, "finetune", own, inputs, resume))
     if start.restored:
-        return Path(out_dir) / stages.MODEL_FILE
-    with stages._recorder(cfg, "finetune", own, start) as rec:
+        return Path(out_dir) / MODEL_FILE
+    with stage_recorder(cfg, "finetune", own, start) as rec:
         model, blob = artifacts.load_model(source)
         net = ParallelSplit(model, tuple(read_manifest(data_dir)["image_shape"]), worker)
-        final, _ = stages._run(net, cfg, "finetune", data_dir, own, rec, start)
+        final = train_stage(net, cfg, "finetune", data_dir, own, rec, start)
         net.gather_branches()
-        model.cpu()
-        blob["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        blob["inputs_digest"] = start.digest
-        artifacts.save_like(blob, own / stages.MODEL_FILE)
-        rec.finish(final, [own / stages.MODEL_FILE])
-    finished.keep(own, start.digest, stages.KEPT_OUTPUTS)
-    return own / stages.MODEL_FILE
+        save_finetuned(model, blob, own, start, rec, final)
+    finished.keep(own, start.digest, KEPT_OUTPUTS)
+    return own / MODEL_FILE
 
 
 def finetune_from_env(cfg: dict, data_dir: Path, source: Path, out_dir: Path, resume: bool,
