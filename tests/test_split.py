@@ -4,6 +4,7 @@ import pytest
 import torch
 from conftest import randomize_batchnorm
 
+from splitnet import artifacts
 from splitnet.assignment import GroupAssignments
 from splitnet.branches import ChannelSelect, HeadBranch, StageBranch
 from splitnet.model import StagePlan, WideResNet, WRNPlan, wide_resnet
@@ -163,3 +164,36 @@ def test_split_of_unsplit_spec_is_an_error():
     top = build_topology(model.plan, SplitSpec.parse("1-1-1"))
     with pytest.raises(ValueError, match="splits nothing"):
         build_split_network(top, {}, dense=model)
+
+
+@pytest.mark.parametrize("spec_code", ["1-1-4", "1-2-2"])  # trunk up to the final BN / to stage 2
+@pytest.mark.parametrize("layout", ["preact", "official"])
+def test_split_built_in_memory_trains_like_its_saved_and_reloaded_file(tmp_path, spec_code, layout):
+    """The pipeline builds a split in memory, saves it, and finetunes the reloaded file: the two
+    must be the same network, so neither the dense net's frozen BN gammas nor its mode carry over."""
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    dense = wide_resnet("wrn-10-2", num_classes=10, bn_no_scale=True)
+    randomize_batchnorm(dense, gen)
+    dense.eval()
+    top = build_topology(dense.plan, SplitSpec.parse(spec_code))
+    part = random_partition(top, seed=0)
+    built = build_split_network(top, part, "shared", layout, dense=dense)
+    artifacts.save_split(built, dense.plan, top.spec, part, "shared", layout, tmp_path / "model.pt")
+    reloaded, _ = artifacts.load_model(tmp_path / "model.pt")
+
+    def trainable(model):
+        return {name: p.requires_grad for name, p in model.named_parameters()}
+
+    assert trainable(built) == trainable(reloaded)
+    assert [name for name, _ in built.named_buffers()] == [name for name, _ in reloaded.named_buffers()]
+    assert built.training == reloaded.training
+    x = torch.randn(4, 3, 8, 8, generator=gen)
+    y = torch.randint(0, 10, (4,), generator=gen)
+    for model in (built, reloaded):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    after, reloaded_after = built.state_dict(), reloaded.state_dict()
+    assert list(after) == list(reloaded_after)
+    assert all(torch.equal(after[name], reloaded_after[name]) for name in after)

@@ -18,13 +18,23 @@ whenever they are disjoint, so most channel selections are slices, not gathers.
 
 from __future__ import annotations
 
-import copy
+from typing import cast
 
 import torch
 from torch import nn
 
 from .branches import ChannelSelect, HeadBranch, SplitWideResNet, StageBranch, Trunk
-from .model import PostActUnit, PreActUnit, WideResNet, WRNPlan, batch_norm, build_stage, conv, copy_batch_norm, linear
+from .model import (
+    PostActUnit,
+    PreActUnit,
+    WideResNet,
+    WRNPlan,
+    batch_norm,
+    build_stage,
+    conv,
+    copy_batch_norm,
+    linear,
+)
 from .partition import Partition
 from .spec import SplitSpec, even_merge_indices
 from .topology import HEAD, SplitLayer, Topology, stage_hidden, stage_in, stage_out
@@ -99,7 +109,7 @@ def zero_intergroup_weights(model: WideResNet, topology: Topology, partition: Pa
     _check(convention, "preact")
     for layer in topology.layers:
         inputs, outputs = layer_memberships(topology, partition, layer, convention)
-        weight = model.get_submodule(layer.path).weight
+        weight = model.get_parameter(f"{layer.path}.weight")
         mask = keep_mask(inputs, outputs).to(weight.device)
         weight.mul_(mask.view(*mask.shape, *([1] * (weight.dim() - 2))))
 
@@ -134,53 +144,65 @@ def _copy_conv(dst: nn.Conv2d, src: nn.Conv2d, out_idx: torch.Tensor, in_idx: to
 
 
 class _Builder:
-    def __init__(self, topology, partition, convention, layout, dense):
-        self.top, self.part, self.conv_, self.layout, self.dense = topology, partition, convention, layout, dense
-        self.spec = topology.spec
+    """Builds the module tree of one split network, copying the kept weights from ``dense`` if given."""
+
+    def __init__(
+        self, topology: Topology, partition: Partition, convention: str, layout: str, dense: WideResNet | None
+    ) -> None:
+        self.topology = topology
+        self.partition = partition
+        self.convention = convention
+        self.layout = layout
+        self.dense = dense
+        self.spec: SplitSpec = topology.spec
         self.plan: WRNPlan = topology.plan
-        self.class_pieces: list[torch.Tensor] = []
+        self.class_pieces: list[torch.Tensor] = []  # each head's classes, in build order
 
     def children_of(self, segment: int, group: int) -> list[int]:
-        nxt = segment + 1
-        parents = even_merge_indices(self.spec.groups[nxt], self.spec.groups[segment])
-        return [h for h in range(self.spec.groups[nxt]) if parents[h] == group]
+        following = segment + 1
+        parents = even_merge_indices(self.spec.groups[following], self.spec.groups[segment])
+        return [child for child in range(self.spec.groups[following]) if parents[child] == group]
 
     def stage_width_in(self, segment: int) -> int:
         return self.plan.stem_width if segment == 0 else self.plan.stages[segment - 1].width
 
     def branch(self, segment: int, group: int, parent_order: torch.Tensor) -> nn.Module:
-        in_row = input_membership(self.top, self.part, segment, self.conv_)[group]
+        in_row = input_membership(self.topology, self.partition, segment, self.convention)[group]
         select, in_idx = _select(parent_order, in_row)
         if segment == HEAD:
             return self.head(select, in_idx, group)
-        kids = self.children_of(segment, group)
-        next_in = input_membership(self.top, self.part, segment + 1, self.conv_)
-        stream = _members(stream_membership(self.top, self.part, segment)[group])
-        order = _local_order(stream, [_members(next_in[h]) for h in kids])
+        children = self.children_of(segment, group)
+        next_inputs = input_membership(self.topology, self.partition, segment + 1, self.convention)
+        stream = _members(stream_membership(self.topology, self.partition, segment)[group])
+        order = _local_order(stream, [_members(next_inputs[child]) for child in children])
         units = self.units(segment, group, in_idx, order)
         final_bn = None
         if segment == HEAD - 1:
             final_bn = batch_norm(len(order))
             if self.dense is not None:
                 copy_batch_norm(final_bn, self.dense.final_bn, order)
-        children = [self.branch(segment + 1, h, order) for h in kids]
-        return StageBranch(select, units, final_bn, children)
+        branches = [self.branch(segment + 1, child, order) for child in children]
+        return StageBranch(select, units, final_bn, branches)
 
     def units(self, segment: int, group: int, in_idx: torch.Tensor, stream: torch.Tensor) -> nn.Sequential:
-        s = segment + 1
         stage = self.plan.stages[segment]
-        units = []
+        units: list[nn.Module] = []
         for u in range(len(stage.hidden)):
-            hidden = _members(self.part[stage_hidden(s, u)][group])
+            hidden = _members(self.partition[stage_hidden(segment + 1, u)][group])
             src_idx = in_idx if u == 0 else stream
             stride = stage.stride if u == 0 else 1
-            args = (len(src_idx), len(hidden), len(stream), stride, u == 0)
-            unit = PreActUnit(*args) if self.layout == "preact" else PostActUnit(*args)
+            unit_args = (len(src_idx), len(hidden), len(stream), stride, u == 0)
+            unit: PreActUnit | PostActUnit = (
+                PreActUnit(*unit_args) if self.layout == "preact" else PostActUnit(*unit_args)
+            )
             if self.dense is not None:
-                ref: PreActUnit = self.dense.stages[segment][u]
+                ref = cast(PreActUnit, self.dense.get_submodule(f"stages.{segment}.{u}"))  # WideResNet units
                 _copy_conv(unit.conv1, ref.conv1, hidden, src_idx)
                 _copy_conv(unit.conv2, ref.conv2, stream, hidden)
                 if u == 0:
+                    if unit.shortcut is None or ref.shortcut is None:
+                        raise ValueError(f"stage {segment + 1} is split, so its first unit needs a 1x1 projection "
+                                         "shortcut in the dense network (an identity cannot be cut into groups)")
                     _copy_conv(unit.shortcut, ref.shortcut, stream, src_idx)
                 if self.layout == "preact":  # official layout: fresh BN, as resnet_split.py
                     copy_batch_norm(unit.bn1, ref.bn1, src_idx)
@@ -189,7 +211,7 @@ class _Builder:
         return nn.Sequential(*units)
 
     def head(self, select: ChannelSelect, in_idx: torch.Tensor, group: int) -> HeadBranch:
-        classes = _members(self.part["head_out"][group])
+        classes = _members(self.partition["head_out"][group])
         fc = linear(len(in_idx), len(classes))
         if self.dense is not None:
             with torch.no_grad():
@@ -198,22 +220,27 @@ class _Builder:
         self.class_pieces.append(classes)
         return HeadBranch(select, fc)
 
-    def trunk(self) -> tuple[Trunk, int]:
-        first = self.spec.first_split
+    def trunk(self, first: int) -> tuple[Trunk, int]:
+        """The unsplit layers below segment ``first``.
+
+        Built exactly as a reload builds them, then loaded from ``dense``: a deep copy would carry
+        the dense net's ``requires_grad`` flags (``bn_no_scale`` gammas frozen), device and mode
+        into the split network, which then trains differently from its saved-and-reloaded self.
+        """
         plan = self.plan
+        widths = [plan.stem_width] + [stage.width for stage in plan.stages]
+        stem = conv(plan.in_channels, plan.stem_width, 3)
+        stages = nn.ModuleList(build_stage(widths[i], plan.stages[i]) for i in range(first))
+        final_bn = batch_norm(widths[-1]) if first == HEAD else None
+        trunk = Trunk(stem, stages, final_bn)
         if self.dense is not None:
-            stem = copy.deepcopy(self.dense.stem)
-            stages = nn.ModuleList(copy.deepcopy(self.dense.stages[i]) for i in range(first))
-            for unit in (m for m in stages.modules() if isinstance(m, PreActUnit)):
-                unit.dropout = 0.0  # split networks never use dropout (official split graph)
-            final_bn = copy.deepcopy(self.dense.final_bn) if first == HEAD else None
-        else:
-            stem = conv(plan.in_channels, plan.stem_width, 3)
-            widths = [plan.stem_width] + [st.width for st in plan.stages]
-            stages = nn.ModuleList(build_stage(widths[i], plan.stages[i]) for i in range(first))
-            final_bn = batch_norm(widths[-1]) if first == HEAD else None
+            stem.load_state_dict(self.dense.stem.state_dict())
+            for stage, dense_stage in zip(stages, self.dense.stages):
+                stage.load_state_dict(dense_stage.state_dict())
+            if final_bn is not None:
+                final_bn.load_state_dict(self.dense.final_bn.state_dict())
         width = self.stage_width_in(first) if first < HEAD else plan.stages[-1].width
-        return Trunk(stem, stages, final_bn), width
+        return trunk, width
 
 
 def build_split_network(
@@ -226,7 +253,9 @@ def build_split_network(
     """Build the split network; copy the kept weights from ``dense`` when given.
 
     Without ``dense`` the branches are freshly initialised, which is how a saved split network
-    is rebuilt before ``load_state_dict``.
+    is rebuilt before ``load_state_dict``.  With it, the same fresh tree gets the copied values
+    and nothing else, so the network (in training mode, every parameter trainable, on the CPU)
+    trains exactly as the file it is saved to will after reloading.
     """
     _check(convention, layout)
     first = topology.spec.first_split
@@ -234,11 +263,8 @@ def build_split_network(
         raise ValueError(f"split {topology.spec.code} splits nothing (every segment has one group)")
     if dense is not None and dense.plan != topology.plan:
         raise ValueError("the dense model's architecture differs from the topology's")
-    b = _Builder(topology, partition, convention, layout, dense)
-    trunk, width = b.trunk()
+    builder = _Builder(topology, partition, convention, layout, dense)
+    trunk, width = builder.trunk(first)
     order = torch.arange(width)
-    roots = [b.branch(first, g, order) for g in range(topology.spec.groups[first])]
-    model = SplitWideResNet(trunk, roots, torch.cat(b.class_pieces), topology.plan.num_classes)
-    if dense is not None:
-        model.train(dense.training)
-    return model
+    roots = [builder.branch(first, group, order) for group in range(topology.spec.groups[first])]
+    return SplitWideResNet(trunk, roots, torch.cat(builder.class_pieces), topology.plan.num_classes)

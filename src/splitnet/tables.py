@@ -16,6 +16,7 @@ import io
 import json
 import re
 import statistics
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def reproduced_values(metrics: dict) -> dict[str, float]:
 @dataclass(frozen=True)
 class Cell:
     paper: float | None
-    reproduced: float | None  # mean over the seeds
+    reproduced: float | None  # mean over the seeds; None exactly when no seed finished
     delta: float | None
     ok: str  # "✓", "✗", "–" (nothing to compare) or "n/c" (not comparable at this scale)
     std: float = 0.0  # sample std over the seeds (0 for one seed)
@@ -120,8 +121,8 @@ def build_rows(table: str, registry: dict, paper: dict, runs_dir: Path, scale: s
     return out
 
 
-def fmt_reproduced(key: str, cell: Cell, default: int, missing: str) -> str:
-    text = fmt(key, cell.reproduced, default, missing)
+def fmt_reproduced(key: str, cell: Cell, default: int) -> str:
+    text = fmt(key, cell.reproduced, default, "missing")
     return f"{text} ± {fmt(key, cell.std, default, '')}" if cell.n > 1 else text
 
 
@@ -147,21 +148,29 @@ def caption(table: str, registry: dict, scale: str, dataset: str, arch: str) -> 
             f"{', '.join(map(str, seeds))} (n per row).{note}")
 
 
+def column_cells(row: dict) -> Iterator[tuple[str, int, Cell]]:
+    """(key, decimals, cell) of each column of a table row, in column order."""
+    for key, _, decimals in COLUMNS:
+        yield key, decimals, row["cells"][key]
+
+
+def display_cells(row: dict) -> list[str]:
+    """A row as the Markdown and LaTeX tables show it: the label, Paper | Reproduced (± std) |
+    signed Δ | ✓ per column, the seed count and the assignments' convergence."""
+    cells = [row["label"]]
+    for key, decimals, cell in column_cells(row):
+        cells += [fmt(key, cell.paper, decimals, "n/a"), fmt_reproduced(key, cell, decimals),
+                  fmt_delta(key, cell.delta, decimals), cell.ok]
+    return [*cells, seeds_text(row), fmt_converged(row["converged"])]
+
+
 def render_markdown(rows: list[dict], cap: str) -> str:
     head = ["Row"]
     for _, name, _ in COLUMNS:
         head += [f"{name} Paper", "Reproduced", "Δ", "✓"]
     head += ["n", "Assignments converged"]
     lines = [f"**{cap}**", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in rows:
-        cells = [row["label"]]
-        for key, _, dec in COLUMNS:
-            c = row["cells"][key]
-            missing = "missing" if not row["metrics"] else "n/a"
-            cells += [fmt(key, c.paper, dec, "n/a"), fmt_reproduced(key, c, dec, missing),
-                      fmt_delta(key, c.delta, dec), c.ok]
-        cells += [seeds_text(row), fmt_converged(row["converged"])]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["| " + " | ".join(display_cells(row)) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -178,7 +187,6 @@ TEX_POWER = re.compile(r"(\d+)\^(\d+)")  # "10^6" in a header -> $10^{6}$
 TEX_NUMBER = re.compile(r"[+-]?\d+(\.\d+)?")
 TEX_PACKAGES = (("booktabs", r"\toprule, \midrule, \bottomrule"), ("amssymb", r"$\checkmark$"),
                 ("graphicx", r"\resizebox: a table wider than the text is shrunk to \linewidth"))
-OK_TEX = {"✓": r"$\checkmark$", "✗": r"$\times$", "–": "--", "n/c": "n/c"}
 
 
 def tex_text(text: str) -> str:
@@ -211,14 +219,9 @@ def render_latex(rows: list[dict], cap: str, label: str) -> str:
         rf"\begin{{tabular}}{{{spec}}}", r"\toprule", f"Row & {groups} \\\\", f" & {sub} \\\\", r"\midrule",
     ]
     for row in rows:
-        cells = [tex_text(row["label"])]
-        for key, _, dec in COLUMNS:
-            c = row["cells"][key]
-            missing = "missing" if not row["metrics"] else "n/a"
-            cells += [tex_cell(fmt(key, c.paper, dec, "n/a")), tex_cell(fmt_reproduced(key, c, dec, missing)),
-                      tex_cell(fmt_delta(key, c.delta, dec)), OK_TEX[c.ok]]
-        cells += [tex_cell(seeds_text(row)), tex_text(fmt_converged(row["converged"]))]
-        lines.append(" & ".join(cells) + r" \\")
+        # the label and the convergence note are prose; the cells between are numbers or marks
+        label, *numbers, converged = display_cells(row)
+        lines.append(" & ".join([tex_text(label), *map(tex_cell, numbers), tex_text(converged)]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}}", r"\end{table*}"]
     return "\n".join(lines) + "\n"
 
@@ -229,12 +232,11 @@ def render_csv(rows: list[dict], table: str, scale: str, dataset: str) -> str:
     writer.writerow(["table", "row", "label", "column", "paper", "reproduced", "delta", "ok", "scale", "dataset",
                      "reproduced_std", "n"])
     for row in rows:
-        for key, _, dec in COLUMNS:
-            c = row["cells"][key]
-            missing = "missing" if not row["metrics"] else ""
-            writer.writerow([table, row["experiment"], row["label"], key, fmt(key, c.paper, dec, ""),
-                             fmt(key, c.reproduced, dec, missing), fmt(key, c.delta, dec, ""), c.ok, scale, dataset,
-                             fmt(key, c.std, dec, "") if c.n else "", c.n])
+        # one line per column, its values unadorned (no ±, unsigned Δ, empty when absent)
+        for key, decimals, cell in column_cells(row):
+            writer.writerow([table, row["experiment"], row["label"], key, fmt(key, cell.paper, decimals, ""),
+                             fmt(key, cell.reproduced, decimals, "missing"), fmt(key, cell.delta, decimals, ""),
+                             cell.ok, scale, dataset, fmt(key, cell.std, decimals, "") if cell.n else "", cell.n])
         if row["converged"] is not None:
             writer.writerow([table, row["experiment"], row["label"], "assignment_converged", "",
                              f"{row['converged']:.4f}", "", "–", scale, dataset, "", len(row["metrics"])])
@@ -244,9 +246,9 @@ def render_csv(rows: list[dict], table: str, scale: str, dataset: str) -> str:
 def class_groups_markdown(rows: list[dict], scale: str, dataset: str) -> str:
     """Per grouping row and seed: the class groups by name, purity and ARI against the dataset's
     superclasses (chance ARI is 0), and whether the grouping converged."""
-    lines = [f"**Learned class → group assignments (scale '{scale}', {dataset}).** ARI: adjusted Rand index of the "
-             "class groups against the dataset's superclasses (0 = chance, 1 = the superclasses exactly); purity: "
-             "share of classes in their group's majority superclass.", ""]
+    lines = [(f"**Learned class → group assignments (scale '{scale}', {dataset}).** ARI: adjusted Rand index of the "
+              "class groups against the dataset's superclasses (0 = chance, 1 = the superclasses exactly); purity: "
+              "share of classes in their group's majority superclass."), ""]
     superclasses = None
     for row in rows:
         for m in row["metrics"]:
