@@ -27,17 +27,17 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info  # noqa: E402
+from machine import machine_info
 
-from splitnet import artifacts  # noqa: E402
-from splitnet.class_similarity import balanced_spectral_groups, soft_confusion  # noqa: E402
-from splitnet.config import load_registry, resolve  # noqa: E402
-from splitnet.data import load_split, read_manifest  # noqa: E402
-from splitnet.io import atomic_write_json  # noqa: E402
-from splitnet.metrics import adjusted_rand_index, best_merge_ari  # noqa: E402
-from splitnet.outputs import ScaleOutputs  # noqa: E402
-from splitnet.spec import SplitSpec  # noqa: E402
-from splitnet.stage_run import device_data, engine_config, normalizer_for  # noqa: E402
+from splitnet import artifacts
+from splitnet.class_similarity import balanced_spectral_groups, soft_confusion
+from splitnet.config import load_registry, resolve
+from splitnet.data import load_split, read_manifest
+from splitnet.io import atomic_write_json
+from splitnet.metrics import adjusted_rand_index, best_merge_ari
+from splitnet.outputs import ScaleOutputs
+from splitnet.spec import SplitSpec
+from splitnet.stage_run import device_data, engine_config, normalizer_for
 
 
 def cosine_affinity(vectors: torch.Tensor) -> torch.Tensor:

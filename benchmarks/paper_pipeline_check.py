@@ -30,11 +30,11 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info  # noqa: E402
+from machine import machine_info
 
-from splitnet import artifacts  # noqa: E402
-from splitnet.data import write_planted_cifar  # noqa: E402
-from splitnet.io import atomic_write_json  # noqa: E402
+from splitnet import artifacts
+from splitnet.data import write_planted_cifar
+from splitnet.io import atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]
 SCALE = "paper"

@@ -29,11 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info  # noqa: E402
-from parallel_bench import SPLITS, Recorder, autocast, every_core, sync_for, worker_setup  # noqa: E402
+from machine import machine_info
+from parallel_bench import SPLITS, Recorder, autocast, every_core, sync_for, worker_setup
 
-from splitnet.io import atomic_write_json  # noqa: E402
-from splitnet.parallel import ParallelSplit, Worker, launch  # noqa: E402
+from splitnet.io import atomic_write_json
+from splitnet.parallel import ParallelSplit, Worker, launch
 
 
 def stepper(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool):

@@ -41,12 +41,12 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info  # noqa: E402
-from parallel_bench import SPLITS, Recorder, autocast, every_core, sync_for, worker_setup  # noqa: E402
+from machine import machine_info
+from parallel_bench import SPLITS, Recorder, autocast, every_core, sync_for, worker_setup
 
-from splitnet.counting import count_model  # noqa: E402
-from splitnet.io import atomic_write_json  # noqa: E402
-from splitnet.parallel import ParallelSplit, StreamSplit, Worker, class_order, launch  # noqa: E402
+from splitnet.counting import count_model
+from splitnet.io import atomic_write_json
+from splitnet.parallel import ParallelSplit, StreamSplit, Worker, class_order, launch
 
 
 def sequential_branches(split, h: torch.Tensor) -> torch.Tensor:

@@ -16,11 +16,11 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info  # noqa: E402
+from machine import machine_info
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +42,7 @@ def main() -> int:
     samples: list[float] = [os.getloadavg()[0]]
     stop = threading.Event()
     sampler = threading.Thread(target=_sample_load, args=(samples, stop), daemon=True)
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     t0 = time.monotonic()
     sampler.start()
     proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True)

@@ -10,7 +10,6 @@ benchmarks/results/split_inference-<device>.json.  Target: speedup >= 0.9 x FLOP
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -18,16 +17,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info  # noqa: E402
+from machine import machine_info
 
-from splitnet.counting import count_model  # noqa: E402
-from splitnet.io import atomic_write_json  # noqa: E402
-from splitnet.metrics import throughput  # noqa: E402
-from splitnet.model import wide_resnet  # noqa: E402
-from splitnet.partition import balanced_partition, random_partition  # noqa: E402
-from splitnet.spec import SplitSpec  # noqa: E402
-from splitnet.split import build_split_network  # noqa: E402
-from splitnet.topology import build_topology  # noqa: E402
+from splitnet.counting import count_model
+from splitnet.io import atomic_write_json
+from splitnet.metrics import throughput
+from splitnet.model import wide_resnet
+from splitnet.partition import balanced_partition, random_partition
+from splitnet.spec import SplitSpec
+from splitnet.split import build_split_network
+from splitnet.topology import build_topology
 
 SPLITS = {"shallow": "1-2-2", "deep": "2-2-2", "hier": "2-4-4"}
 

@@ -33,23 +33,24 @@ import statistics
 import sys
 import tempfile
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info  # noqa: E402
+from machine import machine_info
 
-from splitnet.grouping_stage import GroupingModel, dropout_kwargs  # noqa: E402
-from splitnet.assignment import GroupAssignments  # noqa: E402
-from splitnet.augment import Normalizer, random_crop_flip  # noqa: E402
-from splitnet.config import load_registry, resolve  # noqa: E402
-from splitnet.engine import DeviceData, EngineConfig, Schedule, evaluate, train  # noqa: E402
-from splitnet.io import atomic_write_json  # noqa: E402
-from splitnet.model import WideResNet, parse_arch, wrn_plan  # noqa: E402
-from splitnet.regularizers import RegularizerConfig, split_losses  # noqa: E402
-from splitnet.spec import SplitSpec  # noqa: E402
-from splitnet.topology import build_topology  # noqa: E402
+from splitnet.assignment import GroupAssignments
+from splitnet.augment import Normalizer, random_crop_flip
+from splitnet.config import load_registry, resolve
+from splitnet.engine import DeviceData, EngineConfig, Schedule, evaluate, train
+from splitnet.grouping_stage import GroupingModel, dropout_kwargs
+from splitnet.io import atomic_write_json
+from splitnet.model import WideResNet, parse_arch, wrn_plan
+from splitnet.regularizers import RegularizerConfig, split_losses
+from splitnet.spec import SplitSpec
+from splitnet.topology import build_topology
 
 ROW = "deep"  # Deep 2-2-2 split, dropout 0.5 (params/experiments.yaml)
 NUM_CLASSES = 100
@@ -107,7 +108,7 @@ def train_rate(kind: str, args, data: DeviceData, cfg: EngineConfig, row: dict, 
         )
         inner = after_step
 
-        def after_step(step: int) -> None:  # noqa: F811 - profiled variant
+        def after_step(step: int) -> None:
             inner(step)
             if len(stamps) == args.warmup:
                 prof.start()
@@ -123,7 +124,7 @@ def train_rate(kind: str, args, data: DeviceData, cfg: EngineConfig, row: dict, 
         print(f"\n--- profile of {args.steps} {kind} steps (top ops by self time) ---")
         print(prof.key_averages().table(sort_by=sort, row_limit=25))
     timed = stamps[args.warmup - 1 :]  # intervals after the warm-up steps
-    intervals = [b - a for a, b in zip(timed, timed[1:])]
+    intervals = [b - a for a, b in pairwise(timed)]
     total = timed[-1] - timed[0]
     return {
         "images_per_s": args.batch * len(intervals) / total,

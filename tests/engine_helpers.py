@@ -18,11 +18,11 @@ import torch
 from splitnet.assignment import GroupAssignments
 from splitnet.augment import Normalizer
 from splitnet.engine import DeviceData, EngineConfig, Schedule, train
+from splitnet.grouping_stage import GroupingModel
 from splitnet.model import WideResNet, wrn_plan
 from splitnet.reduced_gradient import SimplexReducedGradient
 from splitnet.regularizers import RegularizerConfig, split_losses
 from splitnet.spec import SplitSpec
-from splitnet.grouping_stage import GroupingModel
 from splitnet.topology import build_topology
 
 NUM_IMAGES = 192

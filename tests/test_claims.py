@@ -9,8 +9,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from splitnet.claims import CLAIMS, CONTRADICTED, HOLDS, INCONCLUSIVE, Runs, Stat, claim_rows, combine, compare, \
-    interval, render_csv, render_markdown
+from splitnet.claims import (
+    CLAIMS,
+    CONTRADICTED,
+    HOLDS,
+    INCONCLUSIVE,
+    Runs,
+    Stat,
+    claim_rows,
+    combine,
+    compare,
+    interval,
+    render_csv,
+    render_markdown,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SUPPLEMENT = REPO.parent / "shared" / "reference" / "supplement.txt"

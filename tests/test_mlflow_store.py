@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from splitnet.config import METHOD_STAGES
-from splitnet.config import load_registry, resolve, stage_config
+from splitnet.config import METHOD_STAGES, load_registry, resolve, stage_config
 from splitnet.io import atomic_write_json
 from splitnet.mlflow_import import TrackEntry, import_runs
 from splitnet.records import RUN_RECORD, RunRecorder, load_record, read_record, row_params

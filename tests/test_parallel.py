@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -22,8 +23,17 @@ from splitnet.assignment import GroupAssignments
 from splitnet.augment import Normalizer
 from splitnet.engine import CHECKPOINT, DeviceData, EngineConfig, Schedule, train
 from splitnet.model import WideResNet, wrn_plan
-from splitnet.parallel import (ParallelSplit, StreamSplit, Worker, WorkerError, WorkerFailure, branch_nodes, launch,
-                               own_flops, place)
+from splitnet.parallel import (
+    ParallelSplit,
+    StreamSplit,
+    Worker,
+    WorkerError,
+    WorkerFailure,
+    branch_nodes,
+    launch,
+    own_flops,
+    place,
+)
 from splitnet.parallel.finetune import _agree
 from splitnet.partition import balanced_partition, partition_from_assignments, random_partition
 from splitnet.spec import SplitSpec
@@ -172,7 +182,7 @@ def test_overlap_case_really_duplicates_classes(runs):
 def test_every_worker_gets_its_own_contiguous_leaves(runs):
     placement = runs["workers"][0]["placement"]  # of the last inference case
     assert len(placement) == runs["world"]
-    assert placement[0][0] == 0 and all(a[1] == b[0] for a, b in zip(placement, placement[1:]))
+    assert placement[0][0] == 0 and all(a[1] == b[0] for a, b in pairwise(placement))
     assert all(start < stop for start, stop in placement)
 
 

@@ -237,8 +237,8 @@ def test_weighted_aggregation_value_and_gradient():
 
     matrices = assignments.matrices()
     per_layer = [
-        weight_split_penalty(model.get_submodule(l.path).weight, matrices[l.input], matrices[l.output])
-        for l in topology.layers
+        weight_split_penalty(model.get_submodule(layer.path).weight, matrices[layer.input], matrices[layer.output])
+        for layer in topology.layers
     ]
     values = torch.stack([s.detach() for s in per_layer])
     grads = [torch.autograd.grad(s, params, retain_graph=True, allow_unused=True) for s in per_layer]
@@ -289,7 +289,7 @@ def test_unsplit_spec_gives_zeros():
 
 def test_regularizer_gradients_finite_after_split():
     """A perfectly split fc (zero inter-group weights, one-hot P, Q) still gives finite gradients."""
-    model, topology, assignments = make("1-1-4")
+    model, topology, _ = make("1-1-4")
     groups = 4
     labels_in, labels_out = torch.arange(model.fc.in_features) % groups, torch.arange(10) % groups
     with torch.no_grad():

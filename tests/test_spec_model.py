@@ -86,7 +86,7 @@ def test_identity_unit_rejects_width_change():
 
 def test_topology_of_deep_split_lists_official_layers_in_build_order():
     top = build_topology(wrn_plan(16, 8), SplitSpec.parse("2-2-2"))
-    assert [(l.path, l.input, l.output) for l in top.layers] == [
+    assert [(layer.path, layer.input, layer.output) for layer in top.layers] == [
         ("stages.1.0.shortcut", "stage2_in", "stage2_out"),
         ("stages.1.0.conv1", "stage2_in", "stage2_hidden0"),
         ("stages.1.0.conv2", "stage2_hidden0", "stage2_out"),
@@ -109,5 +109,5 @@ def test_topology_of_deep_split_lists_official_layers_in_build_order():
 
 def test_topology_fc_split_has_one_layer():
     top = build_topology(wrn_plan(16, 8), SplitSpec.parse("1-1-4"))
-    assert [l.path for l in top.layers] == ["fc"]
+    assert [layer.path for layer in top.layers] == ["fc"]
     assert top.vectors["head_out"].size == 100 and top.vectors["head_in"].size == 512

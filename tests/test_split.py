@@ -24,7 +24,6 @@ def _random_plan(rng: random.Random) -> WRNPlan:
         n_units = rng.randint(1, 2)
         hidden = tuple(rng.randint(6, 19) for _ in range(n_units))
         stages.append(StagePlan(width, hidden, stride, projection=True))
-        prev = width
     return WRNPlan(in_channels=rng.choice([1, 3]), num_classes=rng.randint(9, 17), stages=tuple(stages))
 
 
@@ -63,14 +62,14 @@ def test_property_random_wrns_random_groups_random_specs(seed):
     model = WideResNet(_random_plan(rng))
     spec = rng.choice(SPECS)
     convention = rng.choice(["shared", "partitioned"])
-    err, top, part, split = _equivalence_error(model, spec, convention, seed)
+    err, *_ = _equivalence_error(model, spec, convention, seed)
     assert err < 1e-5, (spec, convention, model.plan)
 
 
 def test_g3_on_odd_widths_gives_unequal_groups_and_stays_exact():
     torch.manual_seed(0)
     plan = WRNPlan(3, 11, (StagePlan(15, (13,), 1), StagePlan(21, (17, 19), 2), StagePlan(25, (23, 25), 2)))
-    err, top, part, split = _equivalence_error(WideResNet(plan), "3-3-3", "partitioned", seed=3)
+    err, _, part, _ = _equivalence_error(WideResNet(plan), "3-3-3", "partitioned", seed=3)
     assert err < 1e-5
     sizes = part["stage3_hidden0"].sum(1).tolist()
     assert sum(sizes) == 23 and len(set(sizes)) > 1
@@ -80,7 +79,7 @@ def test_g3_on_odd_widths_gives_unequal_groups_and_stays_exact():
 def test_overlap_duplicates_are_exact_too(spec_code):
     torch.manual_seed(0)
     model = wide_resnet("wrn-16-2", num_classes=12)
-    err, top, part, split = _equivalence_error(model, spec_code, "partitioned", seed=5, overlap=0.2)
+    err, _, part, _ = _equivalence_error(model, spec_code, "partitioned", seed=5, overlap=0.2)
     assert err < 1e-5
     assert any(m.sum() > m.shape[1] for m in part.values())  # some node really was duplicated
 

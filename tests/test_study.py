@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from splitnet.class_similarity import balanced_spectral_groups
 from splitnet.config import ConfigError, experiment_names, load_registry, method_of, resolve, study_experiment
@@ -17,8 +18,6 @@ from splitnet.metrics import adjusted_rand_index, best_merge_ari, class_group_ta
 from splitnet.outputs import ScaleOutputs
 from splitnet.regularizers import RegularizerConfig, warmed_up
 from splitnet.study import COLUMNS, goal_verdicts, study_cells, write_study
-
-import yaml
 
 FASHION_SUPER = [0, 2, 0, 0, 0, 1, 0, 1, 2, 1]  # tops / footwear / other (splitnet.data.fashion_mnist)
 

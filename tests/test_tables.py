@@ -1,10 +1,10 @@
 import json
 
+import yaml
+
 from splitnet.arch_check import arch_check_rows
 from splitnet.config import load_registry
 from splitnet.tables import build_rows, render_csv, render_latex, render_markdown, write_tables
-
-import yaml
 
 
 def _metrics(params, flops, error):

@@ -13,6 +13,7 @@ from .model import wide_resnet
 from .spec import SplitSpec
 from .summary import summarize
 
+
 def checked_rows(registry: dict, paper: dict) -> list[tuple[str, str, str]]:
     """(table, experiment, split code) of every paper-table row whose Params/FLOPs follow from its
     split alone: split rows without overlap (their groups are balanced by R_E) that the paper reports."""

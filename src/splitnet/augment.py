@@ -56,7 +56,7 @@ class Normalizer:
         std = x.std((2, 3), keepdim=True, unbiased=False).clamp_min(floor)
         return (x - mean) / std
 
-    def to(self, device: torch.device) -> "Normalizer":
+    def to(self, device: torch.device) -> Normalizer:
         if self.mean is not None:
             self.mean, self.std = self.mean.to(device), self.std.to(device)
         return self

@@ -60,7 +60,7 @@ def balanced_spectral_groups(confusion: torch.Tensor, groups: int, iterations: i
     assignment: list[int] = []
     for _ in range(iterations):
         distance = torch.cdist(embedding, centre)
-        order = sorted(((float(distance[i, g]), i, g) for i in range(c) for g in range(groups)))
+        order = sorted((float(distance[i, g]), i, g) for i in range(c) for g in range(groups))
         new, load = [-1] * c, [0] * groups
         for _, i, g in order:  # greedy: closest (class, group) pairs first, groups capped
             if new[i] < 0 and load[g] < capacity:

@@ -16,14 +16,14 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
 
-from .artifacts import load_artifact, plan_from_dict  # noqa: E402
-from .assignment import merge_rows  # noqa: E402
-from .convergence import read_snapshots  # noqa: E402
-from .spec import SplitSpec  # noqa: E402
-from .topology import build_topology  # noqa: E402
+from .artifacts import load_artifact, plan_from_dict
+from .assignment import merge_rows
+from .convergence import read_snapshots
+from .spec import SplitSpec
+from .topology import build_topology
 
 plt.rcParams.update({"figure.dpi": 120, "savefig.dpi": 150, "font.size": 8, "svg.hashsalt": "splitnet",
                      "pdf.fonttype": 42})

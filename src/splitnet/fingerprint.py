@@ -39,7 +39,7 @@ def code_digest() -> str:
 
 def stage_digest(config: dict[str, Any], inputs: dict[str, Path | None]) -> str:
     """Digest of a stage's config sections, its input files' bytes and the code version."""
-    for name, path in inputs.items():
+    for path in inputs.values():
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"{path} not found: run the stage that produces it first")
     payload = {

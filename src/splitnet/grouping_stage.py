@@ -28,8 +28,19 @@ from .reduced_gradient import SimplexReducedGradient
 from .regularizers import RegularizerConfig, split_losses, warmed_up
 from .spec import SplitSpec
 from .ssl import group_lasso_penalty
-from .stage_run import (KEPT_OUTPUTS, MODEL_FILE, SNAPSHOT_DIR, dense_plan_for, device_data, engine_config,
-                        manifest_file, normalizer_for, stage_recorder, start_stage, train_stage)
+from .stage_run import (
+    KEPT_OUTPUTS,
+    MODEL_FILE,
+    SNAPSHOT_DIR,
+    dense_plan_for,
+    device_data,
+    engine_config,
+    manifest_file,
+    normalizer_for,
+    stage_recorder,
+    start_stage,
+    train_stage,
+)
 from .topology import build_topology
 
 # group.class_init confusion: a class's logit in its confusion group starts this much higher

@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-
 _CHUNK = 1 << 20  # 1 MiB: large enough for throughput, small enough for memory
 
 

@@ -29,13 +29,12 @@ from typing import Any
 # Project rule: no MLflow telemetry, whoever imports this module. Read when mlflow is imported.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from mlflow import MlflowClient  # noqa: E402
-from mlflow.entities import Metric, Param, Run, RunTag  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
-from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH  # noqa: E402
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, Run, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
-from splitnet.records import (RUN_RECORD, flatten_config, iso_to_ms, load_record,  # noqa: E402
-                              metric_points, row_params)
+from splitnet.records import RUN_RECORD, flatten_config, iso_to_ms, load_record, metric_points, row_params
 
 # Tags through which the importer finds its own runs again.
 TAG_KIND = "splitnet.kind"  # "row" (parent), "stage" (child) or "files" (a scale's summary files)

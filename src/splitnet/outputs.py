@@ -28,8 +28,8 @@ class ScaleOutputs:
 
     def table_files(self, registry: dict) -> list[Path]:
         tables = [self.tables / f"{t}.{ext}" for t in registry["tables"] for ext in TABLE_FORMATS]
-        return tables + [self.tables / "class_groups.md", self.tables / "arch_check.md",
-                         self.tables / "arch_check.csv", self.summary]
+        return [*tables, self.tables / "class_groups.md", self.tables / "arch_check.md",
+                self.tables / "arch_check.csv", self.summary]
 
     def claims_files(self) -> list[Path]:
         return [self.tables / "claims.md", self.tables / "claims.csv"]

@@ -46,7 +46,7 @@ import platform
 import socket
 import subprocess
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -69,7 +69,7 @@ _REQUIRED_KEYS = ("format", "name", "stage", "scale", "config", "tags", "history
 
 def now_iso() -> str:
     """Current UTC time as an ISO-8601 string with milliseconds."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def _git(*args: str) -> str | None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-
 SEGMENTS: tuple[str, ...] = ("stage1", "stage2", "stage3", "head")
 _SPEC_RE = re.compile(r"^\s*(\d+)-(\d+)-(\d+)\s*$")
 
@@ -61,7 +60,7 @@ class SplitSpec:
                 )
 
     @classmethod
-    def parse(cls, text: str) -> "SplitSpec":
+    def parse(cls, text: str) -> SplitSpec:
         """Parse the official ``G3-G2-G1`` notation, e.g. ``"2-4-4"``."""
         match = _SPEC_RE.match(str(text))
         if not match:

@@ -23,8 +23,8 @@ import torch
 
 from . import artifacts, finished
 from .augment import Normalizer
-from .counting import count_model, reduction_pct
 from .convergence import CONVERGED, SHARP
+from .counting import count_model, reduction_pct
 from .data import load_split, prepare_data, read_manifest
 from .engine import evaluate
 from .grouping_stage import stage_learn_groups
@@ -35,11 +35,21 @@ from .partition import partition_from_assignments, random_partition
 from .spec import SplitSpec
 from .split import build_split_network
 from .ssl import channels_to_keep, prune, zero_pruned_weights
-from .stage_run import (KEPT_OUTPUTS, MODEL_FILE, device_data, engine_config, dense_plan_for, manifest_file,
-                        save_finetuned, stage_recorder, start_stage, train_stage)
+from .stage_run import (
+    KEPT_OUTPUTS,
+    MODEL_FILE,
+    dense_plan_for,
+    device_data,
+    engine_config,
+    manifest_file,
+    save_finetuned,
+    stage_recorder,
+    start_stage,
+    train_stage,
+)
 from .topology import build_topology
 
-__all__ = ["stage_prepare_data", "stage_train", "stage_learn_groups", "stage_split", "stage_finetune", "stage_evaluate"]
+__all__ = ["stage_evaluate", "stage_finetune", "stage_learn_groups", "stage_prepare_data", "stage_split", "stage_train"]
 METRICS_FILE = "metrics.json"
 
 

@@ -28,8 +28,19 @@ from typing import Any
 import torch
 
 from . import artifacts
-from .config import (EXPERIMENTS_FILE, METHOD_STAGES, SCALES_FILE, SPLIT_METHODS, TRAINING_STAGES, ConfigError,
-                     command_name, key_location, load_registry, needs_baseline, split_experiment)
+from .config import (
+    EXPERIMENTS_FILE,
+    METHOD_STAGES,
+    SCALES_FILE,
+    SPLIT_METHODS,
+    TRAINING_STAGES,
+    ConfigError,
+    command_name,
+    key_location,
+    load_registry,
+    needs_baseline,
+    split_experiment,
+)
 from .data import DataError, parse_config, read_manifest
 from .data.prepare import MANIFEST
 from .io import sha256_file

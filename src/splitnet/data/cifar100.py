@@ -141,7 +141,7 @@ def _text(value: Any) -> Any:
 def _unpickle(path: Path, blob: bytes, keys: tuple[str, ...]) -> dict[str, Any]:
     """The verified pickle ``blob`` of ``path`` as a dict with ``str`` keys holding ``keys``."""
     try:
-        raw = pickle.loads(blob, encoding="latin1")  # noqa: S301 - the MD5 of blob was checked
+        raw = pickle.loads(blob, encoding="latin1")
     except Exception as exc:  # any unpickling failure means a file that is not CIFAR-100
         raise DataError(f"{path} is not a readable pickle ({exc}); {_NOT_CIFAR}") from exc
     if not isinstance(raw, dict):

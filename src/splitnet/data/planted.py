@@ -46,14 +46,14 @@ SIDE = 32
 MD5_FILE = "planted-md5.json"
 
 
-class _Py2StrPickler(pickle._Pickler):  # noqa: SLF001 - the pure-Python pickler is the one that can be extended
+class _Py2StrPickler(pickle._Pickler):
     """Pickler that writes ``bytes`` with Python 2's ``str`` opcodes, as in the official files.
 
     The C pickler offers no hook for ``bytes`` (``reducer_override`` skips them), hence the
     pure-Python one.
     """
 
-    dispatch = pickle._Pickler.dispatch.copy()  # noqa: SLF001
+    dispatch = pickle._Pickler.dispatch.copy()
 
     def save_py2_str(self, obj: bytes) -> None:
         if len(obj) < 256:

@@ -20,8 +20,16 @@ import torch.distributed as dist
 from .. import artifacts, finished
 from ..data import read_manifest
 from ..engine import CHECKPOINT
-from ..stage_run import (KEPT_OUTPUTS, MODEL_FILE, StageStart, manifest_file, save_finetuned, stage_recorder, start_stage,
-                         train_stage)
+from ..stage_run import (
+    KEPT_OUTPUTS,
+    MODEL_FILE,
+    StageStart,
+    manifest_file,
+    save_finetuned,
+    stage_recorder,
+    start_stage,
+    train_stage,
+)
 from .runner import ParallelSplit
 from .workers import DEFAULT_TIMEOUT_S, Worker, collective, init_from_env
 

@@ -15,6 +15,7 @@ split points), counted with ``counting.count_model`` on one image.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 from torch import nn
 
@@ -105,4 +106,4 @@ def place(nodes: list[BranchNode], costs: list[int], workers: int) -> Placement:
                          for i in best[k - 1] if i < j)
         best.append(row)
     cuts = best[workers][leaves][1] + (leaves,)
-    return Placement(tuple(range(a, b) for a, b in zip(cuts, cuts[1:])))
+    return Placement(tuple(range(a, b) for a, b in pairwise(cuts)))

@@ -153,7 +153,7 @@ def _entry(fn: Callable[..., Any], rank: int, world: int, port: int, timeout_s: 
         # memory, which is gone once the process exits.
         torch.save(value, buffer)
         results.put((rank, True, buffer.getvalue()))
-    except BaseException as err:  # noqa: BLE001 - every failure is reported to the launcher
+    except BaseException as err:
         results.put((rank, False, f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=6)}"))
         raise SystemExit(1) from None
     finally:
@@ -190,7 +190,7 @@ def launch(fn: Callable[..., Any], world: int, args: tuple = (), timeout_s: floa
                     break  # a worker died without a report
                 if time.monotonic() > deadline:
                     missing = [r for r in range(world) if r not in values]
-                    raise WorkerError(f"workers {missing} gave no result within {timeout_s:g} s: hung")
+                    raise WorkerError(f"workers {missing} gave no result within {timeout_s:g} s: hung") from None
                 continue
             if ok:
                 values[rank] = payload
