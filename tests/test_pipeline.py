@@ -23,11 +23,12 @@ TABLE_FILES = ([f"{t}.{e}" for t in ("table1", "table2") for e in ("md", "tex", 
 pytestmark = pytest.mark.slow
 
 
-def test_paper_scale_dag_builds_for_every_row():
-    proc = check(snakemake("-n", "--config", "scale=paper", "results=/tmp/splitnet-dag-check"))
+@pytest.mark.parametrize("scale", ["paper", "paper_fp32"])
+def test_paper_scale_dag_builds_for_every_row(scale):
+    proc = check(snakemake("-n", "--config", f"scale={scale}", "results=/tmp/splitnet-dag-check"))
     counts = job_counts(proc.stdout)
     registry = yaml.safe_load((ROOT / "params" / "experiments.yaml").read_text())
-    seeds = yaml.safe_load((ROOT / "params" / "scales.yaml").read_text())["scales"]["paper"]["seeds"]
+    seeds = yaml.safe_load((ROOT / "params" / "scales.yaml").read_text())["scales"][scale]["seeds"]
     rows = {r["experiment"] for t in registry["tables"].values() for r in t["rows"]}
     rows |= {exp for runs in registry["figures"].values() for exp in runs.values()}  # the claims read them too
     assert counts["evaluate"] == len(rows) * len(seeds)

@@ -31,6 +31,8 @@ README_COMMANDS = {
     "snakemake --unlock": "test_unlock_after_a_killed_run",
     "snakemake --cores all --profile slurm --config scale=paper":
         "test_pipeline.test_slurm_profile_as_written (ci grid) + test_paper_command_plans_every_job",
+    "snakemake --cores all --profile slurm --config scale=paper_fp32":
+        "test_pipeline.test_paper_scale_dag_builds_for_every_row[paper_fp32] (the same profile as scale=paper)",
     "dvc repro": "test_pipeline.test_dvc_commands_of_the_readme",
     "dvc exp run --temp -S params/pipeline.yaml:scale=ci": "test_pipeline.test_dvc_commands_of_the_readme",
     "dvc exp run --temp -S 'params/experiments.yaml:experiments.deep.group.schedule.weight_decay=0.0005'":

@@ -34,6 +34,7 @@ from splitnet.data.fashion_mnist import FILES
 from splitnet.engine import EXIT_PREEMPTED, TrainResult
 from splitnet.metrics import adjusted_rand_index
 from splitnet.records import PROGRESS_RECORD, RunRecorder, read_record
+from splitnet.ssl import channels_to_keep, zero_pruned_weights
 
 REPO = Path(__file__).resolve().parents[1]
 SUPERS, PER_SUPER = 4, 3
@@ -55,6 +56,8 @@ RECOVER_SEEDS = (0, 1, 2, 3)
 RECOVER_EPOCHS = 45
 # At this scale the table's SSL rows zero no channel within an epoch; this one makes split prune.
 SSL_STRONG_ROW = {"method": "ssl", "ssl": {"strength": 0.5, "prune_threshold": 0.1}}
+# Its control: the same row with the group lasso all but off (the schema wants a strength > 0).
+SSL_NO_LASSO_ROW = {"method": "ssl", "ssl": {"strength": 1.0e-12, "prune_threshold": 0.1}}
 
 
 def _write_idx(path: Path, array: np.ndarray, magic: int) -> None:
@@ -94,6 +97,7 @@ def env(tmp_path_factory):
     experiments["experiments"]["deep_simplex"] = SIMPLEX_ROW
     experiments["experiments"]["recover"] = RECOVER_ROW
     experiments["experiments"]["ssl_strong"] = SSL_STRONG_ROW
+    experiments["experiments"]["ssl_no_lasso"] = SSL_NO_LASSO_ROW
     (params / "experiments.yaml").write_text(yaml.safe_dump(experiments, sort_keys=False))
     planted = {"source": "cifar100", "root": str(root / "planted"), "md5": md5, "val_size": 60, "resize": 16, "seed": 0}
     # the repo's scales stay: the grouping study in experiments.yaml names two of them
@@ -259,30 +263,54 @@ def test_splitnet_row_learn_split_finetune_evaluate(env, baseline, experiment):
         assert m["params"] < head_groups * base["params"]
 
 
-@pytest.mark.parametrize("experiment", ["ssl_5e-3", "ssl_strong"])
-def test_ssl_learn_prune_finetune_evaluate(env, baseline, experiment):
-    """A table row (at this scale its group lasso zeroes no channel yet) and a test row strong
-    enough for the split stage to actually prune channels."""
+ALL_CHANNELS = 2 * (16 + 32 + 64)  # wrn-10-1: stage streams + unit hidden layers
+
+
+def _ssl_learn_and_split(env, baseline, experiment: str) -> tuple[Path, float]:
+    """learn-groups (group lasso from the baseline) and split (prune) of an SSL row; the kept count."""
     out = env["root"] / "runs" / experiment
     stage(env, "learn-groups", experiment, out / "learn_groups", baseline=baseline / "train" / "model.pt")
     record = check_run(out / "learn_groups", "learn_groups", EPOCHS["ssl"])
     assert "reg_group_lasso" in record["history"][-1]["metrics"]
     stage(env, "split", experiment, out / "split", source=out / "learn_groups" / "model.pt")
-    kept = check_run(out / "split", "split", None)["metrics"]["kept_channels"]
+    return out, check_run(out / "split", "split", None)["metrics"]["kept_channels"]
+
+
+@pytest.mark.parametrize("experiment", ["ssl_5e-3", "ssl_strong"])
+def test_ssl_learn_prune_finetune_evaluate(env, baseline, experiment):
+    """A table row (at this scale its group lasso zeroes no channel yet: every channel is kept) and
+    a test row strong enough for the split stage to prune. The strong row must prune channels that
+    the same run without the group lasso keeps (so the pruning is the lasso's work), and the pruned
+    network must compute exactly what the dense SSL network computes with the pruned channels'
+    reader weights zeroed (so pruning removes only what the lasso switched off)."""
+    out, kept = _ssl_learn_and_split(env, baseline, experiment)
     pruned = artifacts.load_artifact(out / "split" / "model.pt")
     assert pruned["kind"] == "dense"
+    threshold = resolve(load_registry(env["params"]), experiment, "tiny")["ssl"]["prune_threshold"]
+    dense = artifacts.build_model(artifacts.load_artifact(out / "learn_groups" / "model.pt")).eval()
+    channels = channels_to_keep(dense, threshold)
+    assert kept == sum(len(k) for k in channels.streams[1:]) + sum(len(h) for hs in channels.hidden for h in hs)
+    if experiment == "ssl_strong":
+        _, kept_without_lasso = _ssl_learn_and_split(env, baseline, "ssl_no_lasso")
+        assert kept_without_lasso == ALL_CHANNELS, "without the group lasso no channel falls below the threshold"
+        assert 0 < kept < kept_without_lasso, "the group lasso pruned no channel"
+    else:
+        assert kept == ALL_CHANNELS
+    zero_pruned_weights(dense, channels)
+    small = artifacts.build_model(pruned).eval()
+    x = torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), dense(x), rtol=1e-5, atol=1e-5)
     stage(env, "finetune", experiment, out / "finetune", source=out / "split" / "model.pt")
     check_run(out / "finetune", "finetune", EPOCHS["finetune"])
     stage(env, "evaluate", experiment, out / "evaluate", source=out / "finetune" / "model.pt")
     m = metrics_of(out / "evaluate")
     check_metrics(m, split=False)
-    assert m["method"] == "ssl" and m["params"] <= m["baseline_params"]
-    all_channels = 2 * (16 + 32 + 64)  # wrn-10-1: stage streams + unit hidden layers
+    assert m["method"] == "ssl"
     if experiment == "ssl_strong":
-        assert 0 < kept < all_channels
         assert m["params"] < m["baseline_params"] and m["flops"] < m["baseline_flops"]
     else:
-        assert 0 < kept <= all_channels
+        assert m["params"] == m["baseline_params"] and m["flops"] == m["baseline_flops"]
 
 
 def test_ssl_needs_the_baseline(env, capsys):

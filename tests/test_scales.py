@@ -1,0 +1,45 @@
+"""The `paper_fp32` scale is the `paper` scale without bf16 autocast, and nothing else.
+
+params/scales.yaml writes it with YAML merge keys (`<<: *paper`), so the paper scale's values are
+written once; these tests check what the merge produces, through the same loader and schema as
+every run (splitnet.config.load_registry) and through PyYAML's safe_load (which the tests that
+copy the params use).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from splitnet.config import experiment_names, load_registry, resolve
+
+ROOT = Path(__file__).resolve().parents[1]
+REGISTRY = load_registry(ROOT / "params")
+
+
+def _without_bf16(entry: dict) -> dict:
+    entry = copy.deepcopy(entry)
+    del entry["engine"]["bf16"]
+    return entry
+
+
+def test_paper_fp32_differs_from_paper_only_in_bf16():
+    paper, fp32 = REGISTRY["scales"]["paper"], REGISTRY["scales"]["paper_fp32"]
+    assert paper["engine"]["bf16"] is True and fp32["engine"]["bf16"] is False
+    assert {k: v for k, v in _without_bf16(fp32).items() if k != "description"} == \
+           {k: v for k, v in _without_bf16(paper).items() if k != "description"}
+    raw = yaml.safe_load((ROOT / "params" / "scales.yaml").read_text())["scales"]
+    assert raw["paper_fp32"] == fp32 and "<<" not in raw["paper_fp32"] and "<<" not in raw["paper_fp32"]["engine"]
+
+
+@pytest.mark.parametrize("experiment", experiment_names(REGISTRY))
+def test_every_experiment_resolves_the_same_at_paper_and_paper_fp32(experiment):
+    paper, fp32 = resolve(REGISTRY, experiment, "paper"), resolve(REGISTRY, experiment, "paper_fp32")
+    assert (paper["scale"], fp32["scale"]) == ("paper", "paper_fp32")
+    assert (paper["engine"]["bf16"], fp32["engine"]["bf16"]) == (True, False)
+    for cfg in (paper, fp32):
+        del cfg["scale"], cfg["engine"]["bf16"]
+    assert fp32 == paper
