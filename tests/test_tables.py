@@ -91,3 +91,10 @@ def test_rows_show_mean_std_n_over_seeds_and_convergence(tmp_path):
     assert entry["test_error"] == 16.0 and entry["test_error_std"] == 1.0 and entry["steps_to_convergence"] == [300, 301, 302]
     assert summary["seeds"] == [0, 1, 2, 3] and summary["table1"]["deep"] is None
     assert "shallow,Shallow Split (G=2),assignment_converged,,0.8000" in (out / "table1.csv").read_text()
+
+
+def test_only_the_paper_setting_is_compared_with_the_paper():
+    from splitnet.tables import compares_to_paper
+
+    registry = load_registry("params")
+    assert {s for s in registry["scales"] if compares_to_paper(registry, s)} == {"paper", "paper_fp32"}

@@ -33,7 +33,15 @@ COLUMNS = (  # key, header, decimals
     ("flops_reduced_pct", "FLOPs reduced (%)", 2),
     ("test_error", "Test error (%)", 2),
 )
-COMPARED_SCALE = "paper"
+PAPER_SETTING = {"source": "cifar100", "arch": "wrn-16-8"}
+
+
+def compares_to_paper(registry: dict, scale: str) -> bool:
+    """Are the scale's numbers comparable with the paper's? Its network and data are the
+    paper's and no stage's schedule is shortened (``paper``, ``paper_fp32``)."""
+    entry = registry["scales"][scale]
+    return (entry["data"]["source"] == PAPER_SETTING["source"] and entry["model"]["arch"] == PAPER_SETTING["arch"]
+            and not entry["epochs"] and not entry.get("overrides"))
 
 
 def reproduced_values(metrics: dict) -> dict[str, float]:
@@ -98,6 +106,7 @@ def build_rows(table: str, registry: dict, paper: dict, runs_dir: Path, scale: s
     the per-seed metrics (empty when no seed finished) and the grouping's convergence."""
     tol = paper["tolerance"]
     seeds = registry["scales"][scale]["seeds"]
+    comparable = compares_to_paper(registry, scale)
     out = []
     for row in registry["tables"][table]["rows"]:
         exp = row["experiment"]
@@ -111,7 +120,7 @@ def build_rows(table: str, registry: dict, paper: dict, runs_dir: Path, scale: s
             delta = None if p is None or r is None else r - p
             if delta is None:
                 ok = "–"
-            elif scale != COMPARED_SCALE:
+            elif not comparable:
                 ok = "n/c"
             else:
                 ok = "✓" if abs(delta) <= tol[key] + 1e-9 else "✗"
@@ -139,7 +148,7 @@ def seeds_text(row: dict) -> str:
 def caption(table: str, registry: dict, scale: str, dataset: str, arch: str) -> str:
     title = registry["tables"][table]["title"]
     note = (
-        "" if scale == COMPARED_SCALE else
+        "" if compares_to_paper(registry, scale) else
         f" NOT CIFAR-100 numbers: scale '{scale}' runs {arch} on {dataset}; Paper columns are the "
         f"supplement's WRN-16-8/CIFAR-100 values, shown for reference only (✓ column: n/c = not comparable)."
     )
