@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ def code_digest() -> str:
     return digest.hexdigest()
 
 
-def stage_digest(config: dict[str, Any], inputs: dict[str, Path | None]) -> str:
+def stage_digest(config: dict[str, Any], inputs: Mapping[str, Path | None]) -> str:
     """Digest of a stage's config sections, its input files' bytes and the code version."""
     for path in inputs.values():
         if path is not None and not Path(path).is_file():

@@ -97,6 +97,8 @@ def stage_learn_groups(cfg: dict, data_dir: Path, out_dir: Path, baseline: Path 
         if baseline is None:
             raise ValueError("group.init baseline / group.class_init confusion read the trained baseline: pass --baseline")
         inputs["baseline"] = baseline
+    else:
+        baseline = None  # not an input of this row: never read
     start = start_stage(cfg, "learn_groups", out_dir, inputs, resume)
     if start.restored:
         return out_dir / MODEL_FILE
@@ -108,11 +110,13 @@ def stage_learn_groups(cfg: dict, data_dir: Path, out_dir: Path, baseline: Path 
         if g["init"] == "baseline":
             # The trained weights, BN scales included: they stay frozen at the baseline's values
             # where bn_no_scale freezes them, so the network computes exactly the baseline's function.
+            assert baseline is not None  # needs_baseline
             net.load_state_dict(artifacts.load_artifact(baseline)["state_dict"])
         topology = build_topology(plan, spec)
         assignments = GroupAssignments(topology, g["parametrisation"])
         if g["class_init"] == "confusion" and spec.groups[3] > 1:
             # start each class in its group of the baseline's confusions (class_similarity.py)
+            assert baseline is not None  # needs_baseline
             assignments.favour("head_out", confusion_groups(cfg, data_dir, baseline, spec.groups[3]), CLASS_INIT_LOGIT)
         model = GroupingModel(net, assignments)
         reg_cfg = RegularizerConfig.from_group(g)
@@ -123,7 +127,7 @@ def stage_learn_groups(cfg: dict, data_dir: Path, out_dir: Path, baseline: Path 
             return losses.total, {"reg_disjoint": losses.disjoint, "reg_weight": losses.weight,
                                   "reg_balance": losses.balance}
 
-        extra = []
+        extra: list[torch.optim.Optimizer] = []
         # Assignments learn at lr x assignment_lr_scale (1 = the paper). Softmax logits at scale 1
         # stay in the weights' SGD (the paper's setting, unchanged); otherwise they get their own
         # SGD (same momentum, no weight decay) whose lr follows the same schedule.

@@ -8,7 +8,7 @@ engine plus validation each epoch) and keeps its finished outputs under their di
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +41,7 @@ class StageStart:
     restored: bool = False  # the finished outputs of identical inputs were put back: nothing to do
 
 
-def start_stage(cfg: dict, stage: str, out_dir: Path, inputs: dict[str, Path | None], resume: bool) -> StageStart:
+def start_stage(cfg: dict, stage: str, out_dir: Path, inputs: Mapping[str, Path | None], resume: bool) -> StageStart:
     """Clean up after killed writes, digest the stage's inputs, decide what may be reused.
 
     With ``resume``, a finished result of exactly these inputs (config sections, input file
