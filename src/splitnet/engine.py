@@ -18,10 +18,11 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,8 @@ from .io import atomic_torch_save
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again"; SLURM/Snakemake retries resume from the checkpoint
 CHECKPOINT = "checkpoint.pt"
+# regularizer(updates made so far) -> (extra loss, named parts averaged into the epoch's history row)
+Regularizer = Callable[[int], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
 class NonFiniteLoss(RuntimeError):
@@ -91,7 +94,7 @@ class DeviceData:
     labels: torch.Tensor  # int64 N
 
     @classmethod
-    def from_split(cls, split: dict, device: torch.device) -> "DeviceData":
+    def from_split(cls, split: dict, device: torch.device) -> DeviceData:
         return cls(split["images"].to(device), split["labels"].to(device))
 
     def __len__(self) -> int:
@@ -131,9 +134,9 @@ def checkpoint_digest(run_dir: Path) -> str | None:
 class _Progress:
     """A progress bar on a terminal, plain periodic lines otherwise (SLURM logs, CI)."""
 
-    def __init__(self, total_steps: int, every: int) -> None:
+    def __init__(self, total_steps: int) -> None:
         self.interactive = sys.stderr.isatty()
-        self.total, self.every = total_steps, every
+        self.total = total_steps
         self.start = time.perf_counter()
 
     def step(self, epoch: int, step: int, steps_per_epoch: int, loss: float | None) -> None:
@@ -152,12 +155,11 @@ class _Progress:
 
 
 @contextmanager
-def _sigterm_flag():
+def _sigterm_flag() -> Iterator[dict[str, bool]]:
     """Turn SIGTERM into a flag checked between steps (only in the main thread)."""
     state = {"term": False}
-    previous = None
 
-    def handler(signum, frame):
+    def handler(signum: int, frame: object) -> None:
         state["term"] = True
 
     try:
@@ -191,7 +193,7 @@ def evaluate(model: nn.Module, data: DeviceData, normalizer: Normalizer, cfg: En
     return {"error": 100.0 * (1 - correct.item() / n), "loss": loss_sum.item() / n}
 
 
-def _autocast(device: torch.device, bf16: bool):
+def _autocast(device: torch.device, bf16: bool) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
 
 
@@ -199,6 +201,138 @@ def _autocast(device: torch.device, bf16: bool):
 class TrainResult:
     history: list[dict] = field(default_factory=list)
     resumed_from: tuple[int, int] | None = None
+
+
+def _build_optimizers(model: nn.Module, schedule: Schedule,
+                      extra_optimizers: Sequence[torch.optim.Optimizer]) -> list[torch.optim.Optimizer]:
+    """SGD, then ``extra_optimizers``; parameters an extra optimizer owns are updated by it alone."""
+    owned = {id(p) for o in extra_optimizers for g in o.param_groups for p in g["params"]}
+    groups = [{**g, "params": [p for p in g["params"] if id(p) not in owned]}
+              for g in parameter_groups(model, schedule.weight_decay)]
+    sgd = torch.optim.SGD([g for g in groups if g["params"]], lr=schedule.lr, momentum=schedule.momentum)
+    return [sgd, *extra_optimizers]
+
+
+def _set_epoch_lr(optimizers: list[torch.optim.Optimizer], schedule: Schedule, epoch: int) -> None:
+    """Each group's lr (the extra optimizers' too) becomes its initial lr times the epoch's factor."""
+    lr_factor = schedule.lr_at(epoch) / schedule.lr
+    for o in optimizers:
+        for group in o.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+            group["lr"] = group["initial_lr"] * lr_factor
+
+
+class _Run:
+    """A run's mutable state: what a checkpoint holds, and the current epoch's loss sums."""
+
+    def __init__(self, model: nn.Module, optimizers: list[torch.optim.Optimizer], gen: torch.Generator,
+                 device: torch.device, steps_per_epoch: int, ckpt_path: Path, digest: str) -> None:
+        self.model, self.optimizers, self.gen, self.device = model, optimizers, gen, device
+        self.steps_per_epoch, self.ckpt_path, self.digest = steps_per_epoch, ckpt_path, digest
+        self.epoch, self.step = 0, 0  # finished epochs, updates made in the current one
+        self.perm: torch.Tensor | None = None  # the current epoch's shuffle (None: not drawn yet)
+        self.running, self.seen = torch.zeros((), device=device), 0  # the epoch's loss sum (on the device), steps
+        self.parts_sum: dict[str, torch.Tensor] = {}  # and sums of the regularizer's named parts
+        self.history: list[dict] = []
+        self.resumed_from: tuple[int, int] | None = None
+
+    @property
+    def updates(self) -> int:  # made so far
+        return self.epoch * self.steps_per_epoch + self.step
+
+    def restore(self) -> None:
+        """Continue from the checkpoint if it was written from the same inputs."""
+        state = torch.load(self.ckpt_path, map_location=self.device, weights_only=True)
+        if state["digest"] != self.digest:
+            print(f"{self.ckpt_path} was made from other inputs (config, data, source model or code); "
+                  "not resuming it, starting from scratch", flush=True)
+            return
+        self.model.load_state_dict(state["model"])
+        for o, s in zip(self.optimizers, state["optimizers"]):
+            o.load_state_dict(s)
+        self.gen.set_state(state["data_rng"].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if self.device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu())
+        self.epoch, self.step, self.perm = state["epoch"], state["step"], state["perm"]
+        if (partial := state.get("partial")) is not None:  # so the epoch's row equals an uninterrupted run's
+            self.running, self.parts_sum, self.seen = partial["running"], dict(partial["parts_sum"]), partial["seen"]
+        self.history = list(state["history"])
+        self.resumed_from = (self.epoch, self.step)
+        print(f"resumed from {self.ckpt_path} at epoch {self.epoch + 1} step {self.step}", flush=True)
+
+    def save(self, mid_epoch: bool = False) -> None:
+        """Write the checkpoint atomically; ``mid_epoch`` also keeps the epoch's loss sums."""
+        partial = {"running": self.running, "parts_sum": self.parts_sum, "seen": self.seen} if mid_epoch else None
+        atomic_torch_save({
+            "digest": self.digest,
+            "model": self.model.state_dict(),
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "data_rng": self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state() if self.device.type == "cuda" else None,
+            "epoch": self.epoch, "step": self.step, "perm": self.perm,
+            "history": self.history,
+            "partial": partial,
+        }, self.ckpt_path)
+
+    def start_epoch(self, num_images: int) -> torch.Tensor:
+        """Returns the epoch's shuffle; a new epoch (not a mid-epoch resume) draws it and zeroes the sums."""
+        if self.perm is None:
+            self.perm = torch.randperm(num_images, device=self.device, generator=self.gen)
+            self.running, self.parts_sum, self.seen = torch.zeros((), device=self.device), {}, 0
+        return self.perm
+
+    def train_step(self, runner: Callable[[torch.Tensor], torch.Tensor], data: DeviceData, idx: torch.Tensor,
+                   normalizer: Normalizer, cfg: EngineConfig, regularizer: Regularizer | None) -> None:
+        """One update of every optimizer on the batch ``data[idx]``, augmented with the data RNG."""
+        x = random_crop_flip(data.images[idx], cfg.augment_pad, cfg.augment_flip, self.gen)
+        x = normalizer(x).contiguous(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+        with _autocast(self.device, cfg.bf16):
+            logits = runner(x)
+        loss = F.cross_entropy(logits.float(), data.labels[idx])
+        if regularizer is not None:
+            extra, parts = regularizer(self.updates)
+            loss = loss + extra
+            for k, v in parts.items():
+                self.parts_sum[k] = self.parts_sum.get(k, 0.0) + v.detach()
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        for o in self.optimizers:
+            o.step()
+        self.running += loss.detach()
+        self.seen += 1
+        self.step += 1
+
+    def mean_loss(self) -> float:
+        """The epoch's mean loss so far (one device sync); a non-finite one stops training."""
+        mean = (self.running / self.seen).item()
+        if not math.isfinite(mean):
+            raise NonFiniteLoss(f"loss became {mean} at epoch {self.epoch + 1} step {self.step}; the last good "
+                                f"checkpoint {self.ckpt_path} is kept. Lower the learning rate or check the data.")
+        return mean
+
+    def preempt(self) -> NoReturn:
+        """On SIGTERM: checkpoint mid-epoch (unless the loss went non-finite) and exit."""
+        if self.seen and not math.isfinite(mean := (self.running / self.seen).item()):
+            raise NonFiniteLoss(f"loss became {mean} at epoch {self.epoch + 1} before step {self.step + 1} "
+                                f"(found on SIGTERM); the last good checkpoint {self.ckpt_path} is kept.")
+        self.save(mid_epoch=True)
+        print(f"SIGTERM: checkpoint written at epoch {self.epoch + 1} step {self.step}; exiting", flush=True)
+        raise Preempted()
+
+    def end_epoch(self, lr: float, end_of_epoch: Callable[[int], dict[str, float]] | None,
+                  on_log: Callable[[int, dict[str, float]], None] | None) -> None:
+        """Append the epoch's history row (mean loss and parts, ``end_of_epoch``'s metrics); go to the next."""
+        row = {"epoch": self.epoch + 1, "lr": lr, "train_loss": (self.running / self.seen).item()}
+        row.update({k: (v / self.seen).item() for k, v in self.parts_sum.items()})
+        if end_of_epoch is not None:
+            row.update(end_of_epoch(self.epoch))
+        self.history.append(row)
+        if on_log is not None:
+            on_log(self.epoch + 1, {k: v for k, v in row.items() if k != "epoch"})
+        self.epoch, self.step, self.perm = self.epoch + 1, 0, None
 
 
 def train(
@@ -209,8 +343,8 @@ def train(
     run_dir: Path,
     *,
     normalizer: Normalizer,
-    regularizer: Callable[[int], tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None,
-    extra_optimizers: list[torch.optim.Optimizer] = (),
+    regularizer: Regularizer | None = None,
+    extra_optimizers: Sequence[torch.optim.Optimizer] = (),
     after_step: Callable[[int], None] | None = None,
     end_of_epoch: Callable[[int], dict[str, float]] | None = None,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
@@ -227,130 +361,37 @@ def train(
     ``digest`` names everything the result depends on: a checkpoint written with another digest
     is never loaded (the run starts from scratch and says so in one line).
     """
-    run_dir = Path(run_dir)
     device = data.images.device
-    # Parameters owned by an extra optimizer (e.g. simplex assignments) are updated by it alone.
-    owned = {id(p) for o in extra_optimizers for g in o.param_groups for p in g["params"]}
-    groups = [{**g, "params": [p for p in g["params"] if id(p) not in owned]}
-              for g in parameter_groups(model, schedule.weight_decay)]
-    opt = torch.optim.SGD([g for g in groups if g["params"]], lr=schedule.lr, momentum=schedule.momentum)
-    optimizers = [opt, *extra_optimizers]
+    optimizers = _build_optimizers(model, schedule, extra_optimizers)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     steps_per_epoch = len(data) // cfg.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"batch size {cfg.batch_size} exceeds the {len(data)} training images")
     digest = digest if digest is not None else default_digest(schedule, cfg)
-    result = TrainResult()
-    epoch, step, perm = 0, 0, None
-    partial = None  # the interrupted epoch's loss sums, restored on a mid-epoch resume
-    ckpt_path = run_dir / CHECKPOINT
-    if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
-        if state["digest"] != digest:
-            print(f"{ckpt_path} was made from other inputs (config, data, source model or code); "
-                  "not resuming it, starting from scratch", flush=True)
-        else:
-            model.load_state_dict(state["model"])
-            for o, s in zip(optimizers, state["optimizers"]):
-                o.load_state_dict(s)
-            gen.set_state(state["data_rng"].cpu())
-            torch.set_rng_state(state["torch_rng"].cpu())
-            if device.type == "cuda" and state.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(state["cuda_rng"].cpu())
-            epoch, step, perm = state["epoch"], state["step"], state["perm"]
-            partial = state.get("partial")
-            result.history = list(state["history"])
-            result.resumed_from = (epoch, step)
-            print(f"resumed from {ckpt_path} at epoch {epoch + 1} step {step}", flush=True)
-    if hasattr(model, "after_load"):
-        model.after_load()
-
-    def save(epoch_: int, step_: int, perm_, partial_: dict | None = None) -> None:
-        atomic_torch_save(
-            {
-                "digest": digest,
-                "model": model.state_dict(),
-                "optimizers": [o.state_dict() for o in optimizers],
-                "data_rng": gen.get_state(),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-                "epoch": epoch_,
-                "step": step_,
-                "perm": perm_,
-                "history": result.history,
-                "partial": partial_,
-            },
-            ckpt_path,
-        )
-
+    run = _Run(model, optimizers, gen, device, steps_per_epoch, Path(run_dir) / CHECKPOINT, digest)
+    if resume and run.ckpt_path.exists():
+        run.restore()
+    if (after_load := getattr(model, "after_load", None)) is not None:
+        after_load()
     runner = torch.compile(model) if cfg.compile else model
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    progress = _Progress(schedule.epochs * steps_per_epoch, cfg.log_every)
+    progress = _Progress(schedule.epochs * steps_per_epoch)
     model.train()
     with _sigterm_flag() as signals:
-        while epoch < schedule.epochs:
-            lr_factor = schedule.lr_at(epoch) / schedule.lr
-            for o in optimizers:
-                for group in o.param_groups:
-                    group.setdefault("initial_lr", group["lr"])
-                    group["lr"] = group["initial_lr"] * lr_factor
-            if perm is None:
-                perm = torch.randperm(len(data), device=device, generator=gen)
-            running = torch.zeros((), device=device)
-            parts_sum: dict[str, torch.Tensor] = {}
-            seen = 0
-            if partial is not None:  # so the epoch's history row equals an uninterrupted run's
-                running, parts_sum, seen = partial["running"], dict(partial["parts_sum"]), partial["seen"]
-                partial = None
-            while step < steps_per_epoch:
+        while run.epoch < schedule.epochs:
+            _set_epoch_lr(optimizers, schedule, run.epoch)
+            perm = run.start_epoch(len(data))
+            while run.step < steps_per_epoch:
                 if signals["term"]:
-                    if seen and not math.isfinite((running / seen).item()):
-                        raise NonFiniteLoss(
-                            f"loss became {(running / seen).item()} at epoch {epoch + 1} before step {step + 1} "
-                            f"(found on SIGTERM); the last good checkpoint {ckpt_path} is kept."
-                        )
-                    save(epoch, step, perm, {"running": running, "parts_sum": parts_sum, "seen": seen})
-                    print(f"SIGTERM: checkpoint written at epoch {epoch + 1} step {step}; exiting", flush=True)
-                    raise Preempted()
-                idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                x = random_crop_flip(data.images[idx], cfg.augment_pad, cfg.augment_flip, gen)
-                x = normalizer(x).contiguous(memory_format=fmt)
-                with _autocast(device, cfg.bf16):
-                    logits = runner(x)
-                loss = F.cross_entropy(logits.float(), data.labels[idx])
-                if regularizer is not None:
-                    extra, parts = regularizer(epoch * steps_per_epoch + step)
-                    loss = loss + extra
-                    for k, v in parts.items():
-                        parts_sum[k] = parts_sum.get(k, 0.0) + v.detach()
-                for o in optimizers:
-                    o.zero_grad(set_to_none=True)
-                loss.backward()
-                for o in optimizers:
-                    o.step()
-                running += loss.detach()
-                seen += 1
-                step += 1
+                    run.preempt()
+                idx = perm[run.step * cfg.batch_size : (run.step + 1) * cfg.batch_size]
+                run.train_step(runner, data, idx, normalizer, cfg, regularizer)
                 if after_step is not None:
-                    after_step(epoch * steps_per_epoch + step)
-                if step % cfg.log_every == 0 or step == steps_per_epoch:
-                    mean = (running / seen).item()  # one sync per log interval, not per step
-                    if not math.isfinite(mean):
-                        raise NonFiniteLoss(
-                            f"loss became {mean} at epoch {epoch + 1} step {step}; the last good "
-                            f"checkpoint {ckpt_path} is kept. Lower the learning rate or check the data."
-                        )
-                    progress.step(epoch, step, steps_per_epoch, mean)
-            row = {"epoch": epoch + 1, "lr": schedule.lr_at(epoch), "train_loss": (running / seen).item()}
-            row.update({k: (v / seen).item() for k, v in parts_sum.items()})
-            if end_of_epoch is not None:
-                row.update(end_of_epoch(epoch))
-            result.history.append(row)
-            if on_log is not None:
-                on_log(epoch + 1, {k: v for k, v in row.items() if k != "epoch"})
-            epoch, step, perm = epoch + 1, 0, None
-            if epoch % cfg.checkpoint_every == 0 or epoch == schedule.epochs:
-                save(epoch, step, perm)
+                    after_step(run.updates)
+                if run.step % cfg.log_every == 0 or run.step == steps_per_epoch:
+                    progress.step(run.epoch, run.step, steps_per_epoch, run.mean_loss())
+            run.end_epoch(schedule.lr_at(run.epoch), end_of_epoch, on_log)
+            if run.epoch % cfg.checkpoint_every == 0 or run.epoch == schedule.epochs:
+                run.save()
     progress.close()
-    return result
+    return TrainResult(run.history, run.resumed_from)
