@@ -38,6 +38,7 @@ def test_committed_cpu_results_show_the_method_converged():
     verdict for each claim."""
     import csv
     import json
+    import json
 
     import yaml
 
@@ -55,3 +56,25 @@ def test_committed_cpu_results_show_the_method_converged():
         claims = list(csv.DictReader(fh))
     assert len(claims) >= 8 and {c["verdict"] for c in claims} <= {"holds", "contradicted", "inconclusive"}
 
+
+
+def test_committed_grouping_study_covers_every_cell():
+    """docs/results/cpu holds the grouping study: every (dataset, preset) of params with all its
+    seeds finished, the issue's columns, and `semantic` rows in both tables."""
+    import csv
+    import json
+
+    from splitnet.config import load_registry
+    from splitnet.study import study_cells
+
+    registry = load_registry(ROOT / "params")
+    with (COMMITTED_CPU / "tables" / "grouping_study.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert {"dataset", "preset", "seeds", "converged_seeds", "ari_mean", "ari_std", "test_error_mean"} <= set(rows[0])
+    cells = study_cells(registry)
+    assert [(r["dataset"], r["preset"]) for r in rows] == [(c.dataset, c.preset) for c in cells]
+    assert all(int(r["seeds"]) == len(c.seeds) >= 5 for r, c in zip(rows, cells)), "a study cell misses seeds"
+    assert {r["dataset"] for r in rows} >= {"planted", "fashion_g2"}
+    assert (COMMITTED_CPU / "figures" / "grouping_study.png").stat().st_size > 10_000
+    summary = json.loads((COMMITTED_CPU / "metrics" / "summary.json").read_text())
+    assert "shallow@semantic" in summary["table1"] and "shallow_g3@semantic" in summary["table2"]

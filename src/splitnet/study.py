@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,11 +113,14 @@ def goal_verdicts(rows: list[dict], preset: str = "semantic") -> list[str]:
             continue
         checks = [f"mean ARI {row['ari_mean']:.3f} {'≥' if row['ari_mean'] >= goal else '<'} {goal}",
                   f"{row['converged_seeds']}/{row['seeds']} seeds converged"]
+        error_ok = True
         if paper is not None and paper["test_error_mean"] is not None:
             delta = row["test_error_mean"] - paper["test_error_mean"]
+            pooled = math.sqrt((row["test_error_std"] ** 2 + paper["test_error_std"] ** 2) / 2)
+            error_ok = delta <= pooled
             checks.append(f"test error {row['test_error_mean']:.2f} vs paper-faithful {paper['test_error_mean']:.2f} "
-                          f"({delta:+.2f} pt)")
-        met = row["ari_mean"] >= goal and row["converged_seeds"] == row["seeds"]
+                          f"({delta:+.2f} pt, {'within' if error_ok else 'beyond'} one pooled std {pooled:.2f})")
+        met = row["ari_mean"] >= goal and row["converged_seeds"] == row["seeds"] and error_ok
         lines.append(f"{dataset}: {'goal met' if met else 'goal NOT met'}: " + ", ".join(checks))
     return lines
 
