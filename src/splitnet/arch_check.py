@@ -4,6 +4,7 @@ split rows with balanced groups, against the paper, for both input conventions."
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -34,7 +35,7 @@ def arch_check_rows(registry: dict, paper: dict) -> list[dict]:
     rows = []
     for table, exp, code in checked_rows(registry, paper):
         reported = paper[table][exp]
-        row = {"table": table, "experiment": exp, "split": code}
+        row: dict[str, Any] = {"table": table, "experiment": exp, "split": code}
         for conv in ("shared", "partitioned"):
             s = summarize(dense, SplitSpec.parse(code), (3, 32, 32), convention=conv)
             row[conv] = {"params_reduced_pct": s["params_reduced_pct"], "flops_reduced_pct": s["flops_reduced_pct"],

@@ -25,7 +25,7 @@ from .split import build_split_network
 from .topology import build_topology
 
 FORMAT = "splitnet-model/1"
-REQUIRED_KEYS = {  # kind -> what load_artifact's callers read
+REQUIRED_KEYS: dict[str | None, tuple[str, ...]] = {  # kind -> what load_artifact's callers read
     "dense": ("plan", "state_dict"),
     "grouping": ("plan", "split", "state_dict", "assignments"),
     "split": ("plan", "split", "partition", "convention", "layout", "state_dict"),
@@ -84,9 +84,10 @@ def load_artifact(path: str | Path) -> dict:
     return blob
 
 
-def build_model(blob: dict) -> nn.Module:
+def build_model(blob: dict) -> WideResNet | SplitWideResNet:
     """Rebuild the network an artifact describes and load its weights (``grouping`` -> the dense net)."""
     plan = plan_from_dict(blob["plan"])
+    model: WideResNet | SplitWideResNet
     if blob["kind"] in ("dense", "grouping"):
         model = WideResNet(plan)
     elif blob["kind"] == "split":
@@ -98,7 +99,7 @@ def build_model(blob: dict) -> nn.Module:
     return model
 
 
-def load_model(path: str | Path) -> tuple[nn.Module, dict]:
+def load_model(path: str | Path) -> tuple[WideResNet | SplitWideResNet, dict]:
     blob = load_artifact(path)
     return build_model(blob), blob
 

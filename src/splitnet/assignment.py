@@ -36,6 +36,8 @@ def merge_rows(matrix: torch.Tensor, groups: int) -> torch.Tensor:
 class GroupAssignments(nn.Module):
     """All assignment variables of one split, plus per-variable freeze flags (overlap runs)."""
 
+    frozen: torch.Tensor  # buffer
+
     def __init__(self, topology: Topology, parametrisation: str = "softmax", generator: torch.Generator | None = None):
         super().__init__()
         if parametrisation not in PARAMETRISATIONS:

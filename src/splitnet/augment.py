@@ -49,6 +49,7 @@ class Normalizer:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "dataset":
+            assert self.mean is not None and self.std is not None  # set by __init__ for this kind
             return (x - self.mean) / self.std
         mean = x.mean((2, 3), keepdim=True)
         # TF's per_image_standardization floor: a flat channel divides by 1/sqrt(H*W), not by 0.
@@ -57,6 +58,6 @@ class Normalizer:
         return (x - mean) / std
 
     def to(self, device: torch.device) -> Normalizer:
-        if self.mean is not None:
+        if self.mean is not None and self.std is not None:  # set together
             self.mean, self.std = self.mean.to(device), self.std.to(device)
         return self

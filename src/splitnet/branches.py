@@ -9,6 +9,8 @@ tensors only hold the weights it keeps.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -16,6 +18,8 @@ from torch import nn
 
 class ChannelSelect(nn.Module):
     """Pick channels (dim 1) of the parent's output by local position."""
+
+    index: torch.Tensor | None  # buffer
 
     def __init__(self, positions: torch.Tensor, parent_width: int) -> None:
         super().__init__()
@@ -33,7 +37,8 @@ class ChannelSelect(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.identity:
             return x
-        y = x.narrow(1, self.start, self.width) if self.start is not None else x.index_select(1, self.index)
+        y = (x.narrow(1, self.start, self.width) if self.start is not None
+             else x.index_select(1, cast(torch.Tensor, self.index)))
         if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
             # A channel slice of an NHWC tensor is strided; convs would fall back to NCHW.
             y = y.contiguous(memory_format=torch.channels_last)
@@ -107,6 +112,10 @@ class SplitWideResNet(nn.Module):
     ``class_index`` lists the class of every leaf output column (leaves in depth-first order).
     A class produced by several leaves (overlap variant) gets the mean of its copies.
     """
+
+    class_index: torch.Tensor  # buffers
+    class_counts: torch.Tensor
+    inverse: torch.Tensor
 
     def __init__(self, trunk: Trunk, roots: list[nn.Module], class_index: torch.Tensor, num_classes: int) -> None:
         super().__init__()

@@ -14,6 +14,7 @@ that run, and ``flop_counter_check`` cross-checks them against ``torch.utils.flo
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -80,7 +81,7 @@ def count_model(model: nn.Module, input_shape: tuple[int, int, int]) -> ModelCou
         if isinstance(module, nn.Conv2d):
             records.append(_conv_count(names[module], module, output, counted))
         else:
-            records.append(_fc_count(names[module], module, counted))
+            records.append(_fc_count(names[module], cast(nn.Linear, module), counted))  # hooked: Conv2d or Linear
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     was_training = model.training

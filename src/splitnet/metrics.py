@@ -6,6 +6,7 @@ from __future__ import annotations
 import statistics
 import time
 from math import comb
+from typing import Any
 
 import torch
 from torch import nn
@@ -88,7 +89,7 @@ def class_group_table(
     superclasses, ``best_merge_ari`` is the ARI against the best merge of the superclasses.
     """
     groups = [int(col.nonzero()[0]) for col in membership.T]
-    table = {
+    table: dict[str, Any] = {
         "groups": [[class_names[c] for c in row.nonzero().flatten().tolist()] for row in membership],
         "class_to_group": {name: [int(g) for g in membership[:, c].nonzero().flatten()] for c, name in enumerate(class_names)},
     }

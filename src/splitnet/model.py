@@ -93,6 +93,7 @@ def copy_batch_norm(dst: nn.BatchNorm2d, src: nn.BatchNorm2d, channels: torch.Te
     """Copy the affine parameters and running statistics of ``channels`` (BN is per channel)."""
     for name in ("weight", "bias", "running_mean", "running_var"):
         getattr(dst, name).copy_(getattr(src, name)[channels])
+    assert dst.num_batches_tracked is not None and src.num_batches_tracked is not None  # both track statistics
     dst.num_batches_tracked.copy_(src.num_batches_tracked)
 
 

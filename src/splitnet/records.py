@@ -179,7 +179,7 @@ class RunRecorder:
                            "started": now_iso(), "finished": None}
         self._write_progress()
 
-    def _continued(self, name: str, stage: str, scale: str, config: dict[str, Any],
+    def _continued(self, name: str, stage: str, scale: str, config: Mapping[str, Any],
                    tags: dict[str, str]) -> dict[str, Any]:
         """The progress record reopened for this job; it must describe the same run."""
         record = read_record(self.progress_path)

@@ -108,8 +108,9 @@ class SimplexReducedGradient(torch.optim.Optimizer):
             if p.dim() != 2:
                 raise ValueError(f"assignment parameters must be G x D matrices, got shape {tuple(p.shape)}")
 
+    # override ignored below: torch's stub types the closure's loss as float; ours returns the loss tensor
     @torch.no_grad()
-    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
         loss = None
         if closure is not None:
             with torch.enable_grad():

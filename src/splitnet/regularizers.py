@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -196,14 +197,17 @@ def split_losses(
 
     per_layer = torch.stack(
         [
-            weight_split_penalty(model.get_submodule(layer.path).weight, matrices[layer.input], matrices[layer.output])
+            weight_split_penalty(
+                cast(Tensor, model.get_submodule(layer.path).weight), matrices[layer.input], matrices[layer.output]
+            )
             for layer in topology.layers
         ]
     )
     weight = aggregate_weight_penalties(per_layer, config.weighted)
     weights = term_weights(topology)
-    disjoint = sum(w * disjoint_penalty(matrices[name]) for name, w in weights.items())
-    balance = sum(w * balance_penalty(matrices[name]) for name, w in weights.items())
+    # Tensors: every split layer has at least one variable vector, so ``weights`` is not empty.
+    disjoint = cast(Tensor, sum(w * disjoint_penalty(matrices[name]) for name, w in weights.items()))
+    balance = cast(Tensor, sum(w * balance_penalty(matrices[name]) for name, w in weights.items()))
 
     total = torch.zeros_like(weight)
     for gamma, term in (

@@ -15,8 +15,10 @@ widths, counted like any other model.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
+from torch import nn
 
 from .model import PreActUnit, StagePlan, WideResNet, WRNPlan, copy_batch_norm
 
@@ -40,7 +42,13 @@ def group_lasso_penalty(model: WideResNet) -> torch.Tensor:
 
 
 def _units(model: WideResNet) -> list[PreActUnit]:
-    return [unit for stage in model.stages for unit in stage]
+    return [unit for stage in _stages(model) for unit in stage]
+
+
+def _stages(model: WideResNet) -> list[list[PreActUnit]]:
+    """The units of each stage (a WideResNet's stages are Sequentials of ``PreActUnit``s)."""
+    stages = cast(list[nn.Sequential], list(model.stages))
+    return [cast(list[PreActUnit], list(stage)) for stage in stages]
 
 
 @dataclass(frozen=True)
@@ -62,14 +70,15 @@ def channels_to_keep(model: WideResNet, threshold: float) -> KeptChannels:
     plan = model.plan
     streams: list[torch.Tensor] = [torch.arange(plan.stem_width)]
     hidden: list[tuple[torch.Tensor, ...]] = []
-    for s, stage in enumerate(model.stages):
+    stages = _stages(model)
+    for s, stage in enumerate(stages):
         hidden.append(tuple(_keep(_group_norms(u.conv2.weight, 1), threshold) for u in stage))
         if not plan.stages[s].projection:  # the identity ties this stream to the previous one
             streams.append(streams[-1])
             continue
-        readers = [u.conv1.weight for u in list(stage)[1:]]
-        if s + 1 < len(model.stages):
-            nxt = model.stages[s + 1][0]
+        readers = [u.conv1.weight for u in stage[1:]]
+        if s + 1 < len(stages):
+            nxt = stages[s + 1][0]
             readers += [nxt.conv1.weight] + ([nxt.shortcut.weight] if nxt.shortcut is not None else [])
         else:
             readers.append(model.fc.weight)
@@ -87,7 +96,7 @@ def zero_pruned_weights(model: WideResNet, kept: KeptChannels) -> None:
         mask[keep] = True
         weight[:, ~mask] = 0
 
-    for s, stage in enumerate(model.stages):
+    for s, stage in enumerate(_stages(model)):
         for u, unit in enumerate(stage):
             zero_columns(unit.conv2.weight, kept.hidden[s][u])
             stream_in = kept.streams[s] if u == 0 else kept.streams[s + 1]
@@ -107,7 +116,7 @@ def prune(model: WideResNet, kept: KeptChannels) -> WideResNet:
     )
     small = WideResNet(WRNPlan(plan.in_channels, plan.num_classes, stages, plan.stem_width, name=f"{plan.name}-ssl"))
     small.stem.weight.copy_(model.stem.weight)
-    for s, (big_stage, small_stage) in enumerate(zip(model.stages, small.stages)):
+    for s, (big_stage, small_stage) in enumerate(zip(_stages(model), _stages(small))):
         for u, (big, little) in enumerate(zip(big_stage, small_stage)):
             c_in = kept.streams[s] if u == 0 else kept.streams[s + 1]
             c_out, h = kept.streams[s + 1], kept.hidden[s][u]
@@ -116,6 +125,7 @@ def prune(model: WideResNet, kept: KeptChannels) -> WideResNet:
             copy_batch_norm(little.bn2, big.bn2, h)
             little.conv2.weight.copy_(big.conv2.weight[c_out][:, h])
             if big.shortcut is not None:
+                assert little.shortcut is not None  # same projection flags: both have one
                 little.shortcut.weight.copy_(big.shortcut.weight[c_out][:, c_in])
     copy_batch_norm(small.final_bn, model.final_bn, kept.streams[-1])
     small.fc.weight.copy_(model.fc.weight[:, kept.streams[-1]])

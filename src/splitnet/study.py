@@ -16,6 +16,7 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from .config import PAPER_PRESET, study_experiment
 from .convergence import CONVERGED
@@ -72,7 +73,7 @@ def study_rows(registry: dict, results: str | Path) -> list[dict]:
         aris = [semantic_ari(m["groups"]) for m in metrics]
         converged = [m["grouping"]["assignment_converged"] >= CONVERGED for m in metrics]
         steps = [m["grouping"]["steps_to_convergence"].get("all") for m in metrics]
-        ari_mean, ari_std = _mean_std(aris)
+        ari_mean, ari_std = _mean_std(cast(list[float], aris))  # study datasets have superclasses: no None
         purity_mean, purity_std = _mean_std([m["groups"]["superclass_purity"] for m in metrics])
         error_mean, error_std = _mean_std([m["test_error"] for m in metrics])
         rows.append({

@@ -285,11 +285,12 @@ def check_stage(args: argparse.Namespace, registry: dict, cfg: dict) -> None:
     manifest, data_dir = None, None
     if command != "split":
         data_dir = Path(args.data)
-        splits = ("test",) if command == "evaluate" else ("train", "val")
+        splits: tuple[str, ...] = ("test",) if command == "evaluate" else ("train", "val")
         if command == "evaluate" and cfg["engine"]["normalization"] == "dataset":
             splits += ("train",)  # the normalisation statistics come from the training images
         manifest = check_prepared_data(data_dir, splits)
     if command in map(command_name, TRAINING_STAGES):
+        assert manifest is not None  # read above for every command but split
         count = manifest["splits"]["train"]["count"]
         batch = cfg["engine"]["batch_size"]
         if batch > count:

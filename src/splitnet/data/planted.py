@@ -34,6 +34,7 @@ import io
 import os
 import pickle
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,9 @@ class _Py2StrPickler(pickle._Pickler):
     """
 
     dispatch = pickle._Pickler.dispatch.copy()
+    # pickle._Pickler has these; typeshed omits them
+    write: Callable[[bytes], None]
+    memoize: Callable[[Any], None]
 
     def save_py2_str(self, obj: bytes) -> None:
         if len(obj) < 256:
@@ -62,7 +66,7 @@ class _Py2StrPickler(pickle._Pickler):
             self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
         self.memoize(obj)
 
-    dispatch[bytes] = save_py2_str
+    dispatch[bytes] = save_py2_str  # type: ignore[assignment]  # typeshed types the handlers' self as Unpickler
 
 
 def _py2_pickle(obj: Any) -> bytes:

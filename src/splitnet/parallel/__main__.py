@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from .. import artifacts
+from ..branches import SplitWideResNet
 from .runner import ParallelSplit
 from .workers import DEFAULT_TIMEOUT_S, WorkerFailure, init_from_env
 
@@ -25,6 +26,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     model, blob = artifacts.load_model(args.model)
     if blob["kind"] != "split":
         raise ValueError(f"{args.model} is a {blob['kind']} model: only split networks have branches to run in parallel")
+    assert isinstance(model, SplitWideResNet)  # kind "split"
     plan = artifacts.plan_from_dict(blob["plan"])
     shape = (plan.in_channels, args.image_size, args.image_size)
     model.eval().to(worker.device)

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import pairwise
-
-from torch import nn
+from typing import cast
 
 from ..branches import HeadBranch, SplitWideResNet, StageBranch
 from ..counting import count_model
@@ -42,7 +41,7 @@ def branch_nodes(split: SplitWideResNet) -> list[BranchNode]:
     nodes: list[BranchNode] = []
     leaf_count = 0
 
-    def visit(module: nn.Module, name: str, depth: int) -> None:
+    def visit(module: StageBranch | HeadBranch, name: str, depth: int) -> None:
         nonlocal leaf_count
         index = len(nodes)
         first_leaf = leaf_count
@@ -51,11 +50,11 @@ def branch_nodes(split: SplitWideResNet) -> list[BranchNode]:
             leaf_count += 1
         else:
             for i, child in enumerate(module.branches):
-                visit(child, f"{name}.branches.{i}", depth + 1)
+                visit(cast(StageBranch | HeadBranch, child), f"{name}.branches.{i}", depth + 1)
         nodes[index] = BranchNode(name, module, depth, range(first_leaf, leaf_count))
 
     for i, root in enumerate(split.roots):
-        visit(root, f"roots.{i}", 0)
+        visit(cast(StageBranch | HeadBranch, root), f"roots.{i}", 0)
     return nodes
 
 

@@ -20,13 +20,13 @@ with one backward per optimizer step.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..branches import SplitWideResNet, StageBranch
+from ..branches import HeadBranch, SplitWideResNet, StageBranch
 from .placement import BranchNode, Placement, branch_nodes, own_flops, place
 from .workers import Worker, WorkerFailure, collective
 
@@ -88,6 +88,11 @@ def _pruned(node: BranchNode, by_module: dict[int, BranchNode], keep: range) -> 
     return StageBranch(m.select, m.units, m.final_bn, [_pruned(c, by_module, keep) for c in children if _overlaps(c, keep)])
 
 
+def _grad(p: nn.Parameter) -> torch.Tensor:
+    assert p.grad is not None  # read once the group's post-accumulate-grad hooks have all run
+    return p.grad
+
+
 def _own_parameters(node: BranchNode) -> list[nn.Parameter]:
     return [p for name, p in node.module.named_parameters() if not name.startswith("branches.") and p.requires_grad]
 
@@ -111,7 +116,8 @@ class ParallelSplit(nn.Module):
         by_module = {id(n.module): n for n in self.nodes}
         # A plain tuple: the pruned tree shares split's modules and must not register them twice.
         self.local = tuple(_pruned(n, by_module, mine) for n in self.nodes if n.depth == 0 and _overlaps(n, mine))
-        self.widths = tuple(sum(n.module.fc.out_features for n in self.nodes if n.is_leaf and n.leaves.start in run)
+        self.widths = tuple(sum(cast(HeadBranch, n.module).fc.out_features for n in self.nodes
+                                if n.is_leaf and n.leaves.start in run)
                             for run in self.placement.ranges)
         self._groups = self._holder_groups()
         # Gradients still to come per group in this backward; at 0 the group is summed.
@@ -149,14 +155,15 @@ class ParallelSplit(nn.Module):
 
     def _sum_gradients(self, index: int) -> None:
         group, params = self._groups[index]
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        flat = torch.cat([_grad(p).reshape(-1) for p in params])
         buffer = flat.to(self.worker.comm_device)
         with collective(self.worker, "summing the gradients of replicated layers"):
             dist.all_reduce(buffer, group=group)
         flat = buffer.to(flat.device)
         offset = 0
         for p in params:
-            p.grad.copy_(flat[offset : offset + p.numel()].view_as(p.grad))
+            grad = _grad(p)
+            grad.copy_(flat[offset : offset + p.numel()].view_as(grad))
             offset += p.numel()
 
     # --------------------------------------------------------------------------- running

@@ -12,6 +12,8 @@ reader of it (the deterministic ordering PyTorch recommends over ``record_stream
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -58,7 +60,7 @@ class StreamSplit(nn.Module):
                 outs.extend(branch(x))
                 return
             (h,) = self._own[id(branch)](x)
-        for child in branch.branches:
+        for child in cast(StageBranch, branch).branches:  # a HeadBranch returned above
             self._run(child, h, stream, outs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
