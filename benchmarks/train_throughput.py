@@ -98,7 +98,7 @@ def train_rate(kind: str, args, data: DeviceData, cfg: EngineConfig, row: dict, 
         sync(device)
         stamps.append(time.perf_counter())
 
-    schedule = Schedule(epochs=1, lr=0.1, weight_decay=row["group"]["schedule"]["weight_decay"])
+    schedule = Schedule(**{**row["group"]["schedule"], "epochs": 1, "milestones": ()})
     normalizer = Normalizer(cfg.normalization).to(device)
     prof = None
     if profile:  # record exactly the timed steps (started after the warm-up, stopped before the checkpoint)
@@ -226,8 +226,8 @@ def main() -> None:
     labels = torch.randint(0, NUM_CLASSES, (len(images),), generator=gen)
     data = DeviceData(images.to(device), labels.to(device))
     cfg = EngineConfig(device=str(device), batch_size=args.batch, eval_batch_size=500, channels_last=args.channels_last,
-                       bf16=args.bf16, augment_pad=4, augment_flip=True, seed=0, checkpoint_every=10**6,
-                       log_every=10**6)
+                       bf16=args.bf16, compile=False, normalization="per_image", augment_pad=4, augment_flip=True,
+                       seed=0, checkpoint_every=10**6, log_every=10**6, threads=0)
 
     results: dict[str, dict] = {}
     rounds: dict[str, list[dict]] = {"baseline": [], "plain": [], "grouping": []}

@@ -34,6 +34,20 @@ EPOCHS = 3
 SCHEDULE = Schedule(epochs=EPOCHS, lr=0.05, milestones=(2,), lr_decay=0.1, momentum=0.9, weight_decay=5e-4)
 
 
+def engine_config(**settings) -> EngineConfig:
+    """The engine settings the tests train with; a test names what it changes."""
+    base = dict(device="cpu", batch_size=BATCH, eval_batch_size=500, channels_last=True, bf16=False, compile=False,
+                normalization="per_image", augment_pad=4, augment_flip=True, seed=0, checkpoint_every=1, log_every=50,
+                threads=0)
+    return EngineConfig(**{**base, **settings})
+
+
+def schedule(epochs: int, lr: float, **settings) -> Schedule:
+    """A test schedule: no milestones, the paper's momentum and weight decay unless named."""
+    return Schedule(**{"epochs": epochs, "lr": lr, "milestones": (), "lr_decay": 0.1, "momentum": 0.9,
+                       "weight_decay": 5e-4, **settings})
+
+
 def tiny_data() -> DeviceData:
     """Random uint8 images whose label is the brightest quadrant (learnable, so losses move)."""
     g = torch.Generator().manual_seed(123)
@@ -80,8 +94,7 @@ def run(run_dir: Path, *, resume: bool = False, checkpoint_every: int = 1, after
     extra = []
     if parametrisation == "simplex":
         extra.append(SimplexReducedGradient(list(assignments.values.values()), lr=0.05, momentum=0.9, rule="official"))
-    cfg = EngineConfig(device="cpu", batch_size=BATCH, channels_last=True, augment_pad=2, seed=3,
-                       checkpoint_every=checkpoint_every, log_every=log_every)
+    cfg = engine_config(augment_pad=2, seed=3, checkpoint_every=checkpoint_every, log_every=log_every)
     result = train(model, tiny_data(), SCHEDULE, cfg, run_dir, normalizer=Normalizer("per_image"),
                    regularizer=regularizer, extra_optimizers=extra, after_step=after_step, resume=resume)
     return model, result

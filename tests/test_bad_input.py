@@ -64,7 +64,7 @@ class World:
 
 
 def _scale(data: dict, arch: str = "wrn-10-1", **engine) -> dict:
-    return {"description": "bad-input test", "gpus": 0, "seeds": [0], "data": data, "model": {"arch": arch},
+    return {"description": "bad-input test", "gpus": 0, "finetune_workers": 1, "seeds": [0], "data": data, "model": {"arch": arch},
             "engine": {**ENGINE, **engine}, "epochs": EPOCHS}
 
 
@@ -350,8 +350,6 @@ CASES = [
     Case("summary_params_not_yaml", lambda w, t: ["summary", "--split", "shallow", "--params-dir",
                                                   _experiments_file(t, "experiments: [unclosed\n")],
          ("experiments.yaml", "not valid YAML")),
-    Case("summary_unknown_split_name", lambda w, t: ["summary", "--split", "shallowest"],
-         ("--split 'shallowest'", "shallow_g3")),
     # ---------------------------------------------------------------- tables, figures, track
     Case("tables_unknown_scale", lambda w, t: ["tables", "--scale", "huge", "--params-dir", w.params, "--results", w.root],
          ("--scale 'huge'",)),

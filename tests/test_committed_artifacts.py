@@ -38,7 +38,6 @@ def test_committed_cpu_results_show_the_method_converged():
     verdict for each claim."""
     import csv
     import json
-    import json
 
     import yaml
 

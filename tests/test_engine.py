@@ -11,20 +11,18 @@ import sys
 import time
 from pathlib import Path
 
+import engine_helpers as H
 import pytest
 import torch
 from torch import nn
 
-import engine_helpers as H
 from splitnet.augment import Normalizer, random_crop_flip
 from splitnet.engine import (
     CHECKPOINT,
     EXIT_PREEMPTED,
     DeviceData,
-    EngineConfig,
     NonFiniteLoss,
     Preempted,
-    Schedule,
     parameter_groups,
     train,
 )
@@ -140,8 +138,8 @@ def test_resume_in_process_after_preemption(straight, tmp_path):
 def test_resume_with_other_config_starts_from_scratch(straight, tmp_path, capsys):
     H.run(tmp_path)
     model = H.tiny_model()[0]
-    cfg = EngineConfig(device="cpu", batch_size=H.BATCH, seed=3)
-    other = Schedule(epochs=1, lr=0.01)
+    cfg = H.engine_config(seed=3)
+    other = H.schedule(epochs=1, lr=0.01)
     result = train(model, H.tiny_data(), other, cfg, tmp_path, normalizer=Normalizer("per_image"), resume=True)
     assert result.resumed_from is None
     assert "made from other inputs" in capsys.readouterr().out
@@ -230,8 +228,8 @@ def test_extra_optimizer_parameters_are_not_also_updated_by_sgd(tmp_path):
         a = model.assignments.matrix("head_out")
         return (a * torch.arange(a.numel(), dtype=a.dtype).view_as(a)).sum(), {}
 
-    cfg = EngineConfig(device="cpu", batch_size=H.BATCH, seed=0)
-    train(model, data, Schedule(epochs=1, lr=0.05), cfg, tmp_path, normalizer=Normalizer("per_image"),
+    cfg = H.engine_config()
+    train(model, data, H.schedule(epochs=1, lr=0.05), cfg, tmp_path, normalizer=Normalizer("per_image"),
           regularizer=regularizer, extra_optimizers=[extra])
     assert (p.detach() - before).abs().max() < 1e-6
 
@@ -257,11 +255,11 @@ def test_weight_decay_only_on_conv_and_fc_weights():
 
 
 def test_lr_schedule():
-    s = Schedule(epochs=10, lr=0.1, milestones=(3, 6), lr_decay=0.2)
+    s = H.schedule(epochs=10, lr=0.1, milestones=(3, 6), lr_decay=0.2)
     got = [s.lr_at(e) for e in range(10)]
     want = [0.1] * 3 + [0.02] * 3 + [0.004] * 4
     assert got == pytest.approx(want)
-    assert Schedule(epochs=5, lr=0.3).lr_at(4) == 0.3
+    assert H.schedule(epochs=5, lr=0.3).lr_at(4) == 0.3
 
 
 def test_engine_applies_the_schedule_to_every_optimizer(tmp_path):
@@ -270,9 +268,9 @@ def test_engine_applies_the_schedule_to_every_optimizer(tmp_path):
     model = WideResNet(wrn_plan(10, 1, 3, H.NUM_CLASSES))
     dummy = nn.Parameter(torch.zeros(2, 3))
     extra = torch.optim.SGD([dummy], lr=1.0)
-    schedule = Schedule(epochs=4, lr=0.1, milestones=(1, 3), lr_decay=0.5)
+    schedule = H.schedule(epochs=4, lr=0.1, milestones=(1, 3), lr_decay=0.5)
     seen = []
-    cfg = EngineConfig(device="cpu", batch_size=96, seed=0)
+    cfg = H.engine_config(batch_size=96)
     result = train(model, H.tiny_data(), schedule, cfg, tmp_path, normalizer=Normalizer("per_image"),
                    extra_optimizers=[extra], after_step=lambda step: seen.append(extra.param_groups[0]["lr"]))
     steps = H.NUM_IMAGES // 96
@@ -283,7 +281,7 @@ def test_engine_applies_the_schedule_to_every_optimizer(tmp_path):
 def test_batch_larger_than_data_is_an_error(tmp_path):
     model = WideResNet(wrn_plan(10, 1, 3, H.NUM_CLASSES))
     with pytest.raises(ValueError, match="batch size"):
-        train(model, H.tiny_data(), Schedule(epochs=1, lr=0.1), EngineConfig(device="cpu", batch_size=1000),
+        train(model, H.tiny_data(), H.schedule(epochs=1, lr=0.1), H.engine_config(batch_size=1000),
               tmp_path, normalizer=Normalizer("per_image"))
 
 

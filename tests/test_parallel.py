@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import randomize_batchnorm
+from engine_helpers import engine_config, schedule
 
 from splitnet import artifacts
 from splitnet.assignment import GroupAssignments
 from splitnet.augment import Normalizer
-from splitnet.engine import CHECKPOINT, DeviceData, EngineConfig, Schedule, train
+from splitnet.engine import CHECKPOINT, DeviceData, train
 from splitnet.model import WideResNet, wrn_plan
 from splitnet.parallel import (
     ParallelSplit,
@@ -48,9 +49,8 @@ CLASSES = 12
 INFERENCE_CASES = {2: [("2-4-4", "random"), ("1-2-2", "overlap"), ("2-2-2", "balanced")],
                    4: [("2-4-4", "random"), ("1-1-4", "balanced"), ("2-4-4", "overlap")]}
 FINETUNE_SPEC = "2-4-4"  # hierarchical: on 4 workers, each stage-2 branch is replicated on 2
-ENGINE = EngineConfig(device="cpu", batch_size=8, eval_batch_size=16, channels_last=True, augment_pad=2,
-                      seed=0, checkpoint_every=100, log_every=100)
-SCHEDULE = Schedule(epochs=2, lr=0.1)
+ENGINE = engine_config(batch_size=8, eval_batch_size=16, augment_pad=2, checkpoint_every=100, log_every=100)
+SCHEDULE = schedule(epochs=2, lr=0.1)
 
 
 def _split(spec: str, kind: str, seed: int):

@@ -80,7 +80,7 @@ def write_fashion_idx(directory: Path, train_per_class: int = 20, test_per_class
 
 
 def _scale(data: dict, arch: str = "wrn-10-1", epochs: dict | None = None, seed: int = 0, **engine) -> dict:
-    return {"description": "test", "gpus": 0, "seeds": [seed], "data": data, "model": {"arch": arch},
+    return {"description": "test", "gpus": 0, "finetune_workers": 1, "seeds": [seed], "data": data, "model": {"arch": arch},
             "engine": {**ENGINE, **engine}, "epochs": epochs or EPOCHS}
 
 

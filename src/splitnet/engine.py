@@ -54,10 +54,10 @@ class Schedule:
 
     epochs: int
     lr: float
-    milestones: tuple[int, ...] = ()
-    lr_decay: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    milestones: tuple[int, ...]
+    lr_decay: float
+    momentum: float
+    weight_decay: float
 
     def lr_at(self, epoch: int) -> float:
         return self.lr * self.lr_decay ** sum(epoch >= m for m in self.milestones)
@@ -65,19 +65,21 @@ class Schedule:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    device: str = "auto"
-    batch_size: int = 128
-    eval_batch_size: int = 500
-    channels_last: bool = True
-    bf16: bool = False  # autocast to bfloat16 on CUDA
-    compile: bool = False
-    normalization: str = "per_image"
-    augment_pad: int = 4
-    augment_flip: bool = True
-    seed: int = 0
-    checkpoint_every: int = 1  # epochs
-    log_every: int = 50  # steps between plain log lines / finiteness checks
-    threads: int = 0  # torch CPU threads, 0 = torch's default
+    """How the engine trains; a scale's ``engine`` section (params/scales.yaml) sets every field."""
+
+    device: str  # "auto": CUDA when available
+    batch_size: int
+    eval_batch_size: int
+    channels_last: bool
+    bf16: bool  # autocast to bfloat16 on CUDA
+    compile: bool
+    normalization: str
+    augment_pad: int
+    augment_flip: bool
+    seed: int
+    checkpoint_every: int  # epochs
+    log_every: int  # steps between plain log lines / finiteness checks
+    threads: int  # torch CPU threads, 0 = torch's default
 
 
 def resolve_device(name: str) -> torch.device:

@@ -193,6 +193,7 @@ def _learn_ssl(cfg: dict, data_dir: Path, out_dir: Path, baseline: Path | None, 
         return out_dir / MODEL_FILE
     with stage_recorder(cfg, "learn_groups", out_dir, start) as rec:
         model, _ = artifacts.load_model(baseline)
+        assert isinstance(model, WideResNet)  # validate.check_stage: --baseline is a dense model
 
         def regularizer(step: int):
             penalty = group_lasso_penalty(model)

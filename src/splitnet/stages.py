@@ -87,6 +87,7 @@ def stage_split(cfg: dict, source: Path, out_dir: Path) -> Path:
     with stage_recorder(cfg, "split", out_dir, start) as rec:
         blob = artifacts.load_artifact(source)
         dense = artifacts.build_model(blob)
+        assert isinstance(dense, WideResNet)  # validate.check_stage: split reads a dense or grouping model
         metrics: dict[str, float] = {}
         extra: dict[str, Any] = {}
         if cfg["method"] == "ssl":

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from .. import artifacts, finished
+from ..branches import SplitWideResNet
 from ..data import read_manifest
 from ..engine import CHECKPOINT
 from ..stage_run import (
@@ -77,6 +78,7 @@ def finetune_stage(cfg: dict, data_dir: Path, source: Path, out_dir: Path, resum
         return Path(out_dir) / MODEL_FILE
     with stage_recorder(cfg, "finetune", own, start) as rec:
         model, blob = artifacts.load_model(source)
+        assert isinstance(model, SplitWideResNet)  # checked above: the source is a split network
         net = ParallelSplit(model, tuple(read_manifest(data_dir)["image_shape"]), worker)
         final = train_stage(net, cfg, "finetune", data_dir, own, rec, start)
         net.gather_branches()
