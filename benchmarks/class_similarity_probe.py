@@ -73,7 +73,9 @@ def probe(cfg: dict, data_dir: Path, baseline: Path, groups: int) -> dict[str, f
         "fc_weights": cosine_affinity(model.fc.weight),
         "soft_confusion": soft_confusion(model, images, val.labels, classes),
     }
-    return {name: round(score(balanced_spectral_groups(a, groups), superclass, groups), 4) for name, a in sources.items()}
+    return {
+        name: round(score(balanced_spectral_groups(a, groups), superclass, groups), 4) for name, a in sources.items()
+    }
 
 
 def main() -> int:
@@ -96,7 +98,9 @@ def main() -> int:
             aris = probe(cfg, out.data, baseline, groups)
             rows.append({"dataset": dataset, "seed": seed, "groups": groups, "ari": aris})
             print(dataset, seed, aris, flush=True)
-    atomic_write_json(Path(args.out), {"benchmark": "class_similarity_probe", "machine": machine_info(), "results": rows})
+    atomic_write_json(
+        Path(args.out), {"benchmark": "class_similarity_probe", "machine": machine_info(), "results": rows}
+    )
     print(f"recorded {args.out}")
     return 0
 

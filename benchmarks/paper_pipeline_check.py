@@ -46,8 +46,14 @@ def write_params(out: Path, data_root: Path, md5: dict[str, str], tiny: bool) ->
     shutil.copytree(REPO / "params", params, dirs_exist_ok=True)
     scales = yaml.safe_load((params / "scales.yaml").read_text())
     paper = scales["scales"][SCALE]
-    paper["data"] = {"source": "cifar100", "root": str(data_root), "download": False, "md5": md5,
-                     "val_size": 48 if tiny else 1000, "seed": 0}
+    paper["data"] = {
+        "source": "cifar100",
+        "root": str(data_root),
+        "download": False,
+        "md5": md5,
+        "val_size": 48 if tiny else 1000,
+        "seed": 0,
+    }
     paper["epochs"] = {"train": 1, "group": 1, "finetune": 1, "ssl": 1}
     paper["engine"].update(log_every=10, checkpoint_every=1)
     if tiny:
@@ -61,10 +67,12 @@ def write_params(out: Path, data_root: Path, md5: dict[str, str], tiny: bool) ->
 def run(name: str, cmd: list[str], log_dir: Path, timeline: list[dict]) -> bool:
     start = time.perf_counter()
     with open(log_dir / f"{name}.log", "w") as log:
-        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}).returncode
-    timeline.append({"stage": name, "exit_code": rc, "seconds": round(time.perf_counter() - start, 2),
-                     "command": " ".join(cmd)})
+        rc = subprocess.run(
+            cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+        ).returncode
+    timeline.append(
+        {"stage": name, "exit_code": rc, "seconds": round(time.perf_counter() - start, 2), "command": " ".join(cmd)}
+    )
     print(f"{name:20s} exit {rc}  {timeline[-1]['seconds']:7.1f} s", flush=True)
     return rc == 0
 
@@ -72,8 +80,11 @@ def run(name: str, cmd: list[str], log_dir: Path, timeline: list[dict]) -> bool:
 def weight_difference(a: Path, b: Path) -> float:
     """Largest |a - b| / max |a| over the floating-point tensors of two model files."""
     sa, sb = artifacts.load_artifact(a)["state_dict"], artifacts.load_artifact(b)["state_dict"]
-    return max(((sa[k] - sb[k]).abs().max() / sa[k].abs().max().clamp_min(1e-12)).item()
-               for k in sa if sa[k].is_floating_point())
+    return max(
+        ((sa[k] - sb[k]).abs().max() / sa[k].abs().max().clamp_min(1e-12)).item()
+        for k in sa
+        if sa[k].is_floating_point()
+    )
 
 
 def main() -> int:
@@ -86,8 +97,11 @@ def main() -> int:
     out = Path(args.out).resolve()
     shutil.rmtree(out, ignore_errors=True)
     (out / "logs").mkdir(parents=True)
-    sizes = dict(num_superclasses=4, classes_per_superclass=3, train_per_class=16, test_per_class=4) if args.tiny \
+    sizes = (
+        dict(num_superclasses=4, classes_per_superclass=3, train_per_class=16, test_per_class=4)
+        if args.tiny
         else dict(num_superclasses=20, classes_per_superclass=5, train_per_class=100, test_per_class=10)
+    )
     md5 = write_planted_cifar(out / "planted", seed=0, **sizes)
     params = write_params(out, out / "planted", md5, args.tiny)
     data, runs = out / "data", out / "runs"
@@ -96,27 +110,122 @@ def main() -> int:
     exp, timeline = args.experiment, []
     stages = [
         ("prepare-data", splitnet + ["prepare-data", "--experiment", exp, *common, "--out", str(data)]),
-        ("train", splitnet + ["train", "--experiment", "baseline", *common, "--data", str(data),
-                              "--out", str(runs / "baseline/train")]),
-        ("learn-groups", splitnet + ["learn-groups", "--experiment", exp, *common, "--data", str(data),
-                                     "--out", str(runs / exp / "learn_groups")]),
-        ("split", splitnet + ["split", "--experiment", exp, *common, "--source",
-                              str(runs / exp / "learn_groups/model.pt"), "--out", str(runs / exp / "split")]),
-        ("finetune", splitnet + ["finetune", "--experiment", exp, *common, "--data", str(data), "--source",
-                                 str(runs / exp / "split/model.pt"), "--out", str(runs / exp / "finetune")]),
-        ("finetune-parallel", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                               str(args.workers), "-m", "splitnet", "finetune", "--parallel", "--timeout", "600",
-                               "--experiment", exp, *common, "--data", str(data), "--source",
-                               str(runs / exp / "split/model.pt"), "--out", str(runs / exp / "finetune_parallel")]),
+        (
+            "train",
+            splitnet
+            + [
+                "train",
+                "--experiment",
+                "baseline",
+                *common,
+                "--data",
+                str(data),
+                "--out",
+                str(runs / "baseline/train"),
+            ],
+        ),
+        (
+            "learn-groups",
+            splitnet
+            + [
+                "learn-groups",
+                "--experiment",
+                exp,
+                *common,
+                "--data",
+                str(data),
+                "--out",
+                str(runs / exp / "learn_groups"),
+            ],
+        ),
+        (
+            "split",
+            splitnet
+            + [
+                "split",
+                "--experiment",
+                exp,
+                *common,
+                "--source",
+                str(runs / exp / "learn_groups/model.pt"),
+                "--out",
+                str(runs / exp / "split"),
+            ],
+        ),
+        (
+            "finetune",
+            splitnet
+            + [
+                "finetune",
+                "--experiment",
+                exp,
+                *common,
+                "--data",
+                str(data),
+                "--source",
+                str(runs / exp / "split/model.pt"),
+                "--out",
+                str(runs / exp / "finetune"),
+            ],
+        ),
+        (
+            "finetune-parallel",
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc-per-node",
+                str(args.workers),
+                "-m",
+                "splitnet",
+                "finetune",
+                "--parallel",
+                "--timeout",
+                "600",
+                "--experiment",
+                exp,
+                *common,
+                "--data",
+                str(data),
+                "--source",
+                str(runs / exp / "split/model.pt"),
+                "--out",
+                str(runs / exp / "finetune_parallel"),
+            ],
+        ),
     ]
-    stages += [(f"evaluate-{which}", splitnet + ["evaluate", "--experiment", exp, *common, "--data", str(data),
-                                                 "--source", str(runs / exp / which / "model.pt"),
-                                                 "--out", str(runs / exp / f"evaluate_{which}")])
-               for which in ("finetune", "finetune_parallel")]
+    stages += [
+        (
+            f"evaluate-{which}",
+            splitnet
+            + [
+                "evaluate",
+                "--experiment",
+                exp,
+                *common,
+                "--data",
+                str(data),
+                "--source",
+                str(runs / exp / which / "model.pt"),
+                "--out",
+                str(runs / exp / f"evaluate_{which}"),
+            ],
+        )
+        for which in ("finetune", "finetune_parallel")
+    ]
     ok = all([run(name, cmd, out / "logs", timeline) for name, cmd in stages])  # every stage, even after a failure
-    record = {"benchmark": "paper_pipeline_check", "experiment": exp, "tiny": args.tiny, "workers": args.workers,
-              "data": {**sizes, "md5": md5}, "scale": yaml.safe_load((params / "scales.yaml").read_text())["scales"][SCALE],
-              "stages": timeline, "ok": ok, "machine": machine_info()}
+    record = {
+        "benchmark": "paper_pipeline_check",
+        "experiment": exp,
+        "tiny": args.tiny,
+        "workers": args.workers,
+        "data": {**sizes, "md5": md5},
+        "scale": yaml.safe_load((params / "scales.yaml").read_text())["scales"][SCALE],
+        "stages": timeline,
+        "ok": ok,
+        "machine": machine_info(),
+    }
     manifest = data / "manifest.json"
     if manifest.exists():
         record["train_images"] = json.loads(manifest.read_text())["splits"]["train"]["count"]

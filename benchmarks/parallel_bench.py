@@ -80,8 +80,14 @@ class Recorder:
     def _add(self, key: str, mode: str, value: float) -> None:
         self.ms.setdefault((key, mode), []).append(value)
 
-    def alone(self, key: str, mode: str, fn: Callable[[], object], repeats: int,
-              setup: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> None:
+    def alone(
+        self,
+        key: str,
+        mode: str,
+        fn: Callable[[], object],
+        repeats: int,
+        setup: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    ) -> None:
         if self.worker.is_main:
             with setup():
                 self._add(key, mode, ms_per_call(fn, self.warmup, repeats, self.sync))
@@ -124,8 +130,9 @@ class WorkerSetup:
     shape: tuple[int, int, int]
 
 
-def worker_setup(worker: Worker, arch: str, num_classes: int, splits: list[str], image_size: int,
-                 channels_last: bool) -> WorkerSetup:
+def worker_setup(
+    worker: Worker, arch: str, num_classes: int, splits: list[str], image_size: int, channels_last: bool
+) -> WorkerSetup:
     """Pin a CPU worker to one core (one thread) and build the dense and split networks."""
     cpu = worker.device.type == "cpu"
     cores = sorted(os.sched_getaffinity(0))
@@ -133,5 +140,13 @@ def worker_setup(worker: Worker, arch: str, num_classes: int, splits: list[str],
     if cpu:
         pin(mine, 1)
     dense, split_models = build_models(arch, num_classes, splits)
-    return WorkerSetup(worker.device, cpu, cores, mine, torch.channels_last if channels_last else torch.contiguous_format,
-                       dense, split_models, (3, image_size, image_size))
+    return WorkerSetup(
+        worker.device,
+        cpu,
+        cores,
+        mine,
+        torch.channels_last if channels_last else torch.contiguous_format,
+        dense,
+        split_models,
+        (3, image_size, image_size),
+    )

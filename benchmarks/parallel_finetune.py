@@ -64,8 +64,10 @@ def bench(worker: Worker, args: argparse.Namespace) -> dict | None:
         split.train().to(device, memory_format=fmt)
         # A separate copy: the parallel one's gradient hooks would wait for the other workers.
         sequential = copy.deepcopy(split)
-        steps[name] = (stepper(sequential, x, y, args.bf16),
-                       stepper(ParallelSplit(split, shape, worker), x, y, args.bf16))
+        steps[name] = (
+            stepper(sequential, x, y, args.bf16),
+            stepper(ParallelSplit(split, shape, worker), x, y, args.bf16),
+        )
     for _ in range(args.rounds):
         if cpu:
             rec.alone("dense", "dense_all_cores", dense_step, args.repeats, setup=wide)
@@ -78,8 +80,11 @@ def bench(worker: Worker, args: argparse.Namespace) -> dict | None:
             rec.together(name, "split_parallel", parallel, args.repeats)
     if not worker.is_main:
         return None
-    return {"median": {f"{k}|{m}": rec.median(k, m) for k, m in rec.ms},
-            "rounds": {key: rec.raw(key) for key in sorted({k for k, _ in rec.ms})}, "backend": worker.backend}
+    return {
+        "median": {f"{k}|{m}": rec.median(k, m) for k, m in rec.ms},
+        "rounds": {key: rec.raw(key) for key in sorted({k for k, _ in rec.ms})},
+        "backend": worker.backend,
+    }
 
 
 def main() -> None:
@@ -101,10 +106,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device")
-    workers = args.workers or max(2, len(os.sched_getaffinity(0)) if args.device == "cpu" else torch.cuda.device_count())
+    workers = args.workers or max(
+        2, len(os.sched_getaffinity(0)) if args.device == "cpu" else torch.cuda.device_count()
+    )
     load_before = os.getloadavg()
-    raw = launch(bench, workers, (args,), timeout_s=args.timeout, collective_timeout_s=args.timeout,
-                 device=args.device)[0]
+    raw = launch(
+        bench, workers, (args,), timeout_s=args.timeout, collective_timeout_s=args.timeout, device=args.device
+    )[0]
     load_after = os.getloadavg()
     med = raw["median"]
     dense_mode = "dense_all_cores" if args.device == "cpu" else "dense"
@@ -113,20 +121,45 @@ def main() -> None:
         ms = {m: round(v, 3) for k, v in med.items() for key, m in [k.split("|")] if key == name}
         ms[dense_mode] = round(med[f"dense|{dense_mode}"], 3)
         speedup = ms["split_sequential"] / ms["split_parallel"]
-        rows.append({"split": name, "spec": SPLITS[name], "batch": args.batch, "workers": workers, "ms_per_step": ms,
-                     "step_speedup": round(speedup, 4), "step_speedup_over_workers": round(speedup / workers, 4),
-                     "speedup_over_dense": round(ms[dense_mode] / ms["split_parallel"], 4),
-                     "rounds_ms": raw["rounds"][name]})
-        print(f"{name:8s} " + "  ".join(f"{m} {v:.1f} ms" for m, v in ms.items())
-              + f"  -> parallel {speedup:.2f}x sequential on {workers} workers", flush=True)
+        rows.append(
+            {
+                "split": name,
+                "spec": SPLITS[name],
+                "batch": args.batch,
+                "workers": workers,
+                "ms_per_step": ms,
+                "step_speedup": round(speedup, 4),
+                "step_speedup_over_workers": round(speedup / workers, 4),
+                "speedup_over_dense": round(ms[dense_mode] / ms["split_parallel"], 4),
+                "rounds_ms": raw["rounds"][name],
+            }
+        )
+        print(
+            f"{name:8s} "
+            + "  ".join(f"{m} {v:.1f} ms" for m, v in ms.items())
+            + f"  -> parallel {speedup:.2f}x sequential on {workers} workers",
+            flush=True,
+        )
     out = Path(args.out or Path(__file__).parent / "results" / f"parallel_finetune-{args.device}.json")
-    atomic_write_json(out, {
-        "benchmark": "parallel_finetune", "arch": args.arch, "device": args.device, "workers": workers,
-        "backend": raw["backend"], "batch": args.batch, "image_size": args.image_size, "bf16": args.bf16,
-        "channels_last": args.channels_last, "rounds": args.rounds, "repeats": args.repeats,
-        "machine": machine_info(), "loadavg_1min": {"before": load_before[0], "after": load_after[0]},
-        "results": rows,
-    })
+    atomic_write_json(
+        out,
+        {
+            "benchmark": "parallel_finetune",
+            "arch": args.arch,
+            "device": args.device,
+            "workers": workers,
+            "backend": raw["backend"],
+            "batch": args.batch,
+            "image_size": args.image_size,
+            "bf16": args.bf16,
+            "channels_last": args.channels_last,
+            "rounds": args.rounds,
+            "repeats": args.repeats,
+            "machine": machine_info(),
+            "loadavg_1min": {"before": load_before[0], "after": load_after[0]},
+            "results": rows,
+        },
+    )
     print(f"recorded {out}")
 
 

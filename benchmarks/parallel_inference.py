@@ -91,19 +91,27 @@ def bench(worker: Worker, args: argparse.Namespace) -> dict | None:
                     if not cpu:
                         rec.alone(key, "split_streams", lambda: streams[name](x), repeats)
                     rec.together(key, "split_parallel", lambda: net(broadcast(x, worker, fmt)), repeats)
-                    rec.together(key, "split_parallel_replicated_trunk",
-                                 lambda: net.branches(split.trunk(broadcast(x, worker, fmt))), repeats)
+                    rec.together(
+                        key,
+                        "split_parallel_replicated_trunk",
+                        lambda: net.branches(split.trunk(broadcast(x, worker, fmt))),
+                        repeats,
+                    )
                     rec.together(key, "branches_parallel", lambda: net.branches(h), repeats)
                     # The machine's own limit: every worker runs all branches at once, no
                     # communication (shared caches, memory bandwidth, SMT siblings, a host's other guests).
-                    rec.together(key, "branches_sequential_on_every_worker", lambda: sequential_branches(split, h),
-                                 repeats)
+                    rec.together(
+                        key, "branches_sequential_on_every_worker", lambda: sequential_branches(split, h), repeats
+                    )
     if not worker.is_main:
         return None
-    return {"flops": flops, "rounds": {key: rec.raw(key) for key in sorted({k for k, _ in rec.ms})},
-            "median": {f"{k}|{m}": rec.median(k, m) for k, m in rec.ms},
-            "placement": {n: [[r.start, r.stop] for r in nets[n].placement.ranges] for n in splits},
-            "backend": worker.backend}
+    return {
+        "flops": flops,
+        "rounds": {key: rec.raw(key) for key in sorted({k for k, _ in rec.ms})},
+        "median": {f"{k}|{m}": rec.median(k, m) for k, m in rec.ms},
+        "placement": {n: [[r.start, r.stop] for r in nets[n].placement.ranges] for n in splits},
+        "backend": worker.backend,
+    }
 
 
 def broadcast(x: torch.Tensor, worker: Worker, fmt: torch.memory_format) -> torch.Tensor:
@@ -120,20 +128,33 @@ def summarize(raw: dict, args: argparse.Namespace, workers: int, device: str) ->
     rows = []
     for name in args.splits:
         for batch in (args.batch, args.latency_batch):
-            ms = {mode: round(med[f"{name}/{batch}|{mode}"], 3) for mode in
-                  ("split_sequential_all_cores", "split_sequential", "branches_sequential", "split_streams",
-                   "split_parallel", "split_parallel_replicated_trunk", "branches_parallel",
-                   "branches_sequential_on_every_worker")
-                  if f"{name}/{batch}|{mode}" in med}
+            ms = {
+                mode: round(med[f"{name}/{batch}|{mode}"], 3)
+                for mode in (
+                    "split_sequential_all_cores",
+                    "split_sequential",
+                    "branches_sequential",
+                    "split_streams",
+                    "split_parallel",
+                    "split_parallel_replicated_trunk",
+                    "branches_parallel",
+                    "branches_sequential_on_every_worker",
+                )
+                if f"{name}/{batch}|{mode}" in med
+            }
             ms[dense_mode] = round(med[f"dense/{batch}|{dense_mode}"], 3)
             flop_ratio = flops["dense"] / flops[name]
             branch_speedup = ms["branches_sequential"] / ms["branches_parallel"]
             capacity = workers * ms["branches_sequential"] / ms["branches_sequential_on_every_worker"]
             speedup = ms[dense_mode] / ms["split_parallel"]
             row = {
-                "split": name, "spec": SPLITS[name], "batch": batch, "workers": workers,
+                "split": name,
+                "spec": SPLITS[name],
+                "batch": batch,
+                "workers": workers,
                 "placement": raw["placement"][name],
-                "ms_per_batch": ms, "images_per_s": {m: round(1000 * batch / v, 2) for m, v in ms.items()},
+                "ms_per_batch": ms,
+                "images_per_s": {m: round(1000 * batch / v, 2) for m, v in ms.items()},
                 "flop_ratio": round(flop_ratio, 4),
                 "branch_flop_share": round(1 - flops[f"{name}/trunk"] / flops[name], 4),
                 "branch_speedup": round(branch_speedup, 4),
@@ -174,30 +195,51 @@ def main() -> None:
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device")
-    workers = args.workers or max(2, len(os.sched_getaffinity(0)) if args.device == "cpu" else torch.cuda.device_count())
+    workers = args.workers or max(
+        2, len(os.sched_getaffinity(0)) if args.device == "cpu" else torch.cuda.device_count()
+    )
     load_before = os.getloadavg()
-    raw = launch(bench, workers, (args,), timeout_s=args.timeout, collective_timeout_s=args.timeout,
-                 device=args.device)[0]
+    raw = launch(
+        bench, workers, (args,), timeout_s=args.timeout, collective_timeout_s=args.timeout, device=args.device
+    )[0]
     load_after = os.getloadavg()
     rows = summarize(raw, args, workers, args.device)
     for r in rows:
         ms = r["ms_per_batch"]
         print(f"{r['split']:8s} batch {r['batch']:4d}: " + "  ".join(f"{m} {v:.1f} ms" for m, v in ms.items()))
-        print(f"{'':8s} branch speedup {r['branch_speedup']:.2f}x on {workers} workers "
-              f"(/workers {r['branch_speedup_over_workers']:.2f}, goal >= 0.8; the machine allows "
-              f"{r['machine_parallel_capacity']:.2f}x); end to end {r['speedup_over_dense']:.2f}x "
-              f"over dense (FLOP ratio {r['flop_ratio']:.2f}x)", flush=True)
+        print(
+            f"{'':8s} branch speedup {r['branch_speedup']:.2f}x on {workers} workers "
+            f"(/workers {r['branch_speedup_over_workers']:.2f}, goal >= 0.8; the machine allows "
+            f"{r['machine_parallel_capacity']:.2f}x); end to end {r['speedup_over_dense']:.2f}x "
+            f"over dense (FLOP ratio {r['flop_ratio']:.2f}x)",
+            flush=True,
+        )
     out = Path(args.out or Path(__file__).parent / "results" / f"parallel_inference-{args.device}.json")
-    atomic_write_json(out, {
-        "benchmark": "parallel_inference", "arch": args.arch, "device": args.device, "workers": workers,
-        "backend": raw["backend"], "batch": args.batch, "latency_batch": args.latency_batch,
-        "image_size": args.image_size, "bf16": args.bf16, "channels_last": args.channels_last,
-        "rounds": args.rounds, "repeats": args.repeats, "latency_repeats": args.latency_repeats,
-        "pinning": "one worker process per core, one thread each; dense and *_all_cores: worker 0 on every core, "
-                   "one thread per core" if args.device == "cpu" else None,
-        "machine": machine_info(), "loadavg_1min": {"before": load_before[0], "after": load_after[0]},
-        "results": rows,
-    })
+    atomic_write_json(
+        out,
+        {
+            "benchmark": "parallel_inference",
+            "arch": args.arch,
+            "device": args.device,
+            "workers": workers,
+            "backend": raw["backend"],
+            "batch": args.batch,
+            "latency_batch": args.latency_batch,
+            "image_size": args.image_size,
+            "bf16": args.bf16,
+            "channels_last": args.channels_last,
+            "rounds": args.rounds,
+            "repeats": args.repeats,
+            "latency_repeats": args.latency_repeats,
+            "pinning": "one worker process per core, one thread each; dense and *_all_cores: worker 0 on every core, "
+            "one thread per core"
+            if args.device == "cpu"
+            else None,
+            "machine": machine_info(),
+            "loadavg_1min": {"before": load_before[0], "after": load_after[0]},
+            "results": rows,
+        },
+    )
     print(f"recorded {out}")
 
 

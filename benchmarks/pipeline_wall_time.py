@@ -37,8 +37,15 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="default: benchmarks/results/pipeline-<scale>.json")
     args = parser.parse_args()
     out = Path(args.out or REPO / "benchmarks" / "results" / f"pipeline-{args.scale}.json")
-    command = ["snakemake", "--cores", "all", "--rerun-incomplete", "--config", f"scale={args.scale}",
-               f"results={args.results}"]
+    command = [
+        "snakemake",
+        "--cores",
+        "all",
+        "--rerun-incomplete",
+        "--config",
+        f"scale={args.scale}",
+        f"results={args.results}",
+    ]
     samples: list[float] = [os.getloadavg()[0]]
     stop = threading.Event()
     sampler = threading.Thread(target=_sample_load, args=(samples, stop), daemon=True)
@@ -59,8 +66,13 @@ def main() -> int:
         "wall_min": round(wall / 60, 2),
         "exit_code": proc.returncode,
         "jobs_finished": jobs,
-        "load_1min": {"start": samples[0], "end": samples[-1], "max": max(samples),
-                      "mean": round(sum(samples) / len(samples), 2), "samples_every_30s": samples},
+        "load_1min": {
+            "start": samples[0],
+            "end": samples[-1],
+            "max": max(samples),
+            "mean": round(sum(samples) / len(samples), 2),
+            "samples_every_30s": samples,
+        },
         "machine": machine_info(),
     }
     out.parent.mkdir(parents=True, exist_ok=True)

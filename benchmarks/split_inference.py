@@ -63,8 +63,9 @@ def main() -> None:
             for name, model in models.items():
                 device = torch.device(args.device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16 and device.type == "cuda"):
-                    measured = throughput(model, (3, 32, 32), args.batch, args.repeats, device,
-                                          fmt == "channels_last", warmup=args.warmup)
+                    measured = throughput(
+                        model, (3, 32, 32), args.batch, args.repeats, device, fmt == "channels_last", warmup=args.warmup
+                    )
                 rates[name].append(measured["images_per_s"])
         base = statistics.median(rates["dense"])
         for name in models:
@@ -72,18 +73,41 @@ def main() -> None:
             spread = (max(rates[name]) - min(rates[name])) / rate
             flop_ratio = flops["dense"] / flops[name]
             speedup = rate / base
-            rows.append({
-                "model": name, "memory_format": fmt, "images_per_s": round(rate, 2), "spread": round(spread, 3),
-                "rounds": [round(r, 2) for r in rates[name]], "flops": flops[name], "flop_ratio": round(flop_ratio, 4),
-                "speedup": round(speedup, 4), "speedup_over_flop_ratio": round(speedup / flop_ratio, 4),
-            })
-            print(f"{fmt:13s} {name:8s} {rate:9.1f} img/s (spread {spread:.0%})  speedup {speedup:5.2f}x  "
-                  f"FLOP ratio {flop_ratio:5.2f}x  speedup/FLOP ratio {speedup / flop_ratio:5.2f}", flush=True)
+            rows.append(
+                {
+                    "model": name,
+                    "memory_format": fmt,
+                    "images_per_s": round(rate, 2),
+                    "spread": round(spread, 3),
+                    "rounds": [round(r, 2) for r in rates[name]],
+                    "flops": flops[name],
+                    "flop_ratio": round(flop_ratio, 4),
+                    "speedup": round(speedup, 4),
+                    "speedup_over_flop_ratio": round(speedup / flop_ratio, 4),
+                }
+            )
+            print(
+                f"{fmt:13s} {name:8s} {rate:9.1f} img/s (spread {spread:.0%})  speedup {speedup:5.2f}x  "
+                f"FLOP ratio {flop_ratio:5.2f}x  speedup/FLOP ratio {speedup / flop_ratio:5.2f}",
+                flush=True,
+            )
 
     out = Path(args.out or Path(__file__).parent / "results" / f"split_inference-{args.device}.json")
-    atomic_write_json(out, {"benchmark": "split_inference", "arch": "wrn-16-8", "batch": args.batch,
-                            "groups": args.groups, "bf16": args.bf16 and args.device.startswith("cuda"), "repeats": args.repeats, "rounds": args.rounds, "device": args.device,
-                            "machine": machine_info(), "results": rows})
+    atomic_write_json(
+        out,
+        {
+            "benchmark": "split_inference",
+            "arch": "wrn-16-8",
+            "batch": args.batch,
+            "groups": args.groups,
+            "bf16": args.bf16 and args.device.startswith("cuda"),
+            "repeats": args.repeats,
+            "rounds": args.rounds,
+            "device": args.device,
+            "machine": machine_info(),
+            "results": rows,
+        },
+    )
     print(f"recorded {out}")
 
 

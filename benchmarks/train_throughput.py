@@ -78,8 +78,11 @@ def build(kind: str, arch: str, in_channels: int, row: dict):
 
     def regularizer(step: int = 0):  # the closure of stage_learn_groups
         losses = split_losses(net, topology, assignments.matrices(), reg_cfg)
-        return losses.total, {"reg_disjoint": losses.disjoint, "reg_weight": losses.weight,
-                              "reg_balance": losses.balance}
+        return losses.total, {
+            "reg_disjoint": losses.disjoint,
+            "reg_weight": losses.weight,
+            "reg_balance": losses.balance,
+        }
 
     return model, regularizer
 
@@ -104,7 +107,7 @@ def train_rate(kind: str, args, data: DeviceData, cfg: EngineConfig, row: dict, 
     if profile:  # record exactly the timed steps (started after the warm-up, stopped before the checkpoint)
         prof = torch.profiler.profile(
             activities=[torch.profiler.ProfilerActivity.CPU]
-            + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else []),
+            + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
         )
         inner = after_step
 
@@ -117,8 +120,16 @@ def train_rate(kind: str, args, data: DeviceData, cfg: EngineConfig, row: dict, 
                 prof.stop()
 
     with tempfile.TemporaryDirectory() as run_dir, contextlib.redirect_stdout(io.StringIO()):
-        train(model, data, schedule, cfg, Path(run_dir), normalizer=normalizer, regularizer=regularizer,
-              after_step=after_step)
+        train(
+            model,
+            data,
+            schedule,
+            cfg,
+            Path(run_dir),
+            normalizer=normalizer,
+            regularizer=regularizer,
+            after_step=after_step,
+        )
     if prof is not None:
         sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         print(f"\n--- profile of {args.steps} {kind} steps (top ops by self time) ---")
@@ -221,13 +232,26 @@ def main() -> None:
 
     steps_total = args.warmup + args.steps
     gen = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (args.batch * steps_total, 3, args.image_size, args.image_size),
-                           generator=gen, dtype=torch.uint8)
+    images = torch.randint(
+        0, 256, (args.batch * steps_total, 3, args.image_size, args.image_size), generator=gen, dtype=torch.uint8
+    )
     labels = torch.randint(0, NUM_CLASSES, (len(images),), generator=gen)
     data = DeviceData(images.to(device), labels.to(device))
-    cfg = EngineConfig(device=str(device), batch_size=args.batch, eval_batch_size=500, channels_last=args.channels_last,
-                       bf16=args.bf16, compile=False, normalization="per_image", augment_pad=4, augment_flip=True,
-                       seed=0, checkpoint_every=10**6, log_every=10**6, threads=0)
+    cfg = EngineConfig(
+        device=str(device),
+        batch_size=args.batch,
+        eval_batch_size=500,
+        channels_last=args.channels_last,
+        bf16=args.bf16,
+        compile=False,
+        normalization="per_image",
+        augment_pad=4,
+        augment_flip=True,
+        seed=0,
+        checkpoint_every=10**6,
+        log_every=10**6,
+        threads=0,
+    )
 
     results: dict[str, dict] = {}
     rounds: dict[str, list[dict]] = {"baseline": [], "plain": [], "grouping": []}
@@ -268,23 +292,34 @@ def main() -> None:
         "pipeline_ok": pipeline_ratio >= 10.0,
     }
 
-    print(f"\n{args.arch} {args.image_size}x{args.image_size} batch {args.batch} on {device}"
-          f"{' bf16' if args.bf16 else ''}{' channels_last' if args.channels_last else ''}")
+    print(
+        f"\n{args.arch} {args.image_size}x{args.image_size} batch {args.batch} on {device}"
+        f"{' bf16' if args.bf16 else ''}{' channels_last' if args.channels_last else ''}"
+    )
     print(f"{'measurement':28s} {'images/s':>10s} {'step ms (median)':>17s}")
-    for key, label in (("train_baseline", "train (dense baseline)"), ("train_plain", "train (2-2-2 net, no reg.)"),
-                       ("train_grouping", "train (2-2-2 grouping)")):
+    for key, label in (
+        ("train_baseline", "train (dense baseline)"),
+        ("train_plain", "train (2-2-2 net, no reg.)"),
+        ("train_grouping", "train (2-2-2 grouping)"),
+    ):
         r = results[key]
         print(f"{label:28s} {r['images_per_s']:10.1f} {r['step_ms_median']:17.1f}")
     print(f"{'evaluate':28s} {results['eval']['images_per_s']:10.1f}")
     print(f"{'data pipeline':28s} {results['pipeline']['images_per_s']:10.1f}")
-    print(f"regularizer overhead (grouping/plain step time): {overhead:.3f} (per round "
-          f"{', '.join(f'{x:.3f}' for x in paired)}; median steps {overhead_median:.3f}; fastest steps "
-          f"{overhead_min:.3f}; target <= 1.05) "
-          f"{'OK' if summary['regularizer_overhead_ok'] else 'ABOVE TARGET'}")
-    print(f"regularizer alone (value + backward): {results['regularizer_alone']['ms_median']:.1f} ms per step "
-          f"-> overhead {isolated:.3f} of the plain step")
-    print(f"data pipeline / training images/s: {pipeline_ratio:.1f}x (target >= 10x) "
-          f"{'OK' if summary['pipeline_ok'] else 'BELOW TARGET'}")
+    print(
+        f"regularizer overhead (grouping/plain step time): {overhead:.3f} (per round "
+        f"{', '.join(f'{x:.3f}' for x in paired)}; median steps {overhead_median:.3f}; fastest steps "
+        f"{overhead_min:.3f}; target <= 1.05) "
+        f"{'OK' if summary['regularizer_overhead_ok'] else 'ABOVE TARGET'}"
+    )
+    print(
+        f"regularizer alone (value + backward): {results['regularizer_alone']['ms_median']:.1f} ms per step "
+        f"-> overhead {isolated:.3f} of the plain step"
+    )
+    print(
+        f"data pipeline / training images/s: {pipeline_ratio:.1f}x (target >= 10x) "
+        f"{'OK' if summary['pipeline_ok'] else 'BELOW TARGET'}"
+    )
 
     if args.profile:
         for kind in ("plain", "grouping"):
@@ -292,15 +327,30 @@ def main() -> None:
 
     load_after = os.getloadavg()
     out = Path(args.out or Path(__file__).parent / "results" / f"train_throughput-{device.type}-{args.arch}.json")
-    atomic_write_json(out, {
-        "benchmark": "train_throughput", "arch": args.arch, "device": str(device), "batch": args.batch,
-        "image_size": args.image_size, "bf16": args.bf16, "channels_last": args.channels_last,
-        "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds, "threads": torch.get_num_threads(), "split": row["group"]["split"], "row": ROW,
-        "gammas": {k: row["group"][k] for k in ("gamma_disjoint", "gamma_weight", "gamma_balance", "weighted")},
-        "machine": machine_info(), "results": results, "summary": summary,
-        # other processes on the machine distort CPU timings: the 1-minute load before and after
-        "loadavg_1min": {"before": load_before[0], "after": load_after[0]},
-    })
+    atomic_write_json(
+        out,
+        {
+            "benchmark": "train_throughput",
+            "arch": args.arch,
+            "device": str(device),
+            "batch": args.batch,
+            "image_size": args.image_size,
+            "bf16": args.bf16,
+            "channels_last": args.channels_last,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "rounds": args.rounds,
+            "threads": torch.get_num_threads(),
+            "split": row["group"]["split"],
+            "row": ROW,
+            "gammas": {k: row["group"][k] for k in ("gamma_disjoint", "gamma_weight", "gamma_balance", "weighted")},
+            "machine": machine_info(),
+            "results": results,
+            "summary": summary,
+            # other processes on the machine distort CPU timings: the 1-minute load before and after
+            "loadavg_1min": {"before": load_before[0], "after": load_after[0]},
+        },
+    )
     print(f"recorded {out}")
 
 

@@ -37,5 +37,12 @@ def main_run(tmp_path_factory):
         proc = run_shell("bash workflow/scripts/reproduce.sh --config scale=ci", path, env=env)
     finally:
         restore_editable_install()
-    return {"path": path, "env": env, "home": home, "stdout": proc.stdout, "seconds": time.perf_counter() - start,
-            "results": path / "results", "config": ["--config", "scale=ci"]}
+    return {
+        "path": path,
+        "env": env,
+        "home": home,
+        "stdout": proc.stdout,
+        "seconds": time.perf_counter() - start,
+        "results": path / "results",
+        "config": ["--config", "scale=ci"],
+    }

@@ -36,16 +36,37 @@ SCHEDULE = Schedule(epochs=EPOCHS, lr=0.05, milestones=(2,), lr_decay=0.1, momen
 
 def engine_config(**settings) -> EngineConfig:
     """The engine settings the tests train with; a test names what it changes."""
-    base = dict(device="cpu", batch_size=BATCH, eval_batch_size=500, channels_last=True, bf16=False, compile=False,
-                normalization="per_image", augment_pad=4, augment_flip=True, seed=0, checkpoint_every=1, log_every=50,
-                threads=0)
+    base = dict(
+        device="cpu",
+        batch_size=BATCH,
+        eval_batch_size=500,
+        channels_last=True,
+        bf16=False,
+        compile=False,
+        normalization="per_image",
+        augment_pad=4,
+        augment_flip=True,
+        seed=0,
+        checkpoint_every=1,
+        log_every=50,
+        threads=0,
+    )
     return EngineConfig(**{**base, **settings})
 
 
 def schedule(epochs: int, lr: float, **settings) -> Schedule:
     """A test schedule: no milestones, the paper's momentum and weight decay unless named."""
-    return Schedule(**{"epochs": epochs, "lr": lr, "milestones": (), "lr_decay": 0.1, "momentum": 0.9,
-                       "weight_decay": 5e-4, **settings})
+    return Schedule(
+        **{
+            "epochs": epochs,
+            "lr": lr,
+            "milestones": (),
+            "lr_decay": 0.1,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            **settings,
+        }
+    )
 
 
 def tiny_data() -> DeviceData:
@@ -70,8 +91,16 @@ def tiny_model(parametrisation: str = "simplex"):
     return GroupingModel(net, assignments), topology
 
 
-def run(run_dir: Path, *, resume: bool = False, checkpoint_every: int = 1, after_step=None, regularizer_hook=None,
-        log_every: int = 2, parametrisation: str = "simplex"):
+def run(
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    checkpoint_every: int = 1,
+    after_step=None,
+    regularizer_hook=None,
+    log_every: int = 2,
+    parametrisation: str = "simplex",
+):
     """Train the tiny grouping model (regularizers and reduced-gradient simplex optimizer on).
 
     Returns (model, TrainResult). ``regularizer_hook(step_index, total)`` may replace the
@@ -95,8 +124,18 @@ def run(run_dir: Path, *, resume: bool = False, checkpoint_every: int = 1, after
     if parametrisation == "simplex":
         extra.append(SimplexReducedGradient(list(assignments.values.values()), lr=0.05, momentum=0.9, rule="official"))
     cfg = engine_config(augment_pad=2, seed=3, checkpoint_every=checkpoint_every, log_every=log_every)
-    result = train(model, tiny_data(), SCHEDULE, cfg, run_dir, normalizer=Normalizer("per_image"),
-                   regularizer=regularizer, extra_optimizers=extra, after_step=after_step, resume=resume)
+    result = train(
+        model,
+        tiny_data(),
+        SCHEDULE,
+        cfg,
+        run_dir,
+        normalizer=Normalizer("per_image"),
+        regularizer=regularizer,
+        extra_optimizers=extra,
+        after_step=after_step,
+        resume=resume,
+    )
     return model, result
 
 
@@ -119,6 +158,7 @@ def _child(argv: list[str]) -> None:
         # After step ``at`` of epoch 2, announce it and wait for the parent's SIGTERM (the engine
         # turns it into a flag checked before the next step).
         at, ready, go = int(argv[2]), Path(argv[3]), Path(argv[4])
+
         def after_step(step: int) -> None:
             if step == STEPS_PER_EPOCH + at:
                 ready.write_text("ready")

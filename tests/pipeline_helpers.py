@@ -11,9 +11,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-ENV = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-       "GIT_AUTHOR_NAME": "splitnet-test", "GIT_AUTHOR_EMAIL": "test@localhost",
-       "GIT_COMMITTER_NAME": "splitnet-test", "GIT_COMMITTER_EMAIL": "test@localhost"}
+ENV = {
+    **os.environ,
+    "PATH": f"{BIN}:{os.environ['PATH']}",
+    "DVC_NO_ANALYTICS": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "GIT_AUTHOR_NAME": "splitnet-test",
+    "GIT_AUTHOR_EMAIL": "test@localhost",
+    "GIT_COMMITTER_NAME": "splitnet-test",
+    "GIT_COMMITTER_EMAIL": "test@localhost",
+}
 
 
 def snakemake(*args: str, cwd: Path = ROOT, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -29,8 +36,15 @@ def check(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 def run_shell(command: str, cwd: Path, env: dict | None = None, timeout: int = 1500) -> subprocess.CompletedProcess:
     """A README command line, through bash, as written."""
-    return check(subprocess.run(["timeout", "-s", "INT", "-k", "30", str(timeout), "bash", "-c", command], cwd=cwd,
-                                env=env or ENV, capture_output=True, text=True))
+    return check(
+        subprocess.run(
+            ["timeout", "-s", "INT", "-k", "30", str(timeout), "bash", "-c", command],
+            cwd=cwd,
+            env=env or ENV,
+            capture_output=True,
+            text=True,
+        )
+    )
 
 
 def fresh_clone(parent: Path, name: str = "clone") -> Path:
@@ -44,8 +58,22 @@ def fresh_clone(parent: Path, name: str = "clone") -> Path:
 def restore_editable_install() -> None:
     """setup.sh run in a clone that shares this checkout's virtualenv points the editable install
     at the clone: point it back."""
-    subprocess.run([str(BIN / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--disable-pip-version-check", "-e", str(ROOT)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            str(BIN / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            "-e",
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+    )
 
 
 def job_counts(dry_run_output: str) -> dict[str, int]:

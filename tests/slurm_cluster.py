@@ -61,10 +61,7 @@ def _running_cluster_status() -> str | None:
     """Status line if a usable cluster with partition ``debug`` is already up."""
     try:
         out = subprocess.run(
-            ["sinfo", "-h", "-p", "debug", "-o", "%t %c %m %N"],
-            capture_output=True,
-            text=True,
-            timeout=30,
+            ["sinfo", "-h", "-p", "debug", "-o", "%t %c %m %N"], capture_output=True, text=True, timeout=30
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -74,10 +71,7 @@ def _running_cluster_status() -> str | None:
     state, cpus, mem, node = fields[:4]
     if state.rstrip("*~#!%$@^-") not in ("idle", "mix", "alloc"):
         return None
-    return (
-        f"slurm up: partition debug, node {node} {state} ({cpus} cpus, {mem} MB)"
-        " (already running)"
-    )
+    return f"slurm up: partition debug, node {node} {state} ({cpus} cpus, {mem} MB) (already running)"
 
 
 @contextmanager
@@ -97,12 +91,7 @@ def running_slurm(timeout_s: int = 900) -> Iterator[SlurmCluster]:
         yield SlurmCluster(status=status, started_here=False)
         return
     try:
-        up = subprocess.run(
-            ["bash", str(SLURM_UP)],
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-        )
+        up = subprocess.run(["bash", str(SLURM_UP)], capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired as exc:
         subprocess.run(["bash", str(SLURM_DOWN)], capture_output=True, timeout=300)
         pytest.fail(f"slurm-up.sh did not finish in {timeout_s}s: {exc.stderr!s}")
@@ -119,9 +108,7 @@ def running_slurm(timeout_s: int = 900) -> Iterator[SlurmCluster]:
         yield SlurmCluster(status=status, started_here=started_here)
     finally:
         if started_here:
-            down = subprocess.run(
-                ["bash", str(SLURM_DOWN)], capture_output=True, text=True, timeout=300
-            )
+            down = subprocess.run(["bash", str(SLURM_DOWN)], capture_output=True, text=True, timeout=300)
             if down.returncode != 0:
                 print(f"slurm-down.sh rc {down.returncode}: {down.stdout}{down.stderr}")
 

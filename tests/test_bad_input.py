@@ -42,9 +42,20 @@ from splitnet.topology import build_topology
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = 20  # 4 superclasses x 5 classes: room for a 17-group split that fits the classes but not stage 2
-ENGINE = {"device": "cpu", "batch_size": 16, "eval_batch_size": 100, "channels_last": False, "bf16": False,
-          "compile": False, "normalization": "per_image", "augment_pad": 1, "augment_flip": True,
-          "checkpoint_every": 1, "log_every": 100, "threads": 1}
+ENGINE = {
+    "device": "cpu",
+    "batch_size": 16,
+    "eval_batch_size": 100,
+    "channels_last": False,
+    "bf16": False,
+    "compile": False,
+    "normalization": "per_image",
+    "augment_pad": 1,
+    "augment_flip": True,
+    "checkpoint_every": 1,
+    "log_every": 100,
+    "threads": 1,
+}
 EPOCHS = {"train": 1, "group": 1, "finetune": 1, "ssl": 1}
 EXTRA_ROWS = {
     "fc24": {"method": "splitnet", "group": {"split": "1-1-24"}},  # more fc groups than classes
@@ -64,8 +75,16 @@ class World:
 
 
 def _scale(data: dict, arch: str = "wrn-10-1", **engine) -> dict:
-    return {"description": "bad-input test", "gpus": 0, "finetune_workers": 1, "seeds": [0], "data": data, "model": {"arch": arch},
-            "engine": {**ENGINE, **engine}, "epochs": EPOCHS}
+    return {
+        "description": "bad-input test",
+        "gpus": 0,
+        "finetune_workers": 1,
+        "seeds": [0],
+        "data": data,
+        "model": {"arch": arch},
+        "engine": {**ENGINE, **engine},
+        "epochs": EPOCHS,
+    }
 
 
 def _write_bad_idx(directory: Path) -> None:
@@ -106,8 +125,9 @@ def _save_models(models: Path) -> None:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     root = tmp_path_factory.mktemp("bad_input")
-    md5 = write_planted_cifar(root / "planted", num_superclasses=4, classes_per_superclass=5, train_per_class=8,
-                              test_per_class=2, seed=0)
+    md5 = write_planted_cifar(
+        root / "planted", num_superclasses=4, classes_per_superclass=5, train_per_class=8, test_per_class=2, seed=0
+    )
     _write_bad_idx(root / "bad_idx")
     params = root / "params"
     params.mkdir()
@@ -131,8 +151,22 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     }
     (params / "scales.yaml").write_text(yaml.safe_dump({"scales": scales}, sort_keys=False))
     data = root / "data"
-    assert main(["prepare-data", "--experiment", "baseline", "--scale", "tiny", "--params-dir", str(params),
-                 "--out", str(data)]) == 0
+    assert (
+        main(
+            [
+                "prepare-data",
+                "--experiment",
+                "baseline",
+                "--scale",
+                "tiny",
+                "--params-dir",
+                str(params),
+                "--out",
+                str(data),
+            ]
+        )
+        == 0
+    )
     # prepared directories damaged in one way each
     for name, damage in (("tampered_train", "train.pt"), ("tampered_test", "test.pt")):
         shutil.copytree(data, root / name)
@@ -162,8 +196,9 @@ def _snapshot(root: Path) -> dict[str, tuple[int, str]]:
     return out
 
 
-def _broken_params(world: World, tmp: Path, edit: Callable[[dict, dict], None] | None = None,
-                   experiments_text: str | None = None) -> Path:
+def _broken_params(
+    world: World, tmp: Path, edit: Callable[[dict, dict], None] | None = None, experiments_text: str | None = None
+) -> Path:
     """A copy of the world's params with one edit (or experiments.yaml replaced by ``experiments_text``)."""
     params = tmp / "params"
     shutil.copytree(world.params, params)
@@ -179,6 +214,7 @@ def _broken_params(world: World, tmp: Path, edit: Callable[[dict, dict], None] |
 def _baseline_lr(value: object) -> Callable[[dict, dict], None]:
     def edit(experiments: dict, scales: dict) -> None:
         experiments["experiments"]["baseline"]["train"] = {"schedule": {"lr": value}}
+
     return edit
 
 
@@ -195,8 +231,12 @@ def stage(command: str, experiment: str, scale: str = "tiny", **options: object)
     """A stage command line; option values may be callables of (world, tmp), e.g. ``data=lambda w, t: ...``."""
 
     def argv(w: World, tmp: Path) -> list:
-        values = {"params_dir": w.params, "out": w.finished, **({} if command in ("prepare-data", "split")
-                                                                 else {"data": w.data}), **options}
+        values = {
+            "params_dir": w.params,
+            "out": w.finished,
+            **({} if command in ("prepare-data", "split") else {"data": w.data}),
+            **options,
+        }
         args = [command, "--experiment", experiment, "--scale", scale]
         for key, value in values.items():
             value = value(w, tmp) if callable(value) else value
@@ -226,144 +266,330 @@ CASES = [
     Case("prepare_missing_root", stage("prepare-data", "baseline", "noroot"), ("scales.noroot.data.root", "nowhere")),
     Case("prepare_data_key_typo", stage("prepare-data", "baseline", "datatypo"), ("scales.datatypo.data", "val_sise")),
     Case("prepare_corrupt_idx", stage("prepare-data", "baseline", "badidx"), ("bad_idx", "magic")),
-    Case("prepare_val_size_too_big", stage("prepare-data", "baseline", "bigval"),
-         ("scales.yaml: scales.bigval.data.val_size", "160 train images")),
+    Case(
+        "prepare_val_size_too_big",
+        stage("prepare-data", "baseline", "bigval"),
+        ("scales.yaml: scales.bigval.data.val_size", "160 train images"),
+    ),
     Case("prepare_out_is_file", stage("prepare-data", "baseline", out=under_root("a_file")), ("--out", "a_file")),
-    Case("prepare_out_under_file", stage("prepare-data", "baseline", out=lambda w, t: w.root / "a_file" / "sub"),
-         ("--out", "a_file")),
-    Case("prepare_no_out", lambda w, t: ["prepare-data", "--experiment", "baseline", "--params-dir", w.params],
-         ("--out",)),
-    Case("prepare_missing_params_dir", stage("prepare-data", "baseline", params_dir=lambda w, t: t / "none"),
-         ("experiments.yaml not found",)),
+    Case(
+        "prepare_out_under_file",
+        stage("prepare-data", "baseline", out=lambda w, t: w.root / "a_file" / "sub"),
+        ("--out", "a_file"),
+    ),
+    Case(
+        "prepare_no_out",
+        lambda w, t: ["prepare-data", "--experiment", "baseline", "--params-dir", w.params],
+        ("--out",),
+    ),
+    Case(
+        "prepare_missing_params_dir",
+        stage("prepare-data", "baseline", params_dir=lambda w, t: t / "none"),
+        ("experiments.yaml not found",),
+    ),
     # ---------------------------------------------------------------- train
     Case("train_split_row", stage("train", "shallow"), ("--experiment 'shallow'", "no train stage")),
-    Case("train_batch_exceeds_images", stage("train", "baseline", "toobig"),
-         ("scales.toobig.engine.batch_size", "5000", "training images")),
+    Case(
+        "train_batch_exceeds_images",
+        stage("train", "baseline", "toobig"),
+        ("scales.toobig.engine.batch_size", "5000", "training images"),
+    ),
     Case("train_cuda_not_available", stage("train", "baseline", "gpu99"), ("scales.gpu99.engine.device",)),
     Case("train_not_a_device", stage("train", "baseline", "baddevice"), ("scales.baddevice.engine.device", "'gpu'")),
     Case("train_arch_depth", stage("train", "baseline", "baddepth"), ("scales.baddepth.model.arch", "6n+4")),
     Case("train_arch_width", stage("train", "baseline", "badwidth"), ("scales.badwidth.model.arch", "width")),
-    Case("train_data_missing", stage("train", "baseline", data=under_root("never_prepared")),
-         ("--data", "never_prepared")),
-    Case("train_data_not_prepared", stage("train", "baseline", data=under_root("empty_dir")),
-         ("empty_dir/manifest.json", "prepare-data")),
-    Case("train_data_tampered", stage("train", "baseline", data=under_root("tampered_train")),
-         ("tampered_train/train.pt", "modified")),
-    Case("train_manifest_corrupt", stage("train", "baseline", data=under_root("bad_manifest")),
-         ("bad_manifest/manifest.json",)),
-    Case("train_lr_nan", stage("train", "baseline", params_dir=params_with(_baseline_lr(float("nan")))),
-         ("experiments.yaml", "experiments.baseline.train.schedule.lr", "finite")),
-    Case("train_lr_inf", stage("train", "baseline", params_dir=params_with(_baseline_lr(float("inf")))),
-         ("experiments.baseline.train.schedule.lr", "finite")),
-    Case("train_lr_negative", stage("train", "baseline", params_dir=params_with(_baseline_lr(-0.1))),
-         ("experiments.baseline.train.schedule.lr",)),
-    Case("train_lr_as_text", stage("train", "baseline", params_dir=params_with(_baseline_lr("1e-3"))),
-         ("experiments.baseline.train.schedule.lr", "1.0e-3")),
-    Case("train_weight_decay_inf", stage("train", "baseline", params_dir=params_with(
-        lambda e, s: e["defaults"]["train"]["schedule"].update(weight_decay=float("-inf")))),
-         ("defaults.train.schedule.weight_decay", "finite")),
-    Case("train_gamma_nan", stage("train", "baseline", params_dir=params_with(
-        lambda e, s: e["defaults"]["group"].update(gamma_balance=float("nan")))),
-         ("defaults.group.gamma_balance",)),
-    Case("train_batch_size_zero", stage("train", "baseline", params_dir=params_with(
-        lambda e, s: s["scales"]["tiny"]["engine"].update(batch_size=0))), ("scales.yaml", "scales.tiny.engine.batch_size")),
-    Case("train_schedule_typo", stage("train", "baseline", params_dir=params_with(
-        lambda e, s: e["experiments"]["baseline"].update(train={"schedule": {"epochz": 3}}))),
-         ("experiments.baseline.train.schedule", "epochz")),
-    Case("train_params_not_yaml", stage("train", "baseline", params_dir=params_with(
-        experiments_text="defaults: [unclosed\n")), ("experiments.yaml", "not valid YAML")),
+    Case(
+        "train_data_missing",
+        stage("train", "baseline", data=under_root("never_prepared")),
+        ("--data", "never_prepared"),
+    ),
+    Case(
+        "train_data_not_prepared",
+        stage("train", "baseline", data=under_root("empty_dir")),
+        ("empty_dir/manifest.json", "prepare-data"),
+    ),
+    Case(
+        "train_data_tampered",
+        stage("train", "baseline", data=under_root("tampered_train")),
+        ("tampered_train/train.pt", "modified"),
+    ),
+    Case(
+        "train_manifest_corrupt",
+        stage("train", "baseline", data=under_root("bad_manifest")),
+        ("bad_manifest/manifest.json",),
+    ),
+    Case(
+        "train_lr_nan",
+        stage("train", "baseline", params_dir=params_with(_baseline_lr(float("nan")))),
+        ("experiments.yaml", "experiments.baseline.train.schedule.lr", "finite"),
+    ),
+    Case(
+        "train_lr_inf",
+        stage("train", "baseline", params_dir=params_with(_baseline_lr(float("inf")))),
+        ("experiments.baseline.train.schedule.lr", "finite"),
+    ),
+    Case(
+        "train_lr_negative",
+        stage("train", "baseline", params_dir=params_with(_baseline_lr(-0.1))),
+        ("experiments.baseline.train.schedule.lr",),
+    ),
+    Case(
+        "train_lr_as_text",
+        stage("train", "baseline", params_dir=params_with(_baseline_lr("1e-3"))),
+        ("experiments.baseline.train.schedule.lr", "1.0e-3"),
+    ),
+    Case(
+        "train_weight_decay_inf",
+        stage(
+            "train",
+            "baseline",
+            params_dir=params_with(lambda e, s: e["defaults"]["train"]["schedule"].update(weight_decay=float("-inf"))),
+        ),
+        ("defaults.train.schedule.weight_decay", "finite"),
+    ),
+    Case(
+        "train_gamma_nan",
+        stage(
+            "train",
+            "baseline",
+            params_dir=params_with(lambda e, s: e["defaults"]["group"].update(gamma_balance=float("nan"))),
+        ),
+        ("defaults.group.gamma_balance",),
+    ),
+    Case(
+        "train_batch_size_zero",
+        stage(
+            "train", "baseline", params_dir=params_with(lambda e, s: s["scales"]["tiny"]["engine"].update(batch_size=0))
+        ),
+        ("scales.yaml", "scales.tiny.engine.batch_size"),
+    ),
+    Case(
+        "train_schedule_typo",
+        stage(
+            "train",
+            "baseline",
+            params_dir=params_with(lambda e, s: e["experiments"]["baseline"].update(train={"schedule": {"epochz": 3}})),
+        ),
+        ("experiments.baseline.train.schedule", "epochz"),
+    ),
+    Case(
+        "train_params_not_yaml",
+        stage("train", "baseline", params_dir=params_with(experiments_text="defaults: [unclosed\n")),
+        ("experiments.yaml", "not valid YAML"),
+    ),
     Case("train_unknown_option", lambda w, t: stage("train", "baseline")(w, t) + ["--epochs", "3"], ("--epochs",)),
     # ---------------------------------------------------------------- learn-groups
-    Case("learn_more_fc_groups_than_classes", stage("learn-groups", "fc24"),
-         ("experiments.fc24.group.split", "1-1-24", "20 classes")),
-    Case("learn_more_groups_than_stage_width", stage("learn-groups", "deep17"),
-         ("experiments.deep17.group.split", "stage 2", "16")),
+    Case(
+        "learn_more_fc_groups_than_classes",
+        stage("learn-groups", "fc24"),
+        ("experiments.fc24.group.split", "1-1-24", "20 classes"),
+    ),
+    Case(
+        "learn_more_groups_than_stage_width",
+        stage("learn-groups", "deep17"),
+        ("experiments.deep17.group.split", "stage 2", "16"),
+    ),
     Case("learn_ssl_without_baseline", stage("learn-groups", "ssl_1e-3"), ("--baseline is required",)),
-    Case("learn_ssl_from_grouping_model", stage("learn-groups", "ssl_1e-3", baseline=model("grouping.pt")),
-         ("--baseline", "grouping.pt", "grouping model", "dense")),
-    Case("learn_splitnet_given_baseline", stage("learn-groups", "shallow", baseline=model("dense.pt")),
-         ("--baseline", "drop")),
+    Case(
+        "learn_ssl_from_grouping_model",
+        stage("learn-groups", "ssl_1e-3", baseline=model("grouping.pt")),
+        ("--baseline", "grouping.pt", "grouping model", "dense"),
+    ),
+    Case(
+        "learn_splitnet_given_baseline",
+        stage("learn-groups", "shallow", baseline=model("dense.pt")),
+        ("--baseline", "drop"),
+    ),
     Case("learn_random_row", stage("learn-groups", "shallow_random"), ("'shallow_random'", "no learn-groups stage")),
-    Case("learn_baseline_not_torch", stage("learn-groups", "ssl_1e-3", baseline=model("garbage.pt")),
-         ("--baseline", "garbage.pt", "not a readable torch file")),
+    Case(
+        "learn_baseline_not_torch",
+        stage("learn-groups", "ssl_1e-3", baseline=model("garbage.pt")),
+        ("--baseline", "garbage.pt", "not a readable torch file"),
+    ),
     # ---------------------------------------------------------------- split
-    Case("split_dense_for_splitnet", stage("split", "shallow", source=model("dense.pt")),
-         ("--source", "dense.pt", "dense model", "grouping")),
-    Case("split_grouping_for_random", stage("split", "shallow_random", source=model("grouping.pt")),
-         ("--source", "grouping.pt", "grouping model", "dense")),
+    Case(
+        "split_dense_for_splitnet",
+        stage("split", "shallow", source=model("dense.pt")),
+        ("--source", "dense.pt", "dense model", "grouping"),
+    ),
+    Case(
+        "split_grouping_for_random",
+        stage("split", "shallow_random", source=model("grouping.pt")),
+        ("--source", "grouping.pt", "grouping model", "dense"),
+    ),
     Case("split_missing_source", stage("split", "shallow", source=model("nope.pt")), ("--source", "nope.pt not found")),
-    Case("split_source_is_directory", stage("split", "shallow", source=lambda w, t: w.models),
-         ("--source", "is a directory")),
-    Case("split_other_spec", stage("split", "deep", source=model("grouping.pt")),
-         ("--source", "split 1-2-2", "2-2-2")),
+    Case(
+        "split_source_is_directory",
+        stage("split", "shallow", source=lambda w, t: w.models),
+        ("--source", "is a directory"),
+    ),
+    Case("split_other_spec", stage("split", "deep", source=model("grouping.pt")), ("--source", "split 1-2-2", "2-2-2")),
     Case("split_baseline_row", stage("split", "baseline", source=model("dense.pt")), ("no split stage",)),
-    Case("split_foreign_torch_file", stage("split", "shallow", source=model("foreign.pt")),
-         ("--source", "foreign.pt", "not a splitnet model file")),
-    Case("split_damaged_model", stage("split", "ssl_1e-3", source=model("damaged.pt")),
-         ("--source", "damaged.pt", "cannot be rebuilt")),
-    Case("split_random_more_groups_than_classes", stage("split", "random24", source=model("dense.pt")),
-         ("experiments.random24.group.split", "20 classes")),
-    Case("split_empty_group_refused", stage("split", "strict", source=model("grouping_collapsed.pt")),
-         ("--source", "grouping_collapsed.pt", "experiments.strict.split.empty_groups")),
+    Case(
+        "split_foreign_torch_file",
+        stage("split", "shallow", source=model("foreign.pt")),
+        ("--source", "foreign.pt", "not a splitnet model file"),
+    ),
+    Case(
+        "split_damaged_model",
+        stage("split", "ssl_1e-3", source=model("damaged.pt")),
+        ("--source", "damaged.pt", "cannot be rebuilt"),
+    ),
+    Case(
+        "split_random_more_groups_than_classes",
+        stage("split", "random24", source=model("dense.pt")),
+        ("experiments.random24.group.split", "20 classes"),
+    ),
+    Case(
+        "split_empty_group_refused",
+        stage("split", "strict", source=model("grouping_collapsed.pt")),
+        ("--source", "grouping_collapsed.pt", "experiments.strict.split.empty_groups"),
+    ),
     Case("split_without_source", lambda w, t: ["split", "--experiment", "shallow", "--out", w.finished], ("--source",)),
     # ---------------------------------------------------------------- finetune
-    Case("finetune_grouping_model", stage("finetune", "shallow", source=model("grouping.pt")),
-         ("--source", "grouping.pt", "grouping model", "split model")),
-    Case("finetune_split_model_for_ssl", stage("finetune", "ssl_1e-3", source=model("split.pt")),
-         ("--source", "split.pt", "dense")),
-    Case("finetune_other_arch", stage("finetune", "ssl_1e-3", source=model("dense_wrn16.pt")),
-         ("--source", "wrn-16-1", "scales.tiny.model.arch")),
-    Case("finetune_other_classes", stage("finetune", "ssl_1e-3", source=model("dense_10classes.pt")),
-         ("--source", "10 classes", "--data")),
-    Case("finetune_without_data", lambda w, t: ["finetune", "--experiment", "shallow", "--source",
-                                                w.models / "split.pt", "--out", w.finished], ("--data",)),
-    Case("split_resume_not_an_option", lambda w, t: stage("split", "shallow", source=model("grouping.pt"))(w, t)
-         + ["--resume"], ("--resume",)),
+    Case(
+        "finetune_grouping_model",
+        stage("finetune", "shallow", source=model("grouping.pt")),
+        ("--source", "grouping.pt", "grouping model", "split model"),
+    ),
+    Case(
+        "finetune_split_model_for_ssl",
+        stage("finetune", "ssl_1e-3", source=model("split.pt")),
+        ("--source", "split.pt", "dense"),
+    ),
+    Case(
+        "finetune_other_arch",
+        stage("finetune", "ssl_1e-3", source=model("dense_wrn16.pt")),
+        ("--source", "wrn-16-1", "scales.tiny.model.arch"),
+    ),
+    Case(
+        "finetune_other_classes",
+        stage("finetune", "ssl_1e-3", source=model("dense_10classes.pt")),
+        ("--source", "10 classes", "--data"),
+    ),
+    Case(
+        "finetune_without_data",
+        lambda w, t: ["finetune", "--experiment", "shallow", "--source", w.models / "split.pt", "--out", w.finished],
+        ("--data",),
+    ),
+    Case(
+        "split_resume_not_an_option",
+        lambda w, t: stage("split", "shallow", source=model("grouping.pt"))(w, t) + ["--resume"],
+        ("--resume",),
+    ),
     # ---------------------------------------------------------------- evaluate
-    Case("evaluate_baseline_with_split_model", stage("evaluate", "baseline", source=model("split.pt")),
-         ("--source", "split.pt", "split model", "dense")),
-    Case("evaluate_splitnet_with_dense_model", stage("evaluate", "shallow", source=model("dense.pt")),
-         ("--source", "dense.pt", "split model")),
-    Case("evaluate_test_data_tampered", stage("evaluate", "baseline", source=model("dense.pt"),
-                                              data=under_root("tampered_test")), ("tampered_test/test.pt",)),
-    Case("evaluate_empty_model_file", stage("evaluate", "baseline", source=model("empty.pt")),
-         ("--source", "empty.pt")),
+    Case(
+        "evaluate_baseline_with_split_model",
+        stage("evaluate", "baseline", source=model("split.pt")),
+        ("--source", "split.pt", "split model", "dense"),
+    ),
+    Case(
+        "evaluate_splitnet_with_dense_model",
+        stage("evaluate", "shallow", source=model("dense.pt")),
+        ("--source", "dense.pt", "split model"),
+    ),
+    Case(
+        "evaluate_test_data_tampered",
+        stage("evaluate", "baseline", source=model("dense.pt"), data=under_root("tampered_test")),
+        ("tampered_test/test.pt",),
+    ),
+    Case(
+        "evaluate_empty_model_file", stage("evaluate", "baseline", source=model("empty.pt")), ("--source", "empty.pt")
+    ),
     # ---------------------------------------------------------------- summary
-    Case("summary_unknown_split_name", lambda w, t: ["summary", "--split", "bogus", "--params-dir", w.params],
-         ("--split 'bogus'", "shallow")),
+    Case(
+        "summary_unknown_split_name",
+        lambda w, t: ["summary", "--split", "bogus", "--params-dir", w.params],
+        ("--split 'bogus'", "shallow"),
+    ),
     Case("summary_decreasing_spec", lambda w, t: ["summary", "--split", "4-2-2"], ("--split '4-2-2'", "decrease")),
-    Case("summary_more_groups_than_classes", lambda w, t: ["summary", "--split", "1-1-8", "--num-classes", "4"],
-         ("--split 1-1-8", "4 classes")),
-    Case("summary_more_groups_than_width", lambda w, t: ["summary", "--split", "20-20-20", "--arch", "wrn-10-1"],
-         ("--split 20-20-20", "stage 2", "wrn-10-1")),
+    Case(
+        "summary_more_groups_than_classes",
+        lambda w, t: ["summary", "--split", "1-1-8", "--num-classes", "4"],
+        ("--split 1-1-8", "4 classes"),
+    ),
+    Case(
+        "summary_more_groups_than_width",
+        lambda w, t: ["summary", "--split", "20-20-20", "--arch", "wrn-10-1"],
+        ("--split 20-20-20", "stage 2", "wrn-10-1"),
+    ),
     Case("summary_not_a_wrn", lambda w, t: ["summary", "--split", "1-2-2", "--arch", "resnet50"], ("--arch resnet50",)),
     Case("summary_bad_depth", lambda w, t: ["summary", "--split", "1-2-2", "--arch", "wrn-15-8"], ("--arch wrn-15-8",)),
-    Case("summary_dense_model", lambda w, t: ["summary", "--model", w.models / "dense.pt"],
-         ("--model", "dense.pt", "dense model")),
-    Case("summary_zero_classes", lambda w, t: ["summary", "--split", "1-2-2", "--num-classes", "0"], ("--num-classes",)),
-    Case("summary_image_size_not_int", lambda w, t: ["summary", "--split", "1-2-2", "--image-size", "big"],
-         ("--image-size",)),
-    Case("summary_split_and_model", lambda w, t: ["summary", "--split", "1-2-2", "--model", w.models / "split.pt"],
-         ("--model", "--split")),
-    Case("summary_bad_convention", lambda w, t: ["summary", "--split", "1-2-2", "--convention", "both"],
-         ("--convention",)),
-    Case("summary_params_not_yaml", lambda w, t: ["summary", "--split", "shallow", "--params-dir",
-                                                  _experiments_file(t, "experiments: [unclosed\n")],
-         ("experiments.yaml", "not valid YAML")),
+    Case(
+        "summary_dense_model",
+        lambda w, t: ["summary", "--model", w.models / "dense.pt"],
+        ("--model", "dense.pt", "dense model"),
+    ),
+    Case(
+        "summary_zero_classes", lambda w, t: ["summary", "--split", "1-2-2", "--num-classes", "0"], ("--num-classes",)
+    ),
+    Case(
+        "summary_image_size_not_int",
+        lambda w, t: ["summary", "--split", "1-2-2", "--image-size", "big"],
+        ("--image-size",),
+    ),
+    Case(
+        "summary_split_and_model",
+        lambda w, t: ["summary", "--split", "1-2-2", "--model", w.models / "split.pt"],
+        ("--model", "--split"),
+    ),
+    Case(
+        "summary_bad_convention",
+        lambda w, t: ["summary", "--split", "1-2-2", "--convention", "both"],
+        ("--convention",),
+    ),
+    Case(
+        "summary_params_not_yaml",
+        lambda w, t: [
+            "summary",
+            "--split",
+            "shallow",
+            "--params-dir",
+            _experiments_file(t, "experiments: [unclosed\n"),
+        ],
+        ("experiments.yaml", "not valid YAML"),
+    ),
     # ---------------------------------------------------------------- tables, figures, track
-    Case("tables_unknown_scale", lambda w, t: ["tables", "--scale", "huge", "--params-dir", w.params, "--results", w.root],
-         ("--scale 'huge'",)),
-    Case("tables_missing_results", lambda w, t: ["tables", "--scale", "tiny", "--params-dir", w.params,
-                                                 "--results", w.root / "no_results"], ("--results", "no_results")),
-    Case("figures_missing_results", lambda w, t: ["figures", "--scale", "tiny", "--params-dir", w.params,
-                                                  "--results", w.root / "no_results"], ("--results",)),
-    Case("figures_results_is_file", lambda w, t: ["figures", "--scale", "tiny", "--results", w.root / "a_file"],
-         ("--results", "a_file", "not a directory")),
-    Case("track_summary_out_is_directory", lambda w, t: ["track", "--scale", "tiny", "--params-dir", w.params,
-                                                         "--results", w.root, "--summary-out", w.finished],
-         ("--summary-out", "directory")),
-    Case("track_missing_params", lambda w, t: ["track", "--scale", "tiny", "--params-dir", t / "none",
-                                               "--results", w.root], ("experiments.yaml not found",)),
+    Case(
+        "tables_unknown_scale",
+        lambda w, t: ["tables", "--scale", "huge", "--params-dir", w.params, "--results", w.root],
+        ("--scale 'huge'",),
+    ),
+    Case(
+        "tables_missing_results",
+        lambda w, t: ["tables", "--scale", "tiny", "--params-dir", w.params, "--results", w.root / "no_results"],
+        ("--results", "no_results"),
+    ),
+    Case(
+        "figures_missing_results",
+        lambda w, t: ["figures", "--scale", "tiny", "--params-dir", w.params, "--results", w.root / "no_results"],
+        ("--results",),
+    ),
+    Case(
+        "figures_results_is_file",
+        lambda w, t: ["figures", "--scale", "tiny", "--results", w.root / "a_file"],
+        ("--results", "a_file", "not a directory"),
+    ),
+    Case(
+        "track_summary_out_is_directory",
+        lambda w, t: [
+            "track",
+            "--scale",
+            "tiny",
+            "--params-dir",
+            w.params,
+            "--results",
+            w.root,
+            "--summary-out",
+            w.finished,
+        ],
+        ("--summary-out", "directory"),
+    ),
+    Case(
+        "track_missing_params",
+        lambda w, t: ["track", "--scale", "tiny", "--params-dir", t / "none", "--results", w.root],
+        ("experiments.yaml not found",),
+    ),
     # ---------------------------------------------------------------- no command
     Case("no_command", lambda w, t: [], ("command",)),
     Case("unknown_command", lambda w, t: ["frobnicate"], ("frobnicate",)),
@@ -380,8 +606,18 @@ def test_cases_are_many_and_distinct() -> None:
     assert len(CASES) >= 40
     assert len({case.id for case in CASES}) == len(CASES)
     commands = {case.id.split("_")[0] for case in CASES}
-    assert {"prepare", "train", "learn", "split", "finetune", "evaluate", "summary", "tables", "figures",
-            "track"} <= commands
+    assert {
+        "prepare",
+        "train",
+        "learn",
+        "split",
+        "finetune",
+        "evaluate",
+        "summary",
+        "tables",
+        "figures",
+        "track",
+    } <= commands
 
 
 def _command_of(argv: list) -> str | None:
@@ -389,8 +625,9 @@ def _command_of(argv: list) -> str | None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
-def test_bad_input_is_one_line_and_touches_nothing(world: World, case: Case, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_is_one_line_and_touches_nothing(
+    world: World, case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     argv = [str(a) for a in case.argv(world, tmp_path)]
     before = _snapshot(world.root)
     capsys.readouterr()
@@ -410,17 +647,46 @@ def test_bad_input_is_one_line_and_touches_nothing(world: World, case: Case, tmp
 
 def _run_cli(*args: object) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    return subprocess.run([sys.executable, "-m", "splitnet", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "splitnet", *map(str, args)], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 def test_terminal_sees_one_line_not_a_traceback(world: World) -> None:
     before = _snapshot(world.root)
     for args, culprit in (
-        (["split", "--experiment", "shallow", "--scale", "tiny", "--params-dir", world.params,
-          "--source", world.models / "dense.pt", "--out", world.finished], "--source"),
-        (["train", "--experiment", "baseline", "--scale", "toobig", "--params-dir", world.params,
-          "--data", world.data, "--out", world.finished], "scales.toobig.engine.batch_size"),
+        (
+            [
+                "split",
+                "--experiment",
+                "shallow",
+                "--scale",
+                "tiny",
+                "--params-dir",
+                world.params,
+                "--source",
+                world.models / "dense.pt",
+                "--out",
+                world.finished,
+            ],
+            "--source",
+        ),
+        (
+            [
+                "train",
+                "--experiment",
+                "baseline",
+                "--scale",
+                "toobig",
+                "--params-dir",
+                world.params,
+                "--data",
+                world.data,
+                "--out",
+                world.finished,
+            ],
+            "scales.toobig.engine.batch_size",
+        ),
     ):
         done = _run_cli(*args)
         assert done.returncode == 2 and "Traceback" not in done.stderr
@@ -429,8 +695,20 @@ def test_terminal_sees_one_line_not_a_traceback(world: World) -> None:
 
 
 def test_debug_shows_the_traceback(world: World) -> None:
-    done = _run_cli("--debug", "split", "--experiment", "shallow", "--scale", "tiny", "--params-dir", world.params,
-                    "--source", world.models / "dense.pt", "--out", world.finished)
+    done = _run_cli(
+        "--debug",
+        "split",
+        "--experiment",
+        "shallow",
+        "--scale",
+        "tiny",
+        "--params-dir",
+        world.params,
+        "--source",
+        world.models / "dense.pt",
+        "--out",
+        world.finished,
+    )
     assert done.returncode != 0
     assert "Traceback" in done.stderr and "InputError" in done.stderr
 

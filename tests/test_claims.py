@@ -66,8 +66,14 @@ def _write(runs: Path, exp: str, errors: list[float], reduced: float, **extra) -
 def test_verdicts_from_synthetic_runs(tmp_path):
     runs = tmp_path / "runs"
     _write(runs, "baseline", [15.0, 15.2, 14.9], 0.0)
-    _write(runs, "shallow", [15.1, 15.0, 15.2], 30.0,
-           grouping={"steps_to_convergence": {"all": 350}}, groups={"superclass_ari": 0.1})
+    _write(
+        runs,
+        "shallow",
+        [15.1, 15.0, 15.2],
+        30.0,
+        grouping={"steps_to_convergence": {"all": 350}},
+        groups={"superclass_ari": 0.1},
+    )
     _write(runs, "shallow_simplex", [15.0, 15.1, 15.3], 30.0, grouping={"steps_to_convergence": {"all": 100}})
     _write(runs, "deep", [16.0, 16.2, 16.1], 40.0)
     _write(runs, "hier", [15.2, 14.8, 15.6], 50.0)  # within noise of shallow

@@ -56,7 +56,6 @@ def test_committed_cpu_results_show_the_method_converged():
     assert len(claims) >= 8 and {c["verdict"] for c in claims} <= {"holds", "contradicted", "inconclusive"}
 
 
-
 def test_committed_grouping_study_covers_every_cell():
     """docs/results/cpu holds the grouping study: every (dataset, preset) of params with all its
     seeds finished, the issue's columns, and `semantic` rows in both tables."""

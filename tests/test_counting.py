@@ -47,9 +47,12 @@ def test_balanced_split_rows_match_paper_within_tolerance(wrn16_8, table, experi
 
 def test_every_split_of_the_paper_tables_is_checked():
     checked = {code for _, _, code in checked_rows(REGISTRY, PAPER)}
-    used = {REGISTRY["experiments"][row["experiment"]]["group"]["split"]
-            for spec in REGISTRY["tables"].values() for row in spec["rows"]
-            if REGISTRY["experiments"].get(row["experiment"], {}).get("group", {}).get("split")}
+    used = {
+        REGISTRY["experiments"][row["experiment"]]["group"]["split"]
+        for spec in REGISTRY["tables"].values()
+        for row in spec["rows"]
+        if REGISTRY["experiments"].get(row["experiment"], {}).get("group", {}).get("split")
+    }
     assert used and checked == used
 
 
@@ -83,7 +86,24 @@ def test_summary_cli_json_and_table(capsys):
     out = json.loads(capsys.readouterr().out)
     assert {"params", "flops", "params_reduced_pct", "flops_reduced_pct", "layers"} <= set(out)
     assert round(out["params_reduced_pct"], 2) == 62.61 and out["split"] == "2-4-4"
-    assert main(["summary", "--split", "1-2-2", "--arch", "wrn-10-1", "--in-channels", "1", "--num-classes", "10", "--image-size", "16"]) == 0
+    assert (
+        main(
+            [
+                "summary",
+                "--split",
+                "1-2-2",
+                "--arch",
+                "wrn-10-1",
+                "--in-channels",
+                "1",
+                "--num-classes",
+                "10",
+                "--image-size",
+                "16",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "reduced: params" in text and "(stem, not counted)" in text
 

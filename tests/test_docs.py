@@ -79,21 +79,32 @@ def test_docs_are_found():
 @pytest.mark.parametrize("doc", DOCS, ids=[str(d.relative_to(ROOT)) for d in DOCS])
 def test_relative_links_resolve(doc):
     tracked = _tracked()
-    broken = [f"{target}: {problem}" for target in relative_links(doc)
-              if (problem := link_problem(doc, target, tracked)) is not None]
+    broken = [
+        f"{target}: {problem}"
+        for target in relative_links(doc)
+        if (problem := link_problem(doc, target, tracked)) is not None
+    ]
     assert not broken, f"{doc.relative_to(ROOT)}: dangling links: {broken}"
 
 
 def test_link_checker_catches_dangling_links():
     """The checker itself: the kinds of link it must refuse, and the ones it must let through."""
     doc = ROOT / "docs" / "example.md"
-    text = ("[ok](paper-vs-code.md#anchor) [up](../README.md) [gone](moved/away.md) "
-            "[outside](../../shared/reference/supplement.txt) [web](https://example.org/x.md) [here](#top)\n"
-            "`[code](nowhere.md)`\n```\n[fenced](nowhere.md)\n```\n[ref]: ../params/scales.yaml\n")
+    text = (
+        "[ok](paper-vs-code.md#anchor) [up](../README.md) [gone](moved/away.md) "
+        "[outside](../../shared/reference/supplement.txt) [web](https://example.org/x.md) [here](#top)\n"
+        "`[code](nowhere.md)`\n```\n[fenced](nowhere.md)\n```\n[ref]: ../params/scales.yaml\n"
+    )
     targets = INLINE.findall(_prose(text)) + REFERENCE.findall(_prose(text))
-    assert targets == ["paper-vs-code.md#anchor", "../README.md", "moved/away.md",
-                       "../../shared/reference/supplement.txt", "https://example.org/x.md", "#top",
-                       "../params/scales.yaml"]
+    assert targets == [
+        "paper-vs-code.md#anchor",
+        "../README.md",
+        "moved/away.md",
+        "../../shared/reference/supplement.txt",
+        "https://example.org/x.md",
+        "#top",
+        "../params/scales.yaml",
+    ]
     problems = {t: link_problem(doc, t, None) for t in targets if not EXTERNAL.match(t) and not t.startswith("#")}
     assert problems["paper-vs-code.md#anchor"] is None and problems["../README.md"] is None
     assert problems["../params/scales.yaml"] is None

@@ -17,15 +17,7 @@ import torch
 from torch import nn
 
 from splitnet.augment import Normalizer, random_crop_flip
-from splitnet.engine import (
-    CHECKPOINT,
-    EXIT_PREEMPTED,
-    DeviceData,
-    NonFiniteLoss,
-    Preempted,
-    parameter_groups,
-    train,
-)
+from splitnet.engine import CHECKPOINT, EXIT_PREEMPTED, DeviceData, NonFiniteLoss, Preempted, parameter_groups, train
 from splitnet.model import WideResNet, wrn_plan
 
 HELPER = Path(H.__file__)
@@ -49,8 +41,14 @@ def straight(tmp_path_factory):
 
 def _child(*args: str, timeout: float = 120) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HELPER.parent), str(ROOT / "src")])}
-    return subprocess.Popen([sys.executable, str(HELPER), *map(str, args)], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(HELPER), *map(str, args)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
@@ -229,8 +227,16 @@ def test_extra_optimizer_parameters_are_not_also_updated_by_sgd(tmp_path):
         return (a * torch.arange(a.numel(), dtype=a.dtype).view_as(a)).sum(), {}
 
     cfg = H.engine_config()
-    train(model, data, H.schedule(epochs=1, lr=0.05), cfg, tmp_path, normalizer=Normalizer("per_image"),
-          regularizer=regularizer, extra_optimizers=[extra])
+    train(
+        model,
+        data,
+        H.schedule(epochs=1, lr=0.05),
+        cfg,
+        tmp_path,
+        normalizer=Normalizer("per_image"),
+        regularizer=regularizer,
+        extra_optimizers=[extra],
+    )
     assert (p.detach() - before).abs().max() < 1e-6
 
 
@@ -246,8 +252,7 @@ def test_weight_decay_only_on_conv_and_fc_weights():
     undecayed = {names[id(p)] for p in rest["params"]}
     assert "net.fc.bias" in undecayed
     assert any(n.startswith("assignments.values.") for n in undecayed)
-    assert all(n.endswith(".bias") or ".bn" in n or "final_bn" in n or n.startswith("assignments.")
-               for n in undecayed)
+    assert all(n.endswith(".bias") or ".bn" in n or "final_bn" in n or n.startswith("assignments.") for n in undecayed)
     assert decayed.isdisjoint(undecayed)
     # every trainable parameter is in exactly one group
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -271,8 +276,16 @@ def test_engine_applies_the_schedule_to_every_optimizer(tmp_path):
     schedule = H.schedule(epochs=4, lr=0.1, milestones=(1, 3), lr_decay=0.5)
     seen = []
     cfg = H.engine_config(batch_size=96)
-    result = train(model, H.tiny_data(), schedule, cfg, tmp_path, normalizer=Normalizer("per_image"),
-                   extra_optimizers=[extra], after_step=lambda step: seen.append(extra.param_groups[0]["lr"]))
+    result = train(
+        model,
+        H.tiny_data(),
+        schedule,
+        cfg,
+        tmp_path,
+        normalizer=Normalizer("per_image"),
+        extra_optimizers=[extra],
+        after_step=lambda step: seen.append(extra.param_groups[0]["lr"]),
+    )
     steps = H.NUM_IMAGES // 96
     assert seen == pytest.approx([f for f in (1.0, 0.5, 0.5, 0.25) for _ in range(steps)])
     assert [row["lr"] for row in result.history] == pytest.approx([0.1, 0.05, 0.05, 0.025])
@@ -281,8 +294,14 @@ def test_engine_applies_the_schedule_to_every_optimizer(tmp_path):
 def test_batch_larger_than_data_is_an_error(tmp_path):
     model = WideResNet(wrn_plan(10, 1, 3, H.NUM_CLASSES))
     with pytest.raises(ValueError, match="batch size"):
-        train(model, H.tiny_data(), H.schedule(epochs=1, lr=0.1), H.engine_config(batch_size=1000),
-              tmp_path, normalizer=Normalizer("per_image"))
+        train(
+            model,
+            H.tiny_data(),
+            H.schedule(epochs=1, lr=0.1),
+            H.engine_config(batch_size=1000),
+            tmp_path,
+            normalizer=Normalizer("per_image"),
+        )
 
 
 # ----------------------------------------------------------------------------- augmentation
@@ -319,8 +338,7 @@ def test_random_crop_flip_shape_offsets_and_flip_rate():
     assert 0.45 < flipped.float().mean() < 0.55
 
     # uint8 input gives the same values, no flip when disabled, identity without pad and flip
-    out8 = random_crop_flip(images[:50].to(torch.uint8).clamp(0, 255), pad, False,
-                            torch.Generator().manual_seed(1))
+    out8 = random_crop_flip(images[:50].to(torch.uint8).clamp(0, 255), pad, False, torch.Generator().manual_seed(1))
     cands8 = _candidates(base.to(torch.uint8), pad)[0::2, 0]  # unflipped only
     assert ((out8[:, None] == cands8[None]).flatten(2).all(2).sum(1) >= 1).all()
     assert torch.equal(random_crop_flip(images[:5], 0, False, gen), images[:5])

@@ -23,7 +23,8 @@ import pytest
 from splitnet.config import METHOD_STAGES, load_registry, resolve, stage_config
 from splitnet.io import atomic_write_json
 from splitnet.mlflow_import import TrackEntry, import_runs
-from splitnet.records import RUN_RECORD, RunRecorder, load_record, read_record, row_params
+from splitnet.records import RUN_RECORD, RunRecorder, load_record, read_record
+from splitnet.run_summaries import row_params
 
 REPO = Path(__file__).resolve().parents[1]
 REGISTRY = load_registry(REPO / "params")
@@ -42,9 +43,15 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def final_metrics(experiment: str) -> dict[str, float]:
     """Distinct per row, so sorting the runs table by them is checkable."""
     offset = sorted(REGISTRY["experiments"]).index(experiment)
-    return {"test_error": 30.0 + offset, "test_loss": 1.0 + offset / 10, "params": 5e4 - offset,
-            "flops": 5e6 - offset, "params_reduced_pct": 20.0 + offset,
-            "flops_reduced_pct": 9.0 + offset, "images_per_s": 4000.0}
+    return {
+        "test_error": 30.0 + offset,
+        "test_loss": 1.0 + offset / 10,
+        "params": 5e4 - offset,
+        "flops": 5e6 - offset,
+        "params_reduced_pct": 20.0 + offset,
+        "flops_reduced_pct": 9.0 + offset,
+        "images_per_s": 4000.0,
+    }
 
 
 def write_row(runs: Path, experiment: str) -> list[Path]:
@@ -57,8 +64,9 @@ def write_row(runs: Path, experiment: str) -> list[Path]:
         with RunRecorder(out, experiment, stage, SCALE, stage_config(cfg, stage)) as rec:
             if stage == "evaluate":
                 metrics = final_metrics(experiment)
-                atomic_write_json(out / "metrics.json", {
-                    "dataset": cfg["data"]["source"], "arch": cfg["model"]["arch"], **metrics})
+                atomic_write_json(
+                    out / "metrics.json", {"dataset": cfg["data"]["source"], "arch": cfg["model"]["arch"], **metrics}
+                )
                 rec.finish(metrics, [out / "metrics.json"])
             else:
                 for epoch in range(1, EPOCHS + 1):
@@ -76,16 +84,24 @@ def rows_of(runs: Path, experiments: list[str]) -> dict[str, list[Path]]:
 # --------------------------------------------------------------------------- parent params
 
 COMMON = {"scale": SCALE, "arch": "wrn-10-1", "seed": "0", "dataset": "fashion_mnist"}
-GROUPING = {"method": "splitnet", "parametrisation": "softmax", "gamma_disjoint": "1.0",
-            "gamma_weight": "1.0", "gamma_balance": "10.0", "dropout": "0.0", "assignment_lr_scale": "1.0"}
+GROUPING = {
+    "method": "splitnet",
+    "parametrisation": "softmax",
+    "gamma_disjoint": "1.0",
+    "gamma_weight": "1.0",
+    "gamma_balance": "10.0",
+    "dropout": "0.0",
+    "assignment_lr_scale": "1.0",
+}
 EXPECTED_PARAMS = {
     "baseline": COMMON | {"method": "baseline", "dropout": "0.0"},
     "shallow": COMMON | GROUPING | {"split": "1-2-2", "G": "2"},
     "fc": COMMON | GROUPING | {"split": "1-1-4", "G": "4"},
     "hier": COMMON | GROUPING | {"split": "2-4-4", "G": "2-4", "dropout": "0.5"},
     "fc_overlap": COMMON | GROUPING | {"split": "1-1-4", "G": "4", "overlap_threshold": "0.1"},
-    "shallow_simplex": COMMON | GROUPING | {"split": "1-2-2", "G": "2",
-                                            "parametrisation": "simplex", "simplex_rule": "official"},
+    "shallow_simplex": COMMON
+    | GROUPING
+    | {"split": "1-2-2", "G": "2", "parametrisation": "simplex", "simplex_rule": "official"},
     "shallow_random": COMMON | {"method": "random", "dropout": "0.0", "split": "1-2-2", "G": "2"},
     "ssl_3e-3": COMMON | {"method": "ssl", "dropout": "0.0", "ssl_strength": "0.003", "ssl_strength_scale": "1.0"},
 }
@@ -116,8 +132,9 @@ KILL_TABLES = {"table1": ["baseline", "shallow"], "table2": ["baseline"]}
 
 
 def start_import(uri: str, spec_file: Path) -> subprocess.Popen[str]:
-    proc = subprocess.Popen([sys.executable, "-c", DRIVER, uri, str(spec_file)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, uri, str(spec_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None and proc.stdout.readline() == "importing\n", proc.stderr.read()
     return proc
 
@@ -141,9 +158,11 @@ def test_import_survives_kill_9_at_any_moment(tmp_path: Path) -> None:
     runs = tmp_path / "results" / SCALE / "runs"
     rows = rows_of(runs, ["baseline", "shallow"])
     assert sum(map(len, rows.values())) == 6
-    spec = [{"table": table, "row": row, "paths": [str(p) for p in rows[row]],
-             "title": f"splitnet/{SCALE}/{table}"}
-            for table, table_rows in KILL_TABLES.items() for row in table_rows]
+    spec = [
+        {"table": table, "row": row, "paths": [str(p) for p in rows[row]], "title": f"splitnet/{SCALE}/{table}"}
+        for table, table_rows in KILL_TABLES.items()
+        for row in table_rows
+    ]
     spec_file = tmp_path / "entries.json"
     spec_file.write_text(json.dumps(spec))
     store = tmp_path / "results"
@@ -189,8 +208,7 @@ def test_import_survives_kill_9_at_any_moment(tmp_path: Path) -> None:
     counts = json.loads(out.strip().splitlines()[-1])
     assert counts["missing"] == 0 and sum(counts.values()) == 8  # 2 + 4 + 2 (entry, record) pairs
 
-    assert sorted(p.name for p in store.iterdir()) == [SCALE, "mlartifacts", "mlflow.db",
-                                                       "mlflow.db.lock"]
+    assert sorted(p.name for p in store.iterdir()) == [SCALE, "mlartifacts", "mlflow.db", "mlflow.db.lock"]
     with sqlite3.connect(db) as con:
         assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         assert con.execute("SELECT name FROM sqlite_master WHERE name LIKE '_alembic_tmp%'").fetchall() == []
@@ -208,10 +226,13 @@ def test_import_survives_kill_9_at_any_moment(tmp_path: Path) -> None:
             assert parent.data.params == EXPECTED_PARAMS[row]
             assert parent.data.metrics == final_metrics(row)
             kids = [c for c in children if c.data.tags["mlflow.parentRunId"] == parent.info.run_id]
-            assert sorted(c.data.tags["splitnet.stage"] for c in kids) == \
-                sorted(read_record(p)["stage"] for p in rows[row])
-            for child, path in zip(sorted(kids, key=lambda c: c.data.tags["splitnet.stage"]),
-                                   sorted(rows[row], key=lambda p: p.parent.name)):
+            assert sorted(c.data.tags["splitnet.stage"] for c in kids) == sorted(
+                read_record(p)["stage"] for p in rows[row]
+            )
+            for child, path in zip(
+                sorted(kids, key=lambda c: c.data.tags["splitnet.stage"]),
+                sorted(rows[row], key=lambda p: p.parent.name),
+            ):
                 assert child.data.tags["splitnet.record_sha256"] == load_record(path)[1]
                 assert child.info.status == "FINISHED"
                 if child.data.tags["splitnet.stage"] != "evaluate":
@@ -219,8 +240,10 @@ def test_import_survives_kill_9_at_any_moment(tmp_path: Path) -> None:
                     assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1))
                 artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
                 assert {"config.json", RUN_RECORD} < artifacts
-    print(f"kills during database creation: {kills['creating']}, "
-          f"during the import into an existing store: {kills['existing']}")
+    print(
+        f"kills during database creation: {kills['creating']}, "
+        f"during the import into an existing store: {kills['existing']}"
+    )
 
 
 # --------------------------------------------------------------------------- mlflow server
@@ -237,8 +260,7 @@ def free_port() -> int:
 def rest(base: str, path: str, body: dict | None = None) -> dict:
     """GET (no body) or POST JSON to the MLflow REST API."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(base + path, data=data,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(base + path, data=data, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
@@ -270,20 +292,38 @@ def test_runs_page_through_a_real_mlflow_server(tmp_path: Path) -> None:
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true",
-           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with open(tmp_path / "server.log", "wb") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{db}",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            env=env,
+            cwd=tmp_path,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         wait_for_health(base, server)
         name = urllib.parse.quote(f"splitnet/{SCALE}/table1")
-        experiment_id = rest(base, f"/api/2.0/mlflow/experiments/get-by-name?experiment_name={name}")[
-            "experiment"]["experiment_id"]
-        found = rest(base, "/api/2.0/mlflow/runs/search",
-                     {"experiment_ids": [experiment_id], "max_results": 1000})["runs"]
+        experiment_id = rest(base, f"/api/2.0/mlflow/experiments/get-by-name?experiment_name={name}")["experiment"][
+            "experiment_id"
+        ]
+        found = rest(base, "/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment_id], "max_results": 1000})[
+            "runs"
+        ]
         parents = {}
         for run in found:
             tags = as_dict(run["data"].get("tags"))
@@ -301,10 +341,15 @@ def test_runs_page_through_a_real_mlflow_server(tmp_path: Path) -> None:
             assert tags["mlflow.parentRunId"] == parent["info"]["run_id"]
 
         # Comparing rows needs no child: filter and sort parents on their own params/metrics.
-        ranked = rest(base, "/api/2.0/mlflow/runs/search", {
-            "experiment_ids": [experiment_id],
-            "filter": "tags.`splitnet.kind` = 'row' and params.method = 'splitnet'",
-            "order_by": ["metrics.test_error ASC"]})["runs"]
+        ranked = rest(
+            base,
+            "/api/2.0/mlflow/runs/search",
+            {
+                "experiment_ids": [experiment_id],
+                "filter": "tags.`splitnet.kind` = 'row' and params.method = 'splitnet'",
+                "order_by": ["metrics.test_error ASC"],
+            },
+        )["runs"]
         order = [as_dict(run["data"]["tags"])["splitnet.row"] for run in ranked]
         assert order == sorted(["shallow", "hier"], key=lambda row: final_metrics(row)["test_error"])
     finally:

@@ -144,8 +144,12 @@ TABLE1_ROWS = {
     "SSL(3E-3) (WEN ET AL., 2016)": "ssl_3e-3",
     "SSL(5E-3) (WEN ET AL., 2016)": "ssl_5e-3",
 }
-TABLE2_ROWS = {("BASELINE", None): "baseline", ("SHALLOW SPLIT", 2): "shallow",
-               ("SHALLOW SPLIT", 3): "shallow_g3", ("SHALLOW SPLIT", 4): "shallow_g4"}
+TABLE2_ROWS = {
+    ("BASELINE", None): "baseline",
+    ("SHALLOW SPLIT", 2): "shallow",
+    ("SHALLOW SPLIT", 3): "shallow_g3",
+    ("SHALLOW SPLIT", 4): "shallow_g4",
+}
 
 
 def _is_number(line: str) -> bool:
@@ -175,8 +179,10 @@ def parse_table1(text: str) -> dict[str, dict[str, float]]:
     assert params_pct[0] == "PARAMS(106) % REDUCED" and flops_pct[0] == "FLOPS(109) % REDUCED"
     assert errors[0] == "TEST ERROR(%)"
     columns = {
-        "params_reduced_pct": _numbers(params_pct[1:]), "params_m": _numbers(params),
-        "flops_reduced_pct": _numbers(flops_pct[1:]), "flops_g": _numbers(flops),
+        "params_reduced_pct": _numbers(params_pct[1:]),
+        "params_m": _numbers(params),
+        "flops_reduced_pct": _numbers(flops_pct[1:]),
+        "flops_g": _numbers(flops),
         "test_error": _numbers(errors[1:]),
     }
     rows = names[1:]
@@ -193,8 +199,10 @@ def parse_table2(text: str) -> dict[str, dict[str, float]]:
     groups = [None] + [int(g) for g in g_values]
     pct, err = _numbers(params_pct[2:]), _numbers(errors)
     assert len(models) == len(groups) == len(pct) == len(err)
-    return {TABLE2_ROWS[(name, g)]: {"params_reduced_pct": p, "test_error": e}
-            for name, g, p, e in zip(models, groups, pct, err)}
+    return {
+        TABLE2_ROWS[(name, g)]: {"params_reduced_pct": p, "test_error": e}
+        for name, g, p, e in zip(models, groups, pct, err)
+    }
 
 
 SUPPLEMENT_TABLES = {"table1": parse_table1(TABLE1_TEXT), "table2": parse_table2(TABLE2_TEXT)}

@@ -46,8 +46,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (3, 8, 8)
 CLASSES = 12
 # (spec, partition) run branch-parallel, per worker count; "overlap" duplicates classes.
-INFERENCE_CASES = {2: [("2-4-4", "random"), ("1-2-2", "overlap"), ("2-2-2", "balanced")],
-                   4: [("2-4-4", "random"), ("1-1-4", "balanced"), ("2-4-4", "overlap")]}
+INFERENCE_CASES = {
+    2: [("2-4-4", "random"), ("1-2-2", "overlap"), ("2-2-2", "balanced")],
+    4: [("2-4-4", "random"), ("1-1-4", "balanced"), ("2-4-4", "overlap")],
+}
 FINETUNE_SPEC = "2-4-4"  # hierarchical: on 4 workers, each stage-2 branch is replicated on 2
 ENGINE = engine_config(batch_size=8, eval_batch_size=16, augment_pad=2, checkpoint_every=100, log_every=100)
 SCHEDULE = schedule(epochs=2, lr=0.1)
@@ -86,8 +88,10 @@ def _finetune(path: Path, data: DeviceData, run_dir: Path, worker: Worker | None
     result = train(net, data, SCHEDULE, ENGINE, run_dir, normalizer=Normalizer("per_image"))
     if worker is not None:
         net.gather_branches()
-    return {"state": {k: v.clone() for k, v in model.state_dict().items()},
-            "losses": [row["train_loss"] for row in result.history]}
+    return {
+        "state": {k: v.clone() for k, v in model.state_dict().items()},
+        "losses": [row["train_loss"] for row in result.history],
+    }
 
 
 def _scenario(worker: Worker, files: dict, x: torch.Tensor, data: DeviceData, tmp: Path) -> dict:
@@ -117,8 +121,11 @@ def _scenario(worker: Worker, files: dict, x: torch.Tensor, data: DeviceData, tm
 
 def _agreements(worker: Worker, tmp: Path) -> dict[str, tuple[bool, bool]]:
     """(resume, restored) the workers agree on, from checkpoints at given (epoch, step) or none."""
-    cases = {"same step": [(1, 3)] * worker.world, "different steps": [(1, 3)] + [(1, 2)] * (worker.world - 1),
-             "one has none": [(1, 3)] * (worker.world - 1) + [None]}
+    cases = {
+        "same step": [(1, 3)] * worker.world,
+        "different steps": [(1, 3)] + [(1, 2)] * (worker.world - 1),
+        "one has none": [(1, 3)] * (worker.world - 1) + [None],
+    }
     agreed = {}
     for case, positions in cases.items():
         own = tmp / case / f"rank{worker.rank}"
@@ -133,17 +140,22 @@ def _agreements(worker: Worker, tmp: Path) -> dict[str, tuple[bool, bool]]:
 
 def _data(n: int = 48) -> DeviceData:
     gen = torch.Generator().manual_seed(1)
-    return DeviceData(torch.randint(0, 256, (n, *SHAPE), generator=gen, dtype=torch.uint8),
-                      torch.randint(0, CLASSES, (n,), generator=gen))
+    return DeviceData(
+        torch.randint(0, 256, (n, *SHAPE), generator=gen, dtype=torch.uint8),
+        torch.randint(0, CLASSES, (n,), generator=gen),
+    )
 
 
 @pytest.fixture(scope="module", params=[2, 4], ids=["2 workers", "4 workers"])
 def runs(request, tmp_path_factory):
     world = request.param
     tmp = tmp_path_factory.mktemp(f"parallel{world}")
-    files = {"inference": [_save(tmp / f"infer{i}.pt", spec, kind, seed=i)
-                           for i, (spec, kind) in enumerate(INFERENCE_CASES[world])],
-             "finetune": _save(tmp / "finetune.pt", FINETUNE_SPEC, "random", seed=7)}
+    files = {
+        "inference": [
+            _save(tmp / f"infer{i}.pt", spec, kind, seed=i) for i, (spec, kind) in enumerate(INFERENCE_CASES[world])
+        ],
+        "finetune": _save(tmp / "finetune.pt", FINETUNE_SPEC, "random", seed=7),
+    }
     x = torch.randn(5, *SHAPE, generator=torch.Generator().manual_seed(2))
     data = _data()
     start = time.perf_counter()
@@ -157,8 +169,14 @@ def runs(request, tmp_path_factory):
         finetuned = _finetune(files["finetune"], data, tmp / "sequential", None)
     finally:
         torch.set_num_threads(threads)
-    return {"world": world, "workers": workers, "reference": reference, "finetuned": finetuned, "seconds": seconds,
-            "files": files}
+    return {
+        "world": world,
+        "workers": workers,
+        "reference": reference,
+        "finetuned": finetuned,
+        "seconds": seconds,
+        "files": files,
+    }
 
 
 def test_inference_equals_the_sequential_split_network(runs):
@@ -174,8 +192,9 @@ def test_inference_equals_the_sequential_split_network(runs):
 
 
 def test_overlap_case_really_duplicates_classes(runs):
-    (overlap,) = [p for p, (_, kind) in zip(runs["files"]["inference"], INFERENCE_CASES[runs["world"]])
-                  if kind == "overlap"]
+    (overlap,) = [
+        p for p, (_, kind) in zip(runs["files"]["inference"], INFERENCE_CASES[runs["world"]]) if kind == "overlap"
+    ]
     assert artifacts.load_model(overlap)[0].duplicated
 
 
@@ -203,8 +222,11 @@ def test_finetune_matches_the_single_process_run(runs):
 
 def test_workers_resume_together_or_not_at_all(runs):
     for worker in runs["workers"]:  # worker 0's finished result is restored by all
-        assert worker["agree"] == {"same step": (True, True), "different steps": (False, True),
-                                   "one has none": (False, True)}
+        assert worker["agree"] == {
+            "same step": (True, True),
+            "different steps": (False, True),
+            "one has none": (False, True),
+        }
 
 
 def test_workers_holding_different_weights_is_an_error(runs):
@@ -317,9 +339,27 @@ def test_the_launcher_gives_up_on_workers_that_never_answer():
 @pytest.mark.slow
 def test_torchrun_check_command(model_file):
     """The documented launch: torchrun, one process per worker, gloo on CPU."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "splitnet.parallel", "--timeout", "60", "check", "--model", str(model_file), "--image-size", "8",
-           "--batch", "4", "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "splitnet.parallel",
+        "--timeout",
+        "60",
+        "check",
+        "--model",
+        str(model_file),
+        "--image-size",
+        "8",
+        "--batch",
+        "4",
+        "--device",
+        "cpu",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "1-2-2 on 2 workers (gloo" in proc.stdout and ": OK" in proc.stdout
@@ -332,12 +372,23 @@ def test_torchrun_check_command(model_file):
 def test_gpu_check_runs_on_the_cpu_at_toy_sizes(tmp_path):
     """benchmarks/gpu_check.sh --cpu-tiny: every step of the GPU check, recorded as JSON."""
     out = tmp_path / "gpu check"  # a space, on purpose
-    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--cpu-tiny", str(out)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=900, env={**os.environ, "PYTHON": sys.executable})
+    proc = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh", "--cpu-tiny", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
     summary = json.loads((out / "summary.json").read_text())
     steps = {s["step"]: s for s in summary["steps"]}
-    assert list(steps) == ["train_throughput", "split_inference", "parallel_inference", "parallel_finetune",
-                           "paper_pipeline"]
+    assert list(steps) == [
+        "train_throughput",
+        "split_inference",
+        "parallel_inference",
+        "parallel_finetune",
+        "paper_pipeline",
+    ]
     failed = {name: (out / s["log"]).read_text()[-2000:] for name, s in steps.items() if s["exit_code"]}
     assert not failed and proc.returncode == 0 and summary["ok"], failed or proc.stdout
     inference = json.loads((out / "parallel_inference.json").read_text())
@@ -347,6 +398,8 @@ def test_gpu_check_runs_on_the_cpu_at_toy_sizes(tmp_path):
     assert finetune["results"][0]["ms_per_step"]["split_parallel"] > 0
     pipeline = json.loads((out / "paper_pipeline" / "paper_pipeline.json").read_text())
     assert pipeline["ok"] and pipeline["parallel_vs_sequential_max_relative_weight_difference"] < 1e-4
-    assert pipeline["evaluate_finetune_parallel"]["test_error"] == pytest.approx(pipeline["evaluate_finetune"]["test_error"])
+    assert pipeline["evaluate_finetune_parallel"]["test_error"] == pytest.approx(
+        pipeline["evaluate_finetune"]["test_error"]
+    )
     assert json.loads((out / "train_throughput.json").read_text())["results"]
     assert json.loads((out / "split_inference.json").read_text())["results"]

@@ -17,8 +17,12 @@ from slurm_cluster import slurm_cluster  # noqa: F401  (pytest fixture)
 
 from splitnet.claims import CLAIMS
 
-TABLE_FILES = ([f"{t}.{e}" for t in ("table1", "table2") for e in ("md", "tex", "csv")]
-               + ["class_groups.md", "arch_check.md", "claims.md", "claims.csv"])
+TABLE_FILES = [f"{t}.{e}" for t in ("table1", "table2") for e in ("md", "tex", "csv")] + [
+    "class_groups.md",
+    "arch_check.md",
+    "claims.md",
+    "claims.csv",
+]
 
 pytestmark = pytest.mark.slow
 
@@ -44,9 +48,17 @@ def test_paper_scale_finetunes_split_networks_on_one_gpu_per_worker():
     workers = yaml.safe_load((ROOT / "params" / "scales.yaml").read_text())["scales"]["paper"]["finetune_workers"]
     assert workers == 2
     # targets before --config (which takes every following word as a key=value pair)
-    proc = check(snakemake("-n", "-p", "/tmp/splitnet-dag-check/paper/runs/hier/seed_0/finetune/model.pt",
-                           "/tmp/splitnet-dag-check/paper/runs/ssl_1e-3/seed_0/finetune/model.pt",
-                           "--config", "scale=paper", "results=/tmp/splitnet-dag-check"))
+    proc = check(
+        snakemake(
+            "-n",
+            "-p",
+            "/tmp/splitnet-dag-check/paper/runs/hier/seed_0/finetune/model.pt",
+            "/tmp/splitnet-dag-check/paper/runs/ssl_1e-3/seed_0/finetune/model.pt",
+            "--config",
+            "scale=paper",
+            "results=/tmp/splitnet-dag-check",
+        )
+    )
     commands = [line for line in proc.stdout.splitlines() if "-m splitnet finetune" in line]
     hier = next(c for c in commands if "--experiment hier" in c)
     ssl = next(c for c in commands if "--experiment ssl_1e-3" in c)
@@ -69,7 +81,10 @@ def test_grouping_study_target_runs_every_dataset_preset_and_seed():
     cells = study_cells(registry)
     assert counts["evaluate"] == len({(c.scale, c.experiment, s) for c in cells for s in c.seeds})
     assert counts["grouping_study"] == 1 and counts["prepare_data"] == len({c.scale for c in cells})
-    assert "results/planted" not in proc.stdout and "/tmp/splitnet-study-dag/planted/runs/fc@semantic/seed_4" in proc.stdout
+    assert (
+        "results/planted" not in proc.stdout
+        and "/tmp/splitnet-study-dag/planted/runs/fc@semantic/seed_4" in proc.stdout
+    )
 
 
 def test_bad_params_fail_before_any_job(tmp_path):
@@ -142,8 +157,11 @@ def test_changing_one_row_reruns_only_that_row_and_the_tables(main_run):
         assert counts.get("split") == 1 and counts.get("finetune") == 1
         assert counts.get("train_baseline") is None and counts.get("prepare_data") is None
         assert counts.get("tables") == 1
-        wildcards = {line.split("exp=")[1].split(",")[0].strip() for line in proc.stdout.splitlines()
-                     if "wildcards:" in line and "exp=" in line}
+        wildcards = {
+            line.split("exp=")[1].split(",")[0].strip()
+            for line in proc.stdout.splitlines()
+            if "wildcards:" in line and "exp=" in line
+        }
         assert wildcards == {"shallow_g4"}
     finally:
         path.write_text(original)
@@ -177,9 +195,16 @@ def _git_status(clone: Path) -> str:
 
 
 def _dvc(clone: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["timeout", "-s", "INT", "-k", "30", str(timeout), str(BIN / "dvc"), *args], cwd=clone,
-                          env=ENV, capture_output=True, text=True)
-    assert proc.returncode == 0, f"dvc {' '.join(args)}: exit {proc.returncode}\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+    proc = subprocess.run(
+        ["timeout", "-s", "INT", "-k", "30", str(timeout), str(BIN / "dvc"), *args],
+        cwd=clone,
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, (
+        f"dvc {' '.join(args)}: exit {proc.returncode}\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+    )
     return proc
 
 
@@ -198,11 +223,20 @@ def test_dvc_commands_of_the_readme(main_run, tmp_path):
     _dvc(clone, "repro")
     # Same rows and params as the main run: Table 2 must be byte-identical.
     for name in ("table2.md", "table2.tex", "table2.csv"):
-        assert (clone / "results" / "ci" / "tables" / name).read_text() == (main_run["results"] / "ci" / "tables" / name).read_text(), name
+        assert (clone / "results" / "ci" / "tables" / name).read_text() == (
+            main_run["results"] / "ci" / "tables" / name
+        ).read_text(), name
     assert "up to date" in _dvc(clone, "repro").stdout
     before = {p: p.read_bytes() for p in (clone / "params").iterdir()}
     _dvc(clone, "exp", "run", "--temp", "-S", "params/pipeline.yaml:scale=ci")
-    _dvc(clone, "exp", "run", "--temp", "-S", "params/experiments.yaml:experiments.deep.group.schedule.weight_decay=0.0005")
+    _dvc(
+        clone,
+        "exp",
+        "run",
+        "--temp",
+        "-S",
+        "params/experiments.yaml:experiments.deep.group.schedule.weight_decay=0.0005",
+    )
     assert {p: p.read_bytes() for p in (clone / "params").iterdir()} == before
     show = _dvc(clone, "exp", "show", "--md").stdout
     assert "weight_decay" in show and "table2" in show
@@ -218,8 +252,13 @@ def test_slurm_profile_as_written(slurm_cluster, tmp_path):  # noqa: F811
     home = tmp_path / "home"
     env = {**ENV, "HOME": str(home)}
     subprocess.run(["bash", str(clone / "workflow" / "scripts" / "link-slurm-profile.sh")], env=env, check=True)
-    proc = subprocess.run(["timeout", "-s", "INT", "-k", "30", "1500", "bash", "-c", "snakemake --cores all --profile slurm"],
-                          cwd=clone, env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        ["timeout", "-s", "INT", "-k", "30", "1500", "bash", "-c", "snakemake --cores all --profile slurm"],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     check(proc)
     for r in ("baseline", "shallow", "shallow_g3", "shallow_g4"):
         record = json.loads((clone / "results" / "ci" / "runs" / r / "seed_0" / "evaluate" / "run.json").read_text())

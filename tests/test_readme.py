@@ -29,18 +29,14 @@ README_COMMANDS = {
     "bash workflow/scripts/test.sh": ".ci/run itself",
     "source .venv/bin/activate": "test_main_command_trains_and_fills_mlflow",
     "snakemake --unlock": "test_unlock_after_a_killed_run",
-    "snakemake --cores all --profile slurm --config scale=paper":
-        "test_pipeline.test_slurm_profile_as_written (ci grid) + test_paper_command_plans_every_job",
-    "snakemake --cores all --profile slurm --config scale=paper_fp32":
-        "test_pipeline.test_paper_scale_dag_builds_for_every_row[paper_fp32] (the same profile as scale=paper)",
+    "snakemake --cores all --profile slurm --config scale=paper": "test_pipeline.test_slurm_profile_as_written (ci grid) + test_paper_command_plans_every_job",
+    "snakemake --cores all --profile slurm --config scale=paper_fp32": "test_pipeline.test_paper_scale_dag_builds_for_every_row[paper_fp32] (the same profile as scale=paper)",
     "dvc repro": "test_pipeline.test_dvc_commands_of_the_readme",
     "dvc exp run --temp -S params/pipeline.yaml:scale=ci": "test_pipeline.test_dvc_commands_of_the_readme",
-    "dvc exp run --temp -S 'params/experiments.yaml:experiments.deep.group.schedule.weight_decay=0.0005'":
-        "test_pipeline.test_dvc_commands_of_the_readme",
+    "dvc exp run --temp -S 'params/experiments.yaml:experiments.deep.group.schedule.weight_decay=0.0005'": "test_pipeline.test_dvc_commands_of_the_readme",
     "dvc exp show --md": "test_pipeline.test_dvc_commands_of_the_readme",
     "dvc metrics show": "test_pipeline.test_dvc_commands_of_the_readme",
-    "MLFLOW_DISABLE_TELEMETRY=true mlflow ui --backend-store-uri sqlite:///results/mlflow.db":
-        "test_mlflow_ui_command_serves_the_runs",
+    "MLFLOW_DISABLE_TELEMETRY=true mlflow ui --backend-store-uri sqlite:///results/mlflow.db": "test_mlflow_ui_command_serves_the_runs",
 }
 STAGE_COMMAND = re.compile(r"^splitnet (prepare-data|train|learn-groups|split|finetune|evaluate|summary) ")
 
@@ -115,8 +111,14 @@ def test_mlflow_ui_command_serves_the_runs(clone):
     (command,) = [c for c in readme_commands() if " mlflow ui " in f" {c} "]
     port = _free_port()
     env = {**clone["env"], "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    proc = subprocess.Popen(["bash", "-c", f"{command} --port {port} --workers 1"], cwd=clone["path"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        ["bash", "-c", f"{command} --port {port} --workers 1"],
+        cwd=clone["path"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -129,8 +131,11 @@ def test_mlflow_ui_command_serves_the_runs(clone):
             assert proc.poll() is None and time.monotonic() < deadline, "mlflow ui did not come up"
             time.sleep(0.5)
         body = json.dumps({"max_results": 100}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search", data=body,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=30) as r:
             names = {e["name"] for e in json.load(r)["experiments"]}
         assert {"splitnet/ci/table1", "splitnet/ci/table2"} <= names
@@ -148,8 +153,14 @@ def test_unlock_after_a_killed_run(clone):
     # Final outputs missing too: Snakemake regenerates missing intermediates only for a target it must build.
     for done in ("results/ci/runs/baseline", "results/ci/tables", "results/ci/metrics"):  # every seed's baseline
         shutil.rmtree(path / done, ignore_errors=True)
-    proc = subprocess.Popen([str(BIN / "snakemake"), "--cores", "1", "--config", "scale=ci"], cwd=path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(BIN / "snakemake"), "--cores", "1", "--config", "scale=ci"],
+        cwd=path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     log = path / "results/ci/logs/baseline/seed_0/train.log"
     deadline = time.monotonic() + 120
     while "step" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:

@@ -214,9 +214,7 @@ def test_term_weights_other_splits(spec, expected):
 def test_disjoint_term_is_the_weighted_sum():
     model, topology, _ = make("2-4-4")
     torch.manual_seed(3)
-    matrices = {
-        name: torch.softmax(torch.randn(v.groups, v.size) * 3, dim=0) for name, v in topology.vectors.items()
-    }
+    matrices = {name: torch.softmax(torch.randn(v.groups, v.size) * 3, dim=0) for name, v in topology.vectors.items()}
     losses = split_losses(model, topology, matrices, PAPER_GAMMAS)
     weights = term_weights(topology)
     assert "stage2_out" not in weights and "stage3_out" not in weights  # merged vectors

@@ -22,8 +22,12 @@ from pipeline_helpers import ROOT, check, snakemake
 pytestmark = pytest.mark.slow
 
 ROWS = ("baseline", "deep", "shallow_random", "ssl_1e-3")
-STAGES = {"baseline": ("train",), "deep": ("learn_groups", "split", "finetune"),
-          "shallow_random": ("split", "finetune"), "ssl_1e-3": ("learn_groups", "split", "finetune")}
+STAGES = {
+    "baseline": ("train",),
+    "deep": ("learn_groups", "split", "finetune"),
+    "shallow_random": ("split", "finetune"),
+    "ssl_1e-3": ("learn_groups", "split", "finetune"),
+}
 
 
 def _model_digest(path: Path) -> str:
@@ -46,8 +50,9 @@ class Workspace:
 
     def run(self) -> str:
         targets = [str(self.run_dir(row, "evaluate") / "metrics.json") for row in ROWS]
-        proc = snakemake("--cores", "2", *targets, "--config", "scale=ci", f"params_dir={self.params}",
-                         f"results={self.results}")
+        proc = snakemake(
+            "--cores", "2", *targets, "--config", "scale=ci", f"params_dir={self.params}", f"results={self.results}"
+        )
         return proc
 
     def edit(self, name: str, path: str, value) -> None:
@@ -64,7 +69,9 @@ class Workspace:
 def outputs(ws: Workspace) -> dict[str, str]:
     """Digest of every trained model's weights and every row's test error, by 'row/stage' (the
     workspace's seed)."""
-    found = {f"{row}/{stage}": _model_digest(ws.run_dir(row, stage) / "model.pt") for row in ROWS for stage in STAGES[row]}
+    found = {
+        f"{row}/{stage}": _model_digest(ws.run_dir(row, stage) / "model.pt") for row in ROWS for stage in STAGES[row]
+    }
     for row in ROWS:
         metrics = json.loads((ws.run_dir(row, "evaluate") / "metrics.json").read_text())
         found[f"{row}/evaluate"] = f"{metrics['test_loss']!r} {metrics['params']}"
@@ -83,14 +90,30 @@ CHANGES = [
     ("scales.yaml", "scales.ci.data.train_per_class", 150, ALL),
     ("scales.yaml", "scales.ci.seeds", [1], ALL),
     # group.gamma_balance: the change that once crashed finetune on a stale checkpoint
-    ("experiments.yaml", "experiments.deep.group.gamma_balance", 5.0,
-     {"deep/learn_groups", "deep/split", "deep/finetune", "deep/evaluate"}),
-    ("experiments.yaml", "experiments.shallow_random.split", {"random_seed": 7},
-     {"shallow_random/split", "shallow_random/finetune", "shallow_random/evaluate"}),
-    ("experiments.yaml", "defaults.finetune.schedule.lr", 0.05,
-     {f"{row}/{stage}" for row in ("deep", "shallow_random", "ssl_1e-3") for stage in ("finetune", "evaluate")}),
-    ("experiments.yaml", "experiments.ssl_1e-3.ssl.strength", 0.05,
-     {"ssl_1e-3/learn_groups", "ssl_1e-3/split", "ssl_1e-3/finetune", "ssl_1e-3/evaluate"}),
+    (
+        "experiments.yaml",
+        "experiments.deep.group.gamma_balance",
+        5.0,
+        {"deep/learn_groups", "deep/split", "deep/finetune", "deep/evaluate"},
+    ),
+    (
+        "experiments.yaml",
+        "experiments.shallow_random.split",
+        {"random_seed": 7},
+        {"shallow_random/split", "shallow_random/finetune", "shallow_random/evaluate"},
+    ),
+    (
+        "experiments.yaml",
+        "defaults.finetune.schedule.lr",
+        0.05,
+        {f"{row}/{stage}" for row in ("deep", "shallow_random", "ssl_1e-3") for stage in ("finetune", "evaluate")},
+    ),
+    (
+        "experiments.yaml",
+        "experiments.ssl_1e-3.ssl.strength",
+        0.05,
+        {"ssl_1e-3/learn_groups", "ssl_1e-3/split", "ssl_1e-3/finetune", "ssl_1e-3/evaluate"},
+    ),
     ("experiments.yaml", "defaults.train.schedule.lr", 0.05, DOWNSTREAM_OF_BASELINE),
 ]
 

@@ -29,8 +29,9 @@ def _without_bf16(entry: dict) -> dict:
 def test_paper_fp32_differs_from_paper_only_in_bf16():
     paper, fp32 = REGISTRY["scales"]["paper"], REGISTRY["scales"]["paper_fp32"]
     assert paper["engine"]["bf16"] is True and fp32["engine"]["bf16"] is False
-    assert {k: v for k, v in _without_bf16(fp32).items() if k != "description"} == \
-           {k: v for k, v in _without_bf16(paper).items() if k != "description"}
+    assert {k: v for k, v in _without_bf16(fp32).items() if k != "description"} == {
+        k: v for k, v in _without_bf16(paper).items() if k != "description"
+    }
     raw = yaml.safe_load((ROOT / "params" / "scales.yaml").read_text())["scales"]
     assert raw["paper_fp32"] == fp32 and "<<" not in raw["paper_fp32"] and "<<" not in raw["paper_fp32"]["engine"]
 

@@ -20,10 +20,7 @@ pytestmark = pytest.mark.slow
 def _squeue_state(job_id: str) -> str:
     """State of a job as squeue still reports it (finished jobs stay for MinJobAge)."""
     out = subprocess.run(
-        ["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"],
-        capture_output=True,
-        text=True,
-        timeout=30,
+        ["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30
     )
     return out.stdout.strip()
 
@@ -98,9 +95,7 @@ def test_snakemake_profile_submits_to_slurm(slurm_cluster, tmp_path: Path) -> No
     run = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=400)
     elapsed = time.monotonic() - t0
     log = run.stdout + run.stderr
-    assert run.returncode == 0, (
-        f"snakemake rc {run.returncode} after {elapsed:.1f}s:\n{log[-6000:]}"
-    )
+    assert run.returncode == 0, f"snakemake rc {run.returncode} after {elapsed:.1f}s:\n{log[-6000:]}"
 
     job_ids = {}
     for rule in ("cpu_rule", "plain_rule"):
@@ -112,9 +107,7 @@ def test_snakemake_profile_submits_to_slurm(slurm_cluster, tmp_path: Path) -> No
         assert _squeue_state(job_id) == "COMPLETED"
         # slurm-keep-successful-logs: true keeps the logs of successful jobs
         slurm_log = tmp_path / ".snakemake" / "slurm_logs" / f"rule_{rule}" / f"{job_id}.log"
-        assert slurm_log.exists(), sorted(
-            p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.log")
-        )
+        assert slurm_log.exists(), sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.log"))
         job_ids[rule] = job_id
     assert job_ids["cpu_rule"] != job_ids["plain_rule"]
     print(f"snakemake --profile slurm: {elapsed:.1f}s, jobs {job_ids}")

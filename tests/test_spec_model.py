@@ -102,8 +102,14 @@ def test_topology_of_deep_split_lists_official_layers_in_build_order():
     assert top.vectors["stage2_out"].source == "stage3_in"  # q3 = merge(p2)
     assert top.vectors["stage3_out"].source == "head_in"  # q2 = merge(p1)
     assert {v.name for v in top.variables()} == {
-        "head_out", "head_in", "stage2_in", "stage2_hidden0", "stage2_hidden1",
-        "stage3_in", "stage3_hidden0", "stage3_hidden1",
+        "head_out",
+        "head_in",
+        "stage2_in",
+        "stage2_hidden0",
+        "stage2_hidden1",
+        "stage3_in",
+        "stage3_hidden0",
+        "stage3_hidden1",
     }
 
 

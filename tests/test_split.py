@@ -18,7 +18,7 @@ SPECS = ["1-1-4", "1-2-2", "1-3-3", "1-4-4", "2-2-2", "2-4-4", "1-2-4", "2-3-5",
 
 def _random_plan(rng: random.Random) -> WRNPlan:
     """A small WRN with odd, unequal widths (as an SSL-pruned or custom WRN could have)."""
-    stages, prev = [], 16
+    stages = []
     for stride in (1, 2, 2):
         width = rng.randint(7, 21)
         n_units = rng.randint(1, 2)

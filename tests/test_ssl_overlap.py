@@ -31,7 +31,8 @@ def test_group_lasso_penalty_matches_a_loop_and_has_finite_gradient_at_zero():
     model = wide_resnet("wrn-10-1", num_classes=10)
     expected = sum(
         sum(w[o].norm() for o in range(w.shape[0])) + sum(w[:, i].norm() for i in range(w.shape[1]))
-        for stage in model.stages for unit in stage
+        for stage in model.stages
+        for unit in stage
         for w in [c.weight for c in (unit.conv1, unit.conv2, unit.shortcut) if c is not None]
     ) + sum(model.fc.weight[:, i].norm() for i in range(model.fc.weight.shape[1]))
     assert group_lasso_penalty(model).item() == pytest.approx(expected.item(), rel=1e-5)

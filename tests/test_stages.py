@@ -39,19 +39,55 @@ from splitnet.ssl import channels_to_keep, zero_pruned_weights
 REPO = Path(__file__).resolve().parents[1]
 SUPERS, PER_SUPER = 4, 3
 EPOCHS = {"train": 3, "group": 2, "finetune": 1, "ssl": 1}
-ENGINE = {"device": "cpu", "batch_size": 40, "eval_batch_size": 500, "channels_last": True, "bf16": False,
-          "compile": False, "normalization": "per_image", "augment_pad": 2, "augment_flip": True,
-          "checkpoint_every": 1, "log_every": 1000, "threads": 2}
-METRIC_KEYS = {"test_error", "test_loss", "params", "flops", "params_reduced_pct", "flops_reduced_pct",
-               "baseline_params", "baseline_flops", "throughput", "experiment", "scale", "method", "arch"}
-SIMPLEX_ROW = {"method": "splitnet", "model": {"dropout": 0.5},
-               "group": {"split": "2-2-2", "parametrisation": "simplex", "simplex_rule": "paper"}}
+ENGINE = {
+    "device": "cpu",
+    "batch_size": 40,
+    "eval_batch_size": 500,
+    "channels_last": True,
+    "bf16": False,
+    "compile": False,
+    "normalization": "per_image",
+    "augment_pad": 2,
+    "augment_flip": True,
+    "checkpoint_every": 1,
+    "log_every": 1000,
+    "threads": 2,
+}
+METRIC_KEYS = {
+    "test_error",
+    "test_loss",
+    "params",
+    "flops",
+    "params_reduced_pct",
+    "flops_reduced_pct",
+    "baseline_params",
+    "baseline_flops",
+    "throughput",
+    "experiment",
+    "scale",
+    "method",
+    "arch",
+}
+SIMPLEX_ROW = {
+    "method": "splitnet",
+    "model": {"dropout": 0.5},
+    "group": {"split": "2-2-2", "parametrisation": "simplex", "simplex_rule": "paper"},
+}
 # Grouping that recovers the planted superclasses at this tiny scale (see the test's docstring):
 # FC split into G = 4 = number of superclasses, reduced-gradient simplex assignments with the
 # official (momentum) rule, gamma_disjoint 0.1 instead of 1, lr 0.2 instead of 0.1.
-RECOVER_ROW = {"method": "splitnet",
-               "group": {"split": "1-1-4", "parametrisation": "simplex", "simplex_rule": "official",
-                         "gamma_disjoint": 0.1, "gamma_weight": 1.0, "gamma_balance": 10.0, "schedule": {"lr": 0.2}}}
+RECOVER_ROW = {
+    "method": "splitnet",
+    "group": {
+        "split": "1-1-4",
+        "parametrisation": "simplex",
+        "simplex_rule": "official",
+        "gamma_disjoint": 0.1,
+        "gamma_weight": 1.0,
+        "gamma_balance": 10.0,
+        "schedule": {"lr": 0.2},
+    },
+}
 RECOVER_SEEDS = (0, 1, 2, 3)
 RECOVER_EPOCHS = 45
 # At this scale the table's SSL rows zero no channel within an epoch; this one makes split prune.
@@ -80,16 +116,30 @@ def write_fashion_idx(directory: Path, train_per_class: int = 20, test_per_class
 
 
 def _scale(data: dict, arch: str = "wrn-10-1", epochs: dict | None = None, seed: int = 0, **engine) -> dict:
-    return {"description": "test", "gpus": 0, "finetune_workers": 1, "seeds": [seed], "data": data, "model": {"arch": arch},
-            "engine": {**ENGINE, **engine}, "epochs": epochs or EPOCHS}
+    return {
+        "description": "test",
+        "gpus": 0,
+        "finetune_workers": 1,
+        "seeds": [seed],
+        "data": data,
+        "model": {"arch": arch},
+        "engine": {**ENGINE, **engine},
+        "epochs": epochs or EPOCHS,
+    }
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """Raw data, params dir and prepared data of every scale (shared read-only)."""
     root = tmp_path_factory.mktemp("stages")
-    md5 = write_planted_cifar(root / "planted", num_superclasses=SUPERS, classes_per_superclass=PER_SUPER,
-                              train_per_class=40, test_per_class=10, seed=0)
+    md5 = write_planted_cifar(
+        root / "planted",
+        num_superclasses=SUPERS,
+        classes_per_superclass=PER_SUPER,
+        train_per_class=40,
+        test_per_class=10,
+        seed=0,
+    )
     write_fashion_idx(root / "fashion")
     params = root / "params"
     params.mkdir()
@@ -104,18 +154,32 @@ def env(tmp_path_factory):
     scales = {
         **yaml.safe_load((REPO / "params" / "scales.yaml").read_text())["scales"],
         "tiny": _scale(planted),
-        "fmnist": _scale({"source": "fashion_mnist", "root": str(root / "fashion"), "val_size": 40, "resize": 16,
-                          "seed": 0}),
+        "fmnist": _scale(
+            {"source": "fashion_mnist", "root": str(root / "fashion"), "val_size": 40, "resize": 16, "seed": 0}
+        ),
     }
     for seed in RECOVER_SEEDS:  # dataset normalisation keeps the superclass colour cue
-        scales[f"recover{seed}"] = _scale(planted, epochs={**EPOCHS, "group": RECOVER_EPOCHS},
-                                          normalization="dataset", seed=seed, threads=1)
+        scales[f"recover{seed}"] = _scale(
+            planted, epochs={**EPOCHS, "group": RECOVER_EPOCHS}, normalization="dataset", seed=seed, threads=1
+        )
     (params / "scales.yaml").write_text(yaml.safe_dump({"scales": scales}, sort_keys=False))
     data = {}
     for scale in ("tiny", "fmnist"):
         data[scale] = root / "data" / scale
-        assert cli("prepare-data", "--experiment", "baseline", "--scale", scale, "--params-dir", params,
-                   "--out", data[scale]) == 0
+        assert (
+            cli(
+                "prepare-data",
+                "--experiment",
+                "baseline",
+                "--scale",
+                scale,
+                "--params-dir",
+                params,
+                "--out",
+                data[scale],
+            )
+            == 0
+        )
     return {"root": root, "params": params, "data": data}
 
 
@@ -230,10 +294,14 @@ def test_splitnet_row_learn_split_finetune_evaluate(env, baseline, experiment):
     stage(env, "split", experiment, out / "split", source=out / "learn_groups" / "model.pt")
     split_metrics = check_run(out / "split", "split", None)["metrics"]
     # never split silently; an overlap row's frozen variables count as settled (paper's freeze rule)
-    settled = min(1.0 if n in blob.get("frozen", []) and experiment == "shallow_overlap" else blob["convergence"][f"sharp/{n}"]
-                  for n in blob["assignments"])
+    settled = min(
+        1.0 if n in blob.get("frozen", []) and experiment == "shallow_overlap" else blob["convergence"][f"sharp/{n}"]
+        for n in blob["assignments"]
+    )
     assert split_metrics["assignment_converged"] == pytest.approx(settled)
-    assert all(split_metrics[f"sharp/{n}"] == pytest.approx(blob["convergence"][f"sharp/{n}"]) for n in blob["assignments"])
+    assert all(
+        split_metrics[f"sharp/{n}"] == pytest.approx(blob["convergence"][f"sharp/{n}"]) for n in blob["assignments"]
+    )
     if experiment == "shallow_overlap":
         assert {f"duplicated/{n}" for n in blob["assignments"]} <= split_metrics.keys()
         assert "unfrozen_variables" in split_metrics
@@ -314,8 +382,19 @@ def test_ssl_learn_prune_finetune_evaluate(env, baseline, experiment):
 
 
 def test_ssl_needs_the_baseline(env, capsys):
-    code = cli("learn-groups", "--experiment", "ssl_1e-3", "--scale", "tiny", "--params-dir", env["params"],
-               "--data", env["data"]["tiny"], "--out", env["root"] / "ssl_nobase")
+    code = cli(
+        "learn-groups",
+        "--experiment",
+        "ssl_1e-3",
+        "--scale",
+        "tiny",
+        "--params-dir",
+        env["params"],
+        "--data",
+        env["data"]["tiny"],
+        "--out",
+        env["root"] / "ssl_nobase",
+    )
     assert code == 2 and "--baseline" in capsys.readouterr().err
 
 
@@ -408,8 +487,15 @@ def test_grouping_recovers_planted_superclasses(env):
         record = check_run(out / "learn_groups", "learn_groups", RECOVER_EPOCHS)
         assert record["config"]["group"]["schedule"]["milestones"] == [27, 34]
         stage(env, "split", "recover", out / "split", scale=scale, source=out / "learn_groups" / "model.pt")
-        stage(env, "evaluate", "recover", out / "evaluate", scale=scale, data=env["data"]["tiny"],
-              source=out / "split" / "model.pt")
+        stage(
+            env,
+            "evaluate",
+            "recover",
+            out / "evaluate",
+            scale=scale,
+            data=env["data"]["tiny"],
+            source=out / "split" / "model.pt",
+        )
         groups = metrics_of(out / "evaluate")["groups"]
         assert len(groups["groups"]) == SUPERS
         # the reported ARI is the one of the class -> group table against the planted superclasses
@@ -433,8 +519,19 @@ def test_preempted_stage_resumes_to_the_same_model(env, baseline, monkeypatch, t
             os.kill(os.getpid(), signal.SIGTERM)
 
     out = tmp_path / "train"
-    args = ["train", "--experiment", "baseline", "--scale", "tiny", "--params-dir", env["params"],
-            "--data", env["data"]["tiny"], "--out", out]
+    args = [
+        "train",
+        "--experiment",
+        "baseline",
+        "--scale",
+        "tiny",
+        "--params-dir",
+        env["params"],
+        "--data",
+        env["data"]["tiny"],
+        "--out",
+        out,
+    ]
     with monkeypatch.context() as patch:
         patch.setattr(RunRecorder, "log", log_then_sigterm)
         assert cli(*args) == EXIT_PREEMPTED
@@ -476,15 +573,27 @@ def _broken_params(env, tmp_path: Path, edit) -> Path:
 
 
 def test_params_typo_names_file_and_key(env, tmp_path, capsys):
-    params = _broken_params(env, tmp_path, lambda e, s: e["experiments"]["baseline"].update(
-        train={"schedule": {"epochz": 3}}))
+    params = _broken_params(
+        env, tmp_path, lambda e, s: e["experiments"]["baseline"].update(train={"schedule": {"epochz": 3}})
+    )
     with pytest.raises(ConfigError) as info:
         load_registry(params)
     message = str(info.value)
     assert str(params / "experiments.yaml") in message
     assert "experiments.baseline.train.schedule" in message and "epochz" in message
-    code = cli("train", "--experiment", "baseline", "--scale", "tiny", "--params-dir", params,
-               "--data", env["data"]["tiny"], "--out", tmp_path / "out")
+    code = cli(
+        "train",
+        "--experiment",
+        "baseline",
+        "--scale",
+        "tiny",
+        "--params-dir",
+        params,
+        "--data",
+        env["data"]["tiny"],
+        "--out",
+        tmp_path / "out",
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "experiments.yaml" in err and "epochz" in err
@@ -505,33 +614,76 @@ def test_bad_split_spec_in_params(env, tmp_path):
 
 def test_missing_data_dir_is_a_clear_error(env, tmp_path, capsys):
     missing = tmp_path / "never_prepared"
-    code = cli("train", "--experiment", "baseline", "--scale", "tiny", "--params-dir", env["params"],
-               "--data", missing, "--out", tmp_path / "out")
+    code = cli(
+        "train",
+        "--experiment",
+        "baseline",
+        "--scale",
+        "tiny",
+        "--params-dir",
+        env["params"],
+        "--data",
+        missing,
+        "--out",
+        tmp_path / "out",
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert f"--data {missing} does not exist" in err and "prepare-data" in err
 
 
 def test_missing_raw_data_is_a_clear_error(env, tmp_path, capsys):
-    params = _broken_params(env, tmp_path, lambda e, s: s["scales"]["fmnist"]["data"].update(
-        root=str(tmp_path / "nowhere")))
-    code = cli("prepare-data", "--experiment", "baseline", "--scale", "fmnist", "--params-dir", params,
-               "--out", tmp_path / "data")
+    params = _broken_params(
+        env, tmp_path, lambda e, s: s["scales"]["fmnist"]["data"].update(root=str(tmp_path / "nowhere"))
+    )
+    code = cli(
+        "prepare-data",
+        "--experiment",
+        "baseline",
+        "--scale",
+        "fmnist",
+        "--params-dir",
+        params,
+        "--out",
+        tmp_path / "data",
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "scales.yaml: scales.fmnist.data.root" in err and str(tmp_path / "nowhere") in err
 
 
 def test_missing_source_model_is_a_clear_error(env, tmp_path, capsys):
-    code = cli("split", "--experiment", "hier", "--scale", "tiny", "--params-dir", env["params"],
-               "--source", tmp_path / "nope.pt", "--out", tmp_path / "split")
+    code = cli(
+        "split",
+        "--experiment",
+        "hier",
+        "--scale",
+        "tiny",
+        "--params-dir",
+        env["params"],
+        "--source",
+        tmp_path / "nope.pt",
+        "--out",
+        tmp_path / "split",
+    )
     assert code == 2
     assert "nope.pt not found" in capsys.readouterr().err
 
 
 def test_missing_params_dir(tmp_path, capsys):
-    code = cli("train", "--experiment", "baseline", "--scale", "tiny", "--params-dir", tmp_path / "none",
-               "--data", tmp_path, "--out", tmp_path / "out")
+    code = cli(
+        "train",
+        "--experiment",
+        "baseline",
+        "--scale",
+        "tiny",
+        "--params-dir",
+        tmp_path / "none",
+        "--data",
+        tmp_path,
+        "--out",
+        tmp_path / "out",
+    )
     assert code == 2
     assert "experiments.yaml not found" in capsys.readouterr().err
 
@@ -541,7 +693,11 @@ def test_next_run_removes_temporary_files_of_killed_writes(env, baseline, tmp_pa
     (and only in its own output directory)."""
     out = tmp_path / "finetune"
     (out / "assignments").mkdir(parents=True)
-    leftovers = [out / ".checkpoint.pt.k3j2x9.tmp", out / ".model.pt.a1b2c3.tmp", out / "assignments" / ".epoch_0001.pt.zz.tmp"]
+    leftovers = [
+        out / ".checkpoint.pt.k3j2x9.tmp",
+        out / ".model.pt.a1b2c3.tmp",
+        out / "assignments" / ".epoch_0001.pt.zz.tmp",
+    ]
     for path in leftovers:
         path.write_bytes(b"half-written")
     neighbour = tmp_path / ".other-writer.tmp"
@@ -561,8 +717,23 @@ def test_resume_restores_the_finished_result_of_identical_inputs(env, tmp_path, 
     (out / "model.pt").unlink()  # what Snakemake does to a job's outputs before rerunning it
     (out / "run.json").unlink()
     capsys.readouterr()
-    assert cli("train", "--experiment", "baseline", "--scale", "tiny", "--params-dir", env["params"],
-               "--data", env["data"]["tiny"], "--out", out, "--resume") == 0
+    assert (
+        cli(
+            "train",
+            "--experiment",
+            "baseline",
+            "--scale",
+            "tiny",
+            "--params-dir",
+            env["params"],
+            "--data",
+            env["data"]["tiny"],
+            "--out",
+            out,
+            "--resume",
+        )
+        == 0
+    )
     assert "reusing the finished result of identical inputs" in capsys.readouterr().out
     assert (out / "model.pt").read_bytes() == first and read_record(out / "run.json")["status"] == "FINISHED"
 
@@ -573,15 +744,33 @@ def test_assignment_lr_scale_speeds_up_only_the_assignments(env, tmp_path):
     params = tmp_path / "params"
     shutil.copytree(env["params"], params)
     experiments = yaml.safe_load((params / "experiments.yaml").read_text())
-    experiments["experiments"]["shallow_fast"] = {"method": "splitnet",
-                                                  "group": {"split": "1-2-2", "assignment_lr_scale": 30.0}}
+    experiments["experiments"]["shallow_fast"] = {
+        "method": "splitnet",
+        "group": {"split": "1-2-2", "assignment_lr_scale": 30.0},
+    }
     (params / "experiments.yaml").write_text(yaml.safe_dump(experiments, sort_keys=False))
     sharpness = {}
     for row in ("shallow", "shallow_fast"):
         out = tmp_path / row
-        assert cli("learn-groups", "--experiment", row, "--scale", "tiny", "--params-dir", params,
-                   "--data", env["data"]["tiny"], "--out", out) == 0
+        assert (
+            cli(
+                "learn-groups",
+                "--experiment",
+                row,
+                "--scale",
+                "tiny",
+                "--params-dir",
+                params,
+                "--data",
+                env["data"]["tiny"],
+                "--out",
+                out,
+            )
+            == 0
+        )
         blob = artifacts.load_artifact(out / "model.pt")
         # distance from the uniform assignment (the initial logits are N(0, 0.01): ~0.0025 at start)
-        sharpness[row] = float(torch.stack([(a - 1 / a.shape[0]).abs().mean() for a in blob["assignments"].values()]).mean())
+        sharpness[row] = float(
+            torch.stack([(a - 1 / a.shape[0]).abs().mean() for a in blob["assignments"].values()]).mean()
+        )
     assert sharpness["shallow_fast"] > 1.5 * sharpness["shallow"], sharpness

@@ -54,7 +54,9 @@ def test_presets_apply_last_and_keep_the_row_identity(tmp_path):
     plain, semantic = resolve(registry, "shallow", "cpu", 1), resolve(registry, "shallow@semantic", "cpu", 1)
     for key, value in registry["presets"]["semantic"]["group"].items():
         assert semantic["group"][key] == value  # wins over the scale's overrides
-    assert semantic["group"]["split"] == plain["group"]["split"] and method_of(registry, "shallow@semantic") == "splitnet"
+    assert (
+        semantic["group"]["split"] == plain["group"]["split"] and method_of(registry, "shallow@semantic") == "splitnet"
+    )
     assert semantic["experiment"] == "shallow@semantic" and semantic["engine"]["seed"] == 1
     assert "shallow@semantic" in experiment_names(registry) and study_experiment("fc", "paper") == "fc"
     with pytest.raises(ConfigError, match="unknown preset 'nope'"):
@@ -114,8 +116,11 @@ def test_study_table_scores_every_dataset_and_preset(tmp_path):
             continue
         for seed in cell.seeds:
             grouping = perfect if cell.preset == "semantic" else noise
-            metrics = {"test_error": 10.0 + seed, "groups": _groups(grouping, FASHION_SUPER, names),
-                       "grouping": {"assignment_converged": 1.0, "steps_to_convergence": {"all": 100 * (seed + 1)}}}
+            metrics = {
+                "test_error": 10.0 + seed,
+                "groups": _groups(grouping, FASHION_SUPER, names),
+                "grouping": {"assignment_converged": 1.0, "steps_to_convergence": {"all": 100 * (seed + 1)}},
+            }
             path = ScaleOutputs(tmp_path, cell.scale).run_dir(cell.experiment, seed, "evaluate") / "metrics.json"
             path.parent.mkdir(parents=True)
             path.write_text(json.dumps(metrics))
@@ -135,15 +140,21 @@ def test_study_table_scores_every_dataset_and_preset(tmp_path):
     assert any(v.startswith("planted: no finished") for v in verdicts)
     assert "| fashion_g2 | semantic | 1.000 ± 0.000 |" in (tmp_path / "tables" / "grouping_study.md").read_text()
     # the goal also asks for a test error no worse than the paper-faithful row's (by one pooled std)
-    worse = [{**r, "test_error_mean": r["test_error_mean"] + 5.0} if (r["dataset"], r["preset"]) == ("fashion_g2", "semantic")
-             else r for r in rows]
+    worse = [
+        {**r, "test_error_mean": r["test_error_mean"] + 5.0}
+        if (r["dataset"], r["preset"]) == ("fashion_g2", "semantic")
+        else r
+        for r in rows
+    ]
     assert any(v.startswith("fashion_g2: goal NOT met") and "beyond one pooled std" in v for v in goal_verdicts(worse))
 
 
 def test_class_group_figure_is_written(tmp_path):
     names = [f"k{i}" for i in range(10)]
-    tables = [{**_groups(g, FASHION_SUPER, names), "seed": s}
-              for s, g in enumerate(([0 if s == 0 else 1 for s in FASHION_SUPER], [0, 1] * 5))]
+    tables = [
+        {**_groups(g, FASHION_SUPER, names), "seed": s}
+        for s, g in enumerate(([0 if s == 0 else 1 for s in FASHION_SUPER], [0, 1] * 5))
+    ]
     paths = fig_class_groups({"fashion\npaper": tables, "fashion\nsemantic": tables[:1]}, tmp_path / "fig")
     assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 1000 for p in paths)
 
@@ -222,12 +233,37 @@ def test_semantic_preset_on_the_planted_hierarchy(tmp_path):
         out = tmp_path / f"seed_{seed}"
         common = ("--seed", seed, "--data", data)
         cli("train", "--experiment", "baseline", *common, "--out", out / "train")
-        cli("learn-groups", "--experiment", "fc@semantic", *common, "--baseline", out / "train" / "model.pt",
-            "--out", out / "learn_groups")
-        cli("split", "--experiment", "fc@semantic", "--seed", seed, "--source", out / "learn_groups" / "model.pt",
-            "--out", out / "split")
-        cli("evaluate", "--experiment", "fc@semantic", *common, "--source", out / "split" / "model.pt",
-            "--out", out / "evaluate")
+        cli(
+            "learn-groups",
+            "--experiment",
+            "fc@semantic",
+            *common,
+            "--baseline",
+            out / "train" / "model.pt",
+            "--out",
+            out / "learn_groups",
+        )
+        cli(
+            "split",
+            "--experiment",
+            "fc@semantic",
+            "--seed",
+            seed,
+            "--source",
+            out / "learn_groups" / "model.pt",
+            "--out",
+            out / "split",
+        )
+        cli(
+            "evaluate",
+            "--experiment",
+            "fc@semantic",
+            *common,
+            "--source",
+            out / "split" / "model.pt",
+            "--out",
+            out / "evaluate",
+        )
         metrics = json.loads((out / "evaluate" / "metrics.json").read_text())
         assert metrics["grouping"]["assignment_converged"] >= 0.9, f"seed {seed} did not converge"
         aris.append(semantic_ari(metrics["groups"]))

@@ -8,8 +8,13 @@ from splitnet.tables import build_rows, render_csv, render_latex, render_markdow
 
 
 def _metrics(params, flops, error):
-    return {"params": params, "flops": flops, "params_reduced_pct": 100 * (1 - params / 10_999_908),
-            "flops_reduced_pct": 100 * (1 - flops / 3_095_498_952), "test_error": error}
+    return {
+        "params": params,
+        "flops": flops,
+        "params_reduced_pct": 100 * (1 - params / 10_999_908),
+        "flops_reduced_pct": 100 * (1 - flops / 3_095_498_952),
+        "test_error": error,
+    }
 
 
 def _write(runs, exp, metrics):
@@ -42,13 +47,18 @@ def test_missing_rows_show_missing_and_paper_scale_gets_checkmarks(tmp_path):
     table2 = {r["experiment"]: r for r in build_rows("table2", registry, paper, tmp_path, "paper")}
     flops = table2["shallow"]["cells"]["flops_g"]  # Table 2 has no FLOPs column: null, shown as n/a
     assert flops.paper is None and flops.reproduced is not None and flops.ok == "–"
-    shallow_line = next(line for line in render_markdown(list(table2.values()), "c").splitlines()
-                        if line.startswith("| Shallow Split (G=2)"))
+    shallow_line = next(
+        line
+        for line in render_markdown(list(table2.values()), "c").splitlines()
+        if line.startswith("| Shallow Split (G=2)")
+    )
     assert _cells(shallow_line)[9:13] == ["n/a", "2.64", "–", "–"]
     smoke = build_rows("table1", registry, paper, tmp_path, "smoke")
     assert {c.ok for r in smoke for c in r["cells"].values()} <= {"n/c", "–"}
     assert "\\checkmark" in render_latex(rows, "c", "tab:t1")
-    assert "table1,shallow,Shallow Split (G=2),params_reduced_pct,32.54,32.41,-0.13,✓,paper" in render_csv(rows, "table1", "paper", "CIFAR-100")
+    assert "table1,shallow,Shallow Split (G=2),params_reduced_pct,32.54,32.41,-0.13,✓,paper" in render_csv(
+        rows, "table1", "paper", "CIFAR-100"
+    )
 
 
 def test_regenerated_tables_are_byte_identical(tmp_path):
@@ -75,8 +85,11 @@ def test_rows_show_mean_std_n_over_seeds_and_convergence(tmp_path):
     registry["scales"]["cpu"]["seeds"] = [0, 1, 2, 3]  # seed 3 never ran: n counts what finished
     runs = tmp_path / "runs"
     for seed, (error, converged) in enumerate([(15.0, 0.95), (16.0, 0.8), (17.0, 1.0)]):
-        metrics = {**_metrics(7_435_364, 2_642_416_840, error), "split": "1-2-2",
-                   "grouping": {"assignment_converged": converged, "steps_to_convergence": {"all": 300 + seed}}}
+        metrics = {
+            **_metrics(7_435_364, 2_642_416_840, error),
+            "split": "1-2-2",
+            "grouping": {"assignment_converged": converged, "steps_to_convergence": {"all": 300 + seed}},
+        }
         path = runs / "shallow" / f"seed_{seed}" / "evaluate" / "metrics.json"
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps(metrics))
@@ -88,7 +101,11 @@ def test_rows_show_mean_std_n_over_seeds_and_convergence(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     entry = summary["table1"]["shallow"]
     assert entry["seeds"] == [0, 1, 2] and entry["n"] == 3 and entry["assignment_converged"] == 0.8
-    assert entry["test_error"] == 16.0 and entry["test_error_std"] == 1.0 and entry["steps_to_convergence"] == [300, 301, 302]
+    assert (
+        entry["test_error"] == 16.0
+        and entry["test_error_std"] == 1.0
+        and entry["steps_to_convergence"] == [300, 301, 302]
+    )
     assert summary["seeds"] == [0, 1, 2, 3] and summary["table1"]["deep"] is None
     assert "shallow,Shallow Split (G=2),assignment_converged,,0.8000" in (out / "table1.csv").read_text()
 

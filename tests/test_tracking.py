@@ -17,24 +17,43 @@ from splitnet.records import (
     PROGRESS_RECORD,
     RUN_RECORD,
     RunRecorder,
-    flatten_config,
-    groups_per_level,
     provenance_tags,
     read_record,
 )
+from splitnet.run_summaries import flatten_config, groups_per_level
 
-CONFIG = {"model": {"depth": 16, "widen": 8}, "optim": {"lr": 0.1, "milestones": [60, 120]},
-          "split": "2-2-2"}
+CONFIG = {"model": {"depth": 16, "widen": 8}, "optim": {"lr": 0.1, "milestones": [60, 120]}, "split": "2-2-2"}
 STAGES = ("train", "evaluate")
 # A row's config as stages record it (splitnet.config.stage_config), for the parent's params.
-ROW_CONFIG = {"experiment": "deep", "scale": "smoke", "method": "splitnet",
-              "model": {"arch": "wrn-16-1", "dropout": 0.5}, "engine": {"seed": 0},
-              "group": {"split": "2-2-2", "parametrisation": "softmax", "simplex_rule": "paper",
-                        "gamma_disjoint": 1.0, "gamma_weight": 1.0, "gamma_balance": 10.0,
-                        "overlap": None}}
-ROW_PARAMS = {"method": "splitnet", "scale": "smoke", "arch": "wrn-16-1", "dropout": "0.5",
-              "seed": "0", "split": "2-2-2", "G": "2", "parametrisation": "softmax",
-              "gamma_disjoint": "1.0", "gamma_weight": "1.0", "gamma_balance": "10.0"}
+ROW_CONFIG = {
+    "experiment": "deep",
+    "scale": "smoke",
+    "method": "splitnet",
+    "model": {"arch": "wrn-16-1", "dropout": 0.5},
+    "engine": {"seed": 0},
+    "group": {
+        "split": "2-2-2",
+        "parametrisation": "softmax",
+        "simplex_rule": "paper",
+        "gamma_disjoint": 1.0,
+        "gamma_weight": 1.0,
+        "gamma_balance": 10.0,
+        "overlap": None,
+    },
+}
+ROW_PARAMS = {
+    "method": "splitnet",
+    "scale": "smoke",
+    "arch": "wrn-16-1",
+    "dropout": "0.5",
+    "seed": "0",
+    "split": "2-2-2",
+    "G": "2",
+    "parametrisation": "softmax",
+    "gamma_disjoint": "1.0",
+    "gamma_weight": "1.0",
+    "gamma_balance": "10.0",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -46,8 +65,9 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-def record_run(run_dir: Path, name: str, stage: str, epochs: int = 5, offset: float = 0.0,
-               config: dict | None = None) -> Path:
+def record_run(
+    run_dir: Path, name: str, stage: str, epochs: int = 5, offset: float = 0.0, config: dict | None = None
+) -> Path:
     """A finished stage with ``epochs`` steps of history and one artifact file."""
     with RunRecorder(run_dir, name, stage, "smoke", config or CONFIG, tags={"origin": "test"}) as rec:
         for epoch in range(epochs):
@@ -62,8 +82,7 @@ def sqlite_uri(tmp_path: Path) -> str:
 
 
 def entries_for(root: Path, table: str, rows: list[str]) -> list[TrackEntry]:
-    return [TrackEntry(table, row, [root / row / stage / RUN_RECORD for stage in STAGES])
-            for row in rows]
+    return [TrackEntry(table, row, [root / row / stage / RUN_RECORD for stage in STAGES]) for row in rows]
 
 
 def store_state(uri: str) -> dict[tuple[str, str], tuple[str, dict[str, float], str]]:
@@ -144,8 +163,10 @@ def test_a_failed_rerun_keeps_the_finished_record(tmp_path: Path) -> None:
     path = record_run(tmp_path / "run", "deep", "train", epochs=3)
     finished = path.read_bytes()
     for resume in (False, True):
-        with pytest.raises(RuntimeError), \
-                RunRecorder(path.parent, "deep", "train", "smoke", CONFIG, resume=resume) as rec:
+        with (
+            pytest.raises(RuntimeError),
+            RunRecorder(path.parent, "deep", "train", "smoke", CONFIG, resume=resume) as rec,
+        ):
             rec.log(0, {"loss": 9.0})
             assert path.read_bytes() == finished  # progress goes elsewhere while running
             raise RuntimeError("rerun crashed")
@@ -192,13 +213,19 @@ def test_record_is_replaced_atomically(tmp_path: Path) -> None:
     file, and run.json appears only once, finished."""
     path = tmp_path / "run" / RUN_RECORD
     progress = path.with_name(PROGRESS_RECORD)
-    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         from splitnet.records import RunRecorder
         rec = RunRecorder({str(path.parent)!r}, "deep", "train", "smoke", {{"pad": "x" * 20000}})
         for step in range(200):
             rec.log(step, {{"loss": 1.0}})
         rec.finish({{}})
-    """)])
+    """),
+        ]
+    )
     reads = 0
     while writer.poll() is None:
         try:
@@ -223,8 +250,14 @@ def test_flatten_config_uses_dotted_keys_and_json_leaves() -> None:
 
 
 def test_groups_per_level() -> None:
-    assert [groups_per_level(s) for s in ("1-1-4", "1-2-2", "1-3-3", "2-2-2", "2-4-4", "1-1-1")] == \
-        ["4", "2", "3", "2", "2-4", "1"]
+    assert [groups_per_level(s) for s in ("1-1-4", "1-2-2", "1-3-3", "2-2-2", "2-4-4", "1-1-1")] == [
+        "4",
+        "2",
+        "3",
+        "2",
+        "2-4",
+        "1",
+    ]
 
 
 def test_default_tracking_uri_keeps_the_path_as_given(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -249,8 +282,9 @@ def test_reimport_is_a_no_op_and_a_rerun_replaces_only_its_child(tmp_path: Path)
 
     assert import_runs(uri, entries) == {"created": 4, "updated": 0, "unchanged": 0, "missing": 2}
     before = store_state(uri)
-    assert set(before) == {("splitnet/table1", name) for name in
-                           ("fc", "fc/train", "fc/evaluate", "deep", "deep/train", "deep/evaluate")}
+    assert set(before) == {
+        ("splitnet/table1", name) for name in ("fc", "fc/train", "fc/evaluate", "deep", "deep/train", "deep/evaluate")
+    }
     assert before[("splitnet/table1", "deep")][2] == "FINISHED"
     assert import_runs(uri, entries) == {"created": 0, "updated": 0, "unchanged": 4, "missing": 2}
     assert store_state(uri) == before
@@ -281,8 +315,7 @@ def test_interrupted_import_is_redone(tmp_path: Path) -> None:
     client.delete_tag(half_done, "splitnet.record_sha256")  # as if the importer died mid-run
     assert import_runs(uri, entries)["updated"] == 1
     assert client.get_run(half_done).info.lifecycle_stage == "deleted"
-    assert "splitnet.record_sha256" in client.get_run(
-        store_state(uri)[("splitnet/table1", "fc/train")][0]).data.tags
+    assert "splitnet.record_sha256" in client.get_run(store_state(uri)[("splitnet/table1", "fc/train")][0]).data.tags
 
 
 def test_a_record_shared_by_two_tables_is_a_child_in_both(tmp_path: Path) -> None:
@@ -292,8 +325,10 @@ def test_a_record_shared_by_two_tables_is_a_child_in_both(tmp_path: Path) -> Non
     for stage in STAGES:
         record_run(runs / "baseline" / stage, "baseline", stage)
     entries = entries_for(runs, "table1", ["baseline"]) + [
-        TrackEntry("table2", "baseline", [runs / "baseline" / "train" / RUN_RECORD],
-                   experiment_title="SplitNet Table 2")]
+        TrackEntry(
+            "table2", "baseline", [runs / "baseline" / "train" / RUN_RECORD], experiment_title="SplitNet Table 2"
+        )
+    ]
     uri = sqlite_uri(tmp_path)
     assert import_runs(uri, entries)["created"] == 3
     client = MlflowClient(uri)
@@ -302,8 +337,7 @@ def test_a_record_shared_by_two_tables_is_a_child_in_both(tmp_path: Path) -> Non
         runs_found = client.search_runs([experiment.experiment_id])
         parent = [r for r in runs_found if r.info.run_name == "baseline"]
         assert len(parent) == 1
-        kids = [r for r in runs_found
-                if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
+        kids = [r for r in runs_found if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
         assert len(kids) == children
         assert experiment.artifact_location.startswith((tmp_path / "store").as_uri())
 
@@ -332,8 +366,7 @@ def row_parents(uri: str, experiment: str = "splitnet/table1") -> list:
 
     client = MlflowClient(uri)
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    return [run for run in client.search_runs([experiment_id])
-            if run.data.tags.get("splitnet.kind") == "row"]
+    return [run for run in client.search_runs([experiment_id]) if run.data.tags.get("splitnet.kind") == "row"]
 
 
 def test_a_parent_killed_before_its_params_is_completed_not_duplicated(tmp_path: Path) -> None:
@@ -347,8 +380,12 @@ def test_a_parent_killed_before_its_params_is_completed_not_duplicated(tmp_path:
     import_runs(uri, [])  # just the store
     client = MlflowClient(uri)
     experiment_id = client.create_experiment("splitnet/table1")
-    bare = client.create_run(experiment_id, start_time=0, run_name="deep", tags={
-        "splitnet.kind": "row", "splitnet.table": "table1", "splitnet.row": "deep"})
+    bare = client.create_run(
+        experiment_id,
+        start_time=0,
+        run_name="deep",
+        tags={"splitnet.kind": "row", "splitnet.table": "table1", "splitnet.row": "deep"},
+    )
     assert import_runs(uri, entries_for(runs, "table1", ["deep"]))["created"] == 2
     (parent,) = row_parents(uri)
     assert parent.info.run_id == bare.info.run_id
@@ -374,10 +411,16 @@ def test_extra_parents_of_a_row_are_deleted_with_their_children(tmp_path: Path) 
     _, uri, entries = _imported_deep_row(tmp_path)
     client = MlflowClient(uri)
     (kept,) = row_parents(uri)
-    extra = client.create_run(kept.info.experiment_id, run_name="deep", tags={
-        "splitnet.kind": "row", "splitnet.table": "table1", "splitnet.row": "deep"})
-    extra_child = client.create_run(kept.info.experiment_id, run_name="deep/train", tags={
-        "mlflow.parentRunId": extra.info.run_id, "splitnet.kind": "stage", "splitnet.stage": "train"})
+    extra = client.create_run(
+        kept.info.experiment_id,
+        run_name="deep",
+        tags={"splitnet.kind": "row", "splitnet.table": "table1", "splitnet.row": "deep"},
+    )
+    extra_child = client.create_run(
+        kept.info.experiment_id,
+        run_name="deep/train",
+        tags={"mlflow.parentRunId": extra.info.run_id, "splitnet.kind": "stage", "splitnet.stage": "train"},
+    )
     assert import_runs(uri, entries) == {"created": 0, "updated": 0, "unchanged": 2, "missing": 0}
     assert [p.info.run_id for p in row_parents(uri)] == [kept.info.run_id]  # the oldest
     for run in (extra, extra_child):
@@ -403,7 +446,8 @@ def test_a_row_rerun_with_other_settings_gets_a_new_parent(tmp_path: Path) -> No
 
 
 def test_track_command_reads_the_scale_layout_and_writes_a_portable_summary(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from splitnet.cli import main
 
     repo = Path(__file__).resolve().parents[1]
@@ -419,8 +463,9 @@ def test_track_command_reads_the_scale_layout_and_writes_a_portable_summary(
     assert written["tracking_uri"] == "sqlite:///results/mlflow.db"
     assert written["created"] == 2 * 2  # the baseline row of both tables
     assert (tmp_path / "results" / "mlflow.db").is_file()
-    assert {p.data.tags["splitnet.row"] for p in row_parents(
-        written["tracking_uri"], "splitnet/ci/table2")} == {"baseline/seed_0"}
+    assert {p.data.tags["splitnet.row"] for p in row_parents(written["tracking_uri"], "splitnet/ci/table2")} == {
+        "baseline/seed_0"
+    }
 
     capsys.readouterr()
     assert main([*args, "--tracking-uri", "nosuchscheme://x"]) == 2
@@ -461,8 +506,7 @@ print(json.dumps(import_runs(uri, entries)))
 
 def run_all(commands: list[list[str]]) -> list[subprocess.CompletedProcess[str]]:
     """Start every command at once, then wait for all of them."""
-    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for c in commands]
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands]
     results = []
     for command, proc in zip(commands, procs):
         out, err = proc.communicate(timeout=300)
@@ -472,7 +516,8 @@ def run_all(commands: list[list[str]]) -> list[subprocess.CompletedProcess[str]]
 
 @pytest.mark.slow
 def test_parallel_jobs_and_concurrent_importers_on_a_fresh_store(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import mlflow
     from mlflow import MlflowClient
 
@@ -480,21 +525,30 @@ def test_parallel_jobs_and_concurrent_importers_on_a_fresh_store(
     table1 = ["baseline", "fc", "shallow", "deep", "hier"]
     table2 = ["baseline", "r5", "r6", "r7"]
     rows = sorted(set(table1 + table2))
-    jobs = [[sys.executable, "-c", WRITER, str(runs / row / stage), row, stage]
-            for row in rows for stage in STAGES]
+    jobs = [[sys.executable, "-c", WRITER, str(runs / row / stage), row, stage] for row in rows for stage in STAGES]
     assert len(jobs) == 16
     for job in run_all(jobs):
         assert job.returncode == 0, job.stderr
 
     uri = sqlite_uri(tmp_path)
     go = tmp_path / "go"
-    spec = {name: [{"table": e.table, "row": e.row, "paths": [str(p) for p in e.record_paths]}
-                   for e in entries_for(runs, name, table_rows)]
-            for name, table_rows in (("table1", table1), ("table2", table2))}
+    spec = {
+        name: [
+            {"table": e.table, "row": e.row, "paths": [str(p) for p in e.record_paths]}
+            for e in entries_for(runs, name, table_rows)
+        ]
+        for name, table_rows in (("table1", table1), ("table2", table2))
+    }
     overlapping = [spec["table1"], spec["table2"], spec["table1"] + spec["table2"]]
-    importers = [subprocess.Popen([sys.executable, "-c", IMPORTER, uri, json.dumps(s), str(go)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for s in overlapping]
+    importers = [
+        subprocess.Popen(
+            [sys.executable, "-c", IMPORTER, uri, json.dumps(s), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for s in overlapping
+    ]
     time.sleep(1.0)  # let them start; they spin on the barrier after importing mlflow
     assert not (tmp_path / "store" / "mlflow.db").exists()
     go.touch()
@@ -510,8 +564,7 @@ def test_parallel_jobs_and_concurrent_importers_on_a_fresh_store(
     db = tmp_path / "store" / "mlflow.db"
     with sqlite3.connect(db) as con:
         assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        leftovers = con.execute(
-            "SELECT name FROM sqlite_master WHERE name LIKE '_alembic_tmp%'").fetchall()
+        leftovers = con.execute("SELECT name FROM sqlite_master WHERE name LIKE '_alembic_tmp%'").fetchall()
         assert leftovers == []
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # for the fluent mlflow.search_runs
@@ -525,8 +578,7 @@ def test_parallel_jobs_and_concurrent_importers_on_a_fresh_store(
         children = frame[frame["tags.splitnet.kind"] == "stage"]
         assert len(children) == len(STAGES) * len(table_rows)
         parent_of = dict(zip(parents["run_id"], parents["tags.splitnet.row"]))
-        pairs = sorted(zip(children["tags.mlflow.parentRunId"].map(parent_of),
-                           children["tags.splitnet.stage"]))
+        pairs = sorted(zip(children["tags.mlflow.parentRunId"].map(parent_of), children["tags.splitnet.stage"]))
         assert pairs == sorted((row, stage) for row in table_rows for stage in STAGES)
         assert (parents["metrics.test_error"] == 0.3).all()
         for run_id in children["run_id"]:
@@ -542,8 +594,7 @@ def check_child(client, run_id: str) -> None:
     history = client.get_metric_history(run_id, "loss")
     assert sorted(m.step for m in history) == list(range(50))
     assert run.data.metrics["test_error"] == 0.3
-    assert run.data.params == {"model.depth": "16", "model.widen": "8", "optim.lr": "0.1",
-                               "row": row}
+    assert run.data.params == {"model.depth": "16", "model.widen": "8", "optim.lr": "0.1", "row": row}
     tags = run.data.tags
     assert tags["writer"] == f"{row}/{stage}" and tags["splitnet.scale"] == "smoke"
     assert len(tags["splitnet.record_sha256"]) == 64

@@ -23,8 +23,12 @@ def checked_rows(registry: dict, paper: dict) -> list[tuple[str, str, str]]:
         for row in spec["rows"]:
             name = row["experiment"]
             entry = registry["experiments"].get(name)  # a row@preset is not in the paper
-            if (entry is not None and entry["method"] in SPLIT_METHODS and not entry["group"].get("overlap")
-                    and name in paper[table]):
+            if (
+                entry is not None
+                and entry["method"] in SPLIT_METHODS
+                and not entry["group"].get("overlap")
+                and name in paper[table]
+            ):
                 rows.append((table, name, entry["group"]["split"]))
     return rows
 
@@ -38,8 +42,12 @@ def arch_check_rows(registry: dict, paper: dict) -> list[dict]:
         row: dict[str, Any] = {"table": table, "experiment": exp, "split": code}
         for conv in ("shared", "partitioned"):
             s = summarize(dense, SplitSpec.parse(code), (3, 32, 32), convention=conv)
-            row[conv] = {"params_reduced_pct": s["params_reduced_pct"], "flops_reduced_pct": s["flops_reduced_pct"],
-                         "params": s["params"], "flops": s["flops"]}
+            row[conv] = {
+                "params_reduced_pct": s["params_reduced_pct"],
+                "flops_reduced_pct": s["flops_reduced_pct"],
+                "params": s["params"],
+                "flops": s["flops"],
+            }
         for key in ("params_reduced_pct", "flops_reduced_pct"):
             p = reported.get(key)
             row[f"paper_{key}"] = p
@@ -64,8 +72,10 @@ def render(rows: list[dict]) -> tuple[str, str]:
         "| Table | Row | Split | Params red. Paper | shared | ✓ | partitioned | FLOPs red. Paper | shared | ✓ | partitioned |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    csv = ["table,row,split,paper_params_reduced_pct,shared_params_reduced_pct,partitioned_params_reduced_pct,"
-           "paper_flops_reduced_pct,shared_flops_reduced_pct,partitioned_flops_reduced_pct"]
+    csv = [
+        "table,row,split,paper_params_reduced_pct,shared_params_reduced_pct,partitioned_params_reduced_pct,"
+        "paper_flops_reduced_pct,shared_flops_reduced_pct,partitioned_flops_reduced_pct"
+    ]
     for r in rows:
         s, p = r["shared"], r["partitioned"]
         md.append(
@@ -74,9 +84,21 @@ def render(rows: list[dict]) -> tuple[str, str]:
             f"{f(r['paper_flops_reduced_pct'])} | {f(s['flops_reduced_pct'])} | {ok(r['ok_flops_reduced_pct'])} | "
             f"{f(p['flops_reduced_pct'])} |"
         )
-        csv.append(",".join([r["table"], r["experiment"], r["split"], f(r["paper_params_reduced_pct"]),
-                             f(s["params_reduced_pct"]), f(p["params_reduced_pct"]),
-                             f(r["paper_flops_reduced_pct"]), f(s["flops_reduced_pct"]), f(p["flops_reduced_pct"])]))
+        csv.append(
+            ",".join(
+                [
+                    r["table"],
+                    r["experiment"],
+                    r["split"],
+                    f(r["paper_params_reduced_pct"]),
+                    f(s["params_reduced_pct"]),
+                    f(p["params_reduced_pct"]),
+                    f(r["paper_flops_reduced_pct"]),
+                    f(s["flops_reduced_pct"]),
+                    f(p["flops_reduced_pct"]),
+                ]
+            )
+        )
     return "\n".join(md) + "\n", "\n".join(csv) + "\n"
 
 

@@ -48,33 +48,72 @@ def _plain_state(model: nn.Module) -> dict:
 
 
 def save_dense(model: WideResNet, path: Path, **extra) -> None:
-    atomic_torch_save({"format": FORMAT, "kind": "dense", "plan": plan_to_dict(model.plan),
-                       "state_dict": _plain_state(model), **extra}, path)
+    atomic_torch_save(
+        {
+            "format": FORMAT,
+            "kind": "dense",
+            "plan": plan_to_dict(model.plan),
+            "state_dict": _plain_state(model),
+            **extra,
+        },
+        path,
+    )
 
 
 def save_grouping(model: WideResNet, spec: SplitSpec, matrices: dict[str, torch.Tensor], path: Path, **extra) -> None:
-    atomic_torch_save({"format": FORMAT, "kind": "grouping", "plan": plan_to_dict(model.plan), "split": spec.code,
-                       "state_dict": _plain_state(model),
-                       "assignments": {k: v.detach().float().cpu() for k, v in matrices.items()}, **extra}, path)
+    atomic_torch_save(
+        {
+            "format": FORMAT,
+            "kind": "grouping",
+            "plan": plan_to_dict(model.plan),
+            "split": spec.code,
+            "state_dict": _plain_state(model),
+            "assignments": {k: v.detach().float().cpu() for k, v in matrices.items()},
+            **extra,
+        },
+        path,
+    )
 
 
-def save_split(model: SplitWideResNet, plan: WRNPlan, spec: SplitSpec, partition: dict[str, torch.Tensor],
-               convention: str, layout: str, path: Path, **extra) -> None:
-    atomic_torch_save({"format": FORMAT, "kind": "split", "plan": plan_to_dict(plan), "split": spec.code,
-                       "partition": {k: v.cpu() for k, v in partition.items()}, "convention": convention,
-                       "layout": layout, "state_dict": _plain_state(model), **extra}, path)
+def save_split(
+    model: SplitWideResNet,
+    plan: WRNPlan,
+    spec: SplitSpec,
+    partition: dict[str, torch.Tensor],
+    convention: str,
+    layout: str,
+    path: Path,
+    **extra,
+) -> None:
+    atomic_torch_save(
+        {
+            "format": FORMAT,
+            "kind": "split",
+            "plan": plan_to_dict(plan),
+            "split": spec.code,
+            "partition": {k: v.cpu() for k, v in partition.items()},
+            "convention": convention,
+            "layout": layout,
+            "state_dict": _plain_state(model),
+            **extra,
+        },
+        path,
+    )
 
 
 def load_artifact(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         what = "is a directory, not a model file" if path.is_dir() else "not found"
-        raise FileNotFoundError(f"{path} {what}: pass the model.pt written by the stage before, or run that stage first")
+        raise FileNotFoundError(
+            f"{path} {what}: pass the model.pt written by the stage before, or run that stage first"
+        )
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types (and internal messages) for a file it cannot read
-        raise ValueError(f"{path} is not a readable torch file ({type(err).__name__}); "
-                         "re-run the stage that writes it") from None
+        raise ValueError(
+            f"{path} is not a readable torch file ({type(err).__name__}); re-run the stage that writes it"
+        ) from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ValueError(f"{path} is not a splitnet model file ({FORMAT}); pass a model.pt written by a splitnet stage")
     missing = [key for key in REQUIRED_KEYS.get(blob.get("kind"), ()) if key not in blob]

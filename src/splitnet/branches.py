@@ -37,8 +37,11 @@ class ChannelSelect(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.identity:
             return x
-        y = (x.narrow(1, self.start, self.width) if self.start is not None
-             else x.index_select(1, cast(torch.Tensor, self.index)))
+        y = (
+            x.narrow(1, self.start, self.width)
+            if self.start is not None
+            else x.index_select(1, cast(torch.Tensor, self.index))
+        )
         if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
             # A channel slice of an NHWC tensor is strided; convs would fall back to NCHW.
             y = y.contiguous(memory_format=torch.channels_last)
@@ -75,11 +78,7 @@ class StageBranch(nn.Module):
     and its child branches."""
 
     def __init__(
-        self,
-        select: ChannelSelect,
-        units: nn.Sequential,
-        final_bn: nn.Module | None,
-        children: list[nn.Module],
+        self, select: ChannelSelect, units: nn.Sequential, final_bn: nn.Module | None, children: list[nn.Module]
     ) -> None:
         super().__init__()
         self.select = select

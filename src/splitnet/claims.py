@@ -26,10 +26,12 @@ from .tables import mean_std, seed_metrics
 
 HOLDS, CONTRADICTED, INCONCLUSIVE = "holds", "contradicted", "inconclusive"
 CONFIDENCE = 0.95
-RULE = ("Two rows differ when the 95 % confidence interval of the difference of their means (Welch, unequal "
-        "variances, over seeds; n ≥ 2 per row) excludes 0, i.e. a two-sided Welch t-test at p < 0.05. holds: every "
-        "comparison of the claim goes its way by that rule; contradicted: one goes significantly the other way; "
-        "inconclusive: otherwise (within seed noise, or rows missing).")
+RULE = (
+    "Two rows differ when the 95 % confidence interval of the difference of their means (Welch, unequal "
+    "variances, over seeds; n ≥ 2 per row) excludes 0, i.e. a two-sided Welch t-test at p < 0.05. holds: every "
+    "comparison of the claim goes its way by that rule; contradicted: one goes significantly the other way; "
+    "inconclusive: otherwise (within seed noise, or rows missing)."
+)
 MATCH_PT = 1.0  # "matches" (non-inferiority): the 95 % interval of the error increase stays below 1 point
 PARAMS_THIRD = (23.0, 43.0)  # "about 1/3 fewer params": the paper's 32.5 % ± 10 points
 SEMANTIC_ARI = 0.5  # "semantic": ARI against the superclasses clearly above 0.5 (0 = chance)
@@ -137,8 +139,9 @@ def _shallow_matches_baseline(runs: Runs) -> tuple[str, str]:
     return text, INCONCLUSIVE
 
 
-def _higher(runs: Runs, pairs: list[tuple[str, str]], value: Callable[[str], Stat | None], what: str,
-            unit: str = " %") -> tuple[str, str]:
+def _higher(
+    runs: Runs, pairs: list[tuple[str, str]], value: Callable[[str], Stat | None], what: str, unit: str = " %"
+) -> tuple[str, str]:
     """Each pair (a, b) claims value(a) > value(b)."""
     parts, outcomes = [], []
     for a, b in pairs:
@@ -170,8 +173,10 @@ def _ssl_trend(runs: Runs) -> tuple[str, str]:
 
 def _reduced_gradient_faster(runs: Runs) -> tuple[str, str]:
     soft, simplex = runs.convergence_steps("shallow"), runs.convergence_steps("shallow_simplex")
-    text = (f"{_fmt('steps to convergence softmax (shallow)', soft)} vs "
-            f"{_fmt('reduced gradient (shallow_simplex)', simplex)}")
+    text = (
+        f"{_fmt('steps to convergence softmax (shallow)', soft)} vs "
+        f"{_fmt('reduced gradient (shallow_simplex)', simplex)}"
+    )
     return text, combine([compare(soft, simplex)])
 
 
@@ -190,61 +195,100 @@ def _p(paper: dict, table: str, exp: str, key: str) -> float:
 
 
 CLAIMS = [
-    Claim("shallow_matches_baseline",
-          f"Shallow Split matches the baseline's error (is at most {MATCH_PT} pt worse: upper end of the 95 % CI of the "
-          f"difference) with about 1/3 fewer "
-          f"params ({PARAMS_THIRD[0]:.0f}–{PARAMS_THIRD[1]:.0f} %)",
-          lambda p: (f"Table 1: Shallow {_p(p, 'table1', 'shallow', 'test_error')} % vs baseline "
-                     f"{_p(p, 'table1', 'baseline', 'test_error')} %, params reduced "
-                     f"{_p(p, 'table1', 'shallow', 'params_reduced_pct')} %"),
-          _shallow_matches_baseline),
-    Claim("deeper_splits_cost_accuracy", "Deeper splits (Deep, Hier) have a higher error than Shallow",
-          lambda p: (f"Table 1: Shallow {_p(p, 'table1', 'shallow', 'test_error')} %, Deep "
-                     f"{_p(p, 'table1', 'deep', 'test_error')} %, Hier {_p(p, 'table1', 'hier', 'test_error')} %"),
-          lambda r: _higher(r, [("deep", "shallow"), ("hier", "shallow")], r.error, "error"),
-          quote="We hypothesize that the degradation of the deep split is due to insufficient capacity"),
-    Claim("overlap_lowers_error_adds_params",
-          "Overlap lowers each split's error (FC, Shallow, Deep) while adding params (smaller reduction)",
-          lambda p: "; ".join(f"{e}: {_p(p, 'table1', e, 'test_error')} → {_p(p, 'table1', e + '_overlap', 'test_error')} %, "
-                              f"reduced {_p(p, 'table1', e, 'params_reduced_pct')} → "
-                              f"{_p(p, 'table1', e + '_overlap', 'params_reduced_pct')} %" for e in ("fc", "shallow", "deep")),
-          _overlap,
-          quote="In the case of all three splits, the error rate is reduced while increasing the parameter and FLOPs."),
-    Claim("shallow_beats_ssl", "Shallow Split has a lower error than SSL(1e-3) while reducing far more params",
-          lambda p: (f"Table 1: Shallow {_p(p, 'table1', 'shallow', 'test_error')} % / "
-                     f"{_p(p, 'table1', 'shallow', 'params_reduced_pct')} % reduced vs SSL(1e-3) "
-                     f"{_p(p, 'table1', 'ssl_1e-3', 'test_error')} % / {_p(p, 'table1', 'ssl_1e-3', 'params_reduced_pct')} %"),
-          _shallow_beats_ssl,
-          quote="Our Shallow Split (23.96%) outperforms SSL(1e-3) (24.15%), while significantly reducing the number "
-                "of parameters (32.54%) as opposed to 9.40% of SSL."),
-    Claim("ssl_grows_with_strength", "SSL's params reduction and error grow with its strength (1e-3 < 3e-3 < 5e-3)",
-          lambda p: "Table 1: reduced " + " / ".join(f"{_p(p, 'table1', e, 'params_reduced_pct')}" for e in
-                                                      ("ssl_1e-3", "ssl_3e-3", "ssl_5e-3"))
-          + " %, error " + " / ".join(f"{_p(p, 'table1', e, 'test_error')}" for e in ("ssl_1e-3", "ssl_3e-3", "ssl_5e-3"))
-          + " %",
-          _ssl_trend),
-    Claim("g2_lowest_g4_beats_g3", "Table 2: G = 2 has the lowest error, and G = 4 beats G = 3",
-          lambda p: "Table 2: error G=2/3/4 " + " / ".join(f"{_p(p, 'table2', e, 'test_error')}" for e in
-                                                          ("shallow", "shallow_g3", "shallow_g4")) + " %",
-          lambda r: _higher(r, [("shallow_g3", "shallow"), ("shallow_g4", "shallow"), ("shallow_g3", "shallow_g4")],
-                            r.error, "error"),
-          quote="Setting G = 2 produces the lowest test error. Interestingly, the test error is lower with G = 4 than "
-                "G = 3, even with less parameters."),
-    Claim("reduced_gradient_converges_faster",
-          "The reduced gradient (simplex, official rule) converges in fewer steps than softmax",
-          lambda p: "Supp. §1.1 and Fig. 1 (distribution plots; no step counts given)",
-          _reduced_gradient_faster,
-          quote="the direct optimization of group assignment variables with reduced gradients yields faster "
-                "convergence than optimization via softmax reparametrization."),
-    Claim("class_groups_semantic",
-          f"Class groups are semantic: ARI against the superclasses (G = 2: their best 2-merge) above {SEMANTIC_ARI}",
-          lambda p: "The title; the supplement gives no grouping score for CIFAR-100",
-          lambda r: _semantic(r, ("shallow", "shallow_g3")), quote="Learning to Semantically Split Deep Networks"),
-    Claim("class_groups_semantic_with_preset",
-          f"With our `semantic` preset (not the paper's setting; docs/studies/semantic-groups.md) the class groups "
-          f"are semantic: ARI above {SEMANTIC_ARI}",
-          lambda p: "The title; the supplement gives no grouping score for CIFAR-100",
-          lambda r: _semantic(r, ("shallow@semantic", "shallow_g3@semantic"))),
+    Claim(
+        "shallow_matches_baseline",
+        f"Shallow Split matches the baseline's error (is at most {MATCH_PT} pt worse: upper end of the 95 % CI of the "
+        f"difference) with about 1/3 fewer "
+        f"params ({PARAMS_THIRD[0]:.0f}–{PARAMS_THIRD[1]:.0f} %)",
+        lambda p: (
+            f"Table 1: Shallow {_p(p, 'table1', 'shallow', 'test_error')} % vs baseline "
+            f"{_p(p, 'table1', 'baseline', 'test_error')} %, params reduced "
+            f"{_p(p, 'table1', 'shallow', 'params_reduced_pct')} %"
+        ),
+        _shallow_matches_baseline,
+    ),
+    Claim(
+        "deeper_splits_cost_accuracy",
+        "Deeper splits (Deep, Hier) have a higher error than Shallow",
+        lambda p: (
+            f"Table 1: Shallow {_p(p, 'table1', 'shallow', 'test_error')} %, Deep "
+            f"{_p(p, 'table1', 'deep', 'test_error')} %, Hier {_p(p, 'table1', 'hier', 'test_error')} %"
+        ),
+        lambda r: _higher(r, [("deep", "shallow"), ("hier", "shallow")], r.error, "error"),
+        quote="We hypothesize that the degradation of the deep split is due to insufficient capacity",
+    ),
+    Claim(
+        "overlap_lowers_error_adds_params",
+        "Overlap lowers each split's error (FC, Shallow, Deep) while adding params (smaller reduction)",
+        lambda p: "; ".join(
+            f"{e}: {_p(p, 'table1', e, 'test_error')} → {_p(p, 'table1', e + '_overlap', 'test_error')} %, "
+            f"reduced {_p(p, 'table1', e, 'params_reduced_pct')} → "
+            f"{_p(p, 'table1', e + '_overlap', 'params_reduced_pct')} %"
+            for e in ("fc", "shallow", "deep")
+        ),
+        _overlap,
+        quote="In the case of all three splits, the error rate is reduced while increasing the parameter and FLOPs.",
+    ),
+    Claim(
+        "shallow_beats_ssl",
+        "Shallow Split has a lower error than SSL(1e-3) while reducing far more params",
+        lambda p: (
+            f"Table 1: Shallow {_p(p, 'table1', 'shallow', 'test_error')} % / "
+            f"{_p(p, 'table1', 'shallow', 'params_reduced_pct')} % reduced vs SSL(1e-3) "
+            f"{_p(p, 'table1', 'ssl_1e-3', 'test_error')} % / {_p(p, 'table1', 'ssl_1e-3', 'params_reduced_pct')} %"
+        ),
+        _shallow_beats_ssl,
+        quote="Our Shallow Split (23.96%) outperforms SSL(1e-3) (24.15%), while significantly reducing the number "
+        "of parameters (32.54%) as opposed to 9.40% of SSL.",
+    ),
+    Claim(
+        "ssl_grows_with_strength",
+        "SSL's params reduction and error grow with its strength (1e-3 < 3e-3 < 5e-3)",
+        lambda p: (
+            "Table 1: reduced "
+            + " / ".join(f"{_p(p, 'table1', e, 'params_reduced_pct')}" for e in ("ssl_1e-3", "ssl_3e-3", "ssl_5e-3"))
+            + " %, error "
+            + " / ".join(f"{_p(p, 'table1', e, 'test_error')}" for e in ("ssl_1e-3", "ssl_3e-3", "ssl_5e-3"))
+            + " %"
+        ),
+        _ssl_trend,
+    ),
+    Claim(
+        "g2_lowest_g4_beats_g3",
+        "Table 2: G = 2 has the lowest error, and G = 4 beats G = 3",
+        lambda p: (
+            "Table 2: error G=2/3/4 "
+            + " / ".join(f"{_p(p, 'table2', e, 'test_error')}" for e in ("shallow", "shallow_g3", "shallow_g4"))
+            + " %"
+        ),
+        lambda r: _higher(
+            r, [("shallow_g3", "shallow"), ("shallow_g4", "shallow"), ("shallow_g3", "shallow_g4")], r.error, "error"
+        ),
+        quote="Setting G = 2 produces the lowest test error. Interestingly, the test error is lower with G = 4 than "
+        "G = 3, even with less parameters.",
+    ),
+    Claim(
+        "reduced_gradient_converges_faster",
+        "The reduced gradient (simplex, official rule) converges in fewer steps than softmax",
+        lambda p: "Supp. §1.1 and Fig. 1 (distribution plots; no step counts given)",
+        _reduced_gradient_faster,
+        quote="the direct optimization of group assignment variables with reduced gradients yields faster "
+        "convergence than optimization via softmax reparametrization.",
+    ),
+    Claim(
+        "class_groups_semantic",
+        f"Class groups are semantic: ARI against the superclasses (G = 2: their best 2-merge) above {SEMANTIC_ARI}",
+        lambda p: "The title; the supplement gives no grouping score for CIFAR-100",
+        lambda r: _semantic(r, ("shallow", "shallow_g3")),
+        quote="Learning to Semantically Split Deep Networks",
+    ),
+    Claim(
+        "class_groups_semantic_with_preset",
+        f"With our `semantic` preset (not the paper's setting; docs/studies/semantic-groups.md) the class groups "
+        f"are semantic: ARI above {SEMANTIC_ARI}",
+        lambda p: "The title; the supplement gives no grouping score for CIFAR-100",
+        lambda r: _semantic(r, ("shallow@semantic", "shallow_g3@semantic")),
+    ),
 ]
 
 
@@ -252,26 +296,43 @@ def claim_rows(runs: Runs, paper: dict) -> list[dict[str, str]]:
     rows = []
     for claim in CLAIMS:
         ours, verdict = claim.check(runs)
-        rows.append({"claim": claim.key, "statement": claim.statement, "paper_evidence": claim.paper(paper),
-                     "our_evidence": ours, "verdict": verdict})
+        rows.append(
+            {
+                "claim": claim.key,
+                "statement": claim.statement,
+                "paper_evidence": claim.paper(paper),
+                "our_evidence": ours,
+                "verdict": verdict,
+            }
+        )
     return rows
 
 
 def render_markdown(rows: list[dict[str, str]], caption: str) -> str:
-    lines = [f"**{caption}**", "", f"Rule: {RULE}", "", "| Claim | Paper's evidence | Our evidence | Verdict |",
-             "|---|---|---|---|"]
+    lines = [
+        f"**{caption}**",
+        "",
+        f"Rule: {RULE}",
+        "",
+        "| Claim | Paper's evidence | Our evidence | Verdict |",
+        "|---|---|---|---|",
+    ]
+
     def cell(text: str) -> str:
         return text.replace("|", "\\|")  # "|Δ|" must not end the cell
 
-    lines += [f"| {cell(r['statement'])} | {cell(r['paper_evidence'])} | {cell(r['our_evidence'])} | **{r['verdict']}** |"
-              for r in rows]
+    lines += [
+        f"| {cell(r['statement'])} | {cell(r['paper_evidence'])} | {cell(r['our_evidence'])} | **{r['verdict']}** |"
+        for r in rows
+    ]
     return "\n".join(lines) + "\n"
 
 
 def render_csv(rows: list[dict[str, str]], scale: str) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, ["claim", "statement", "paper_evidence", "our_evidence", "verdict", "scale"],
-                            lineterminator="\n")
+    writer = csv.DictWriter(
+        buf, ["claim", "statement", "paper_evidence", "our_evidence", "verdict", "scale"], lineterminator="\n"
+    )
     writer.writeheader()
     for row in rows:
         writer.writerow({**row, "scale": scale})
@@ -280,9 +341,11 @@ def render_csv(rows: list[dict[str, str]], scale: str) -> str:
 
 def write_claims(registry: dict, paper: dict, runs_dir: Path, out_dir: Path, scale: str, dataset: str) -> list[dict]:
     rows = claim_rows(Runs(runs_dir, registry["scales"][scale]["seeds"]), paper)
-    caption = (f"The supplement's claims at scale '{scale}' ({registry['scales'][scale]['model']['arch'].upper()}, "
-               f"{dataset}; seeds {', '.join(map(str, registry['scales'][scale]['seeds']))}). Our numbers are "
-               "test error (%), params reduced (%), steps and ARI, mean ± sample std over seeds.")
+    caption = (
+        f"The supplement's claims at scale '{scale}' ({registry['scales'][scale]['model']['arch'].upper()}, "
+        f"{dataset}; seeds {', '.join(map(str, registry['scales'][scale]['seeds']))}). Our numbers are "
+        "test error (%), params reduced (%), steps and ARI, mean ± sample std over seeds."
+    )
     atomic_write_text(Path(out_dir) / "claims.md", render_markdown(rows, caption))
     atomic_write_text(Path(out_dir) / "claims.csv", render_csv(rows, scale))
     return rows

@@ -22,8 +22,9 @@ from torch import nn
 
 
 @torch.no_grad()
-def soft_confusion(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                   batch_size: int = 500) -> torch.Tensor:
+def soft_confusion(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int, batch_size: int = 500
+) -> torch.Tensor:
     """``C x C``: row ``i`` = mean softmax over the images of class ``i`` (eval mode)."""
     was_training = model.training
     model.eval()

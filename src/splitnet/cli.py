@@ -8,10 +8,9 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-import yaml
-
 from .config import EXPERIMENTS_FILE, SPLIT_METHODS, STAGES, TRAINING_STAGES, command_name, load_registry
 from .data.errors import DataError
+from .reports import cmd_figures, cmd_study, cmd_tables, cmd_track
 from .spec import SpecError, SplitSpec
 
 EXIT_BAD_INPUT = 2
@@ -26,32 +25,48 @@ def resolve_split(text: str, params_dir: Path) -> SplitSpec:
         except SpecError as err:
             raise SpecError(f"--split {text!r}: {err}") from None
     registry = load_registry(params_dir)
-    named = {name: row["group"]["split"] for name, row in registry["experiments"].items() if row["method"] in SPLIT_METHODS}
+    named = {
+        name: row["group"]["split"] for name, row in registry["experiments"].items() if row["method"] in SPLIT_METHODS
+    }
     if text in named:
         return SplitSpec.parse(named[text])
-    raise SpecError(f"--split {text!r} is neither a G3-G2-G1 spec (e.g. 2-4-4) nor a split row of "
-                    f"{params_dir / EXPERIMENTS_FILE}: {', '.join(named)}")
+    raise SpecError(
+        f"--split {text!r} is neither a G3-G2-G1 spec (e.g. 2-4-4) nor a split row of "
+        f"{params_dir / EXPERIMENTS_FILE}: {', '.join(named)}"
+    )
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
     from .artifacts import plan_from_dict
     from .model import WideResNet
+    from .source_checks import SourceRule, load_source
     from .summary import format_summary, summarize
-    from .validate import SourceRule, check_split_fits, check_summary, dense_plan, load_source
+    from .validate import check_split_fits, check_summary, dense_plan
 
     check_summary(args)
     if args.model:  # the learned groups of a split model file (results/runs/.../split/model.pt)
         rule = SourceRule("split", "a split/model.pt or finetune/model.pt of a splitnet or random row")
         blob = load_source(Path(args.model), "--model", rule, "summary --model")
         plan = plan_from_dict(blob["plan"])
-        result = summarize(WideResNet(plan), SplitSpec.parse(blob["split"]), (plan.in_channels, args.image_size, args.image_size),
-                           partition=blob["partition"], convention=blob["convention"], layout=blob["layout"])
+        result = summarize(
+            WideResNet(plan),
+            SplitSpec.parse(blob["split"]),
+            (plan.in_channels, args.image_size, args.image_size),
+            partition=blob["partition"],
+            convention=blob["convention"],
+            layout=blob["layout"],
+        )
     else:
         spec = resolve_split(args.split, Path(args.params_dir))
         plan = dense_plan(args.arch, args.in_channels, args.num_classes, f"--arch {args.arch}")
         check_split_fits(spec, plan, f"--split {args.split}", args.arch)
-        result = summarize(WideResNet(plan), spec, (args.in_channels, args.image_size, args.image_size),
-                           convention=args.convention, layout=args.layout)
+        result = summarize(
+            WideResNet(plan),
+            spec,
+            (args.in_channels, args.image_size, args.image_size),
+            convention=args.convention,
+            layout=args.layout,
+        )
     print(json.dumps(result, indent=2) if args.json else format_summary(result))
     return 0
 
@@ -81,7 +96,9 @@ def cmd_stage(args: argparse.Namespace) -> int:
         elif args.command == "train":
             stages.stage_train(cfg, Path(args.data), out, args.resume)
         elif args.command == "learn-groups":
-            stages.stage_learn_groups(cfg, Path(args.data), out, Path(args.baseline) if args.baseline else None, args.resume)
+            stages.stage_learn_groups(
+                cfg, Path(args.data), out, Path(args.baseline) if args.baseline else None, args.resume
+            )
         elif args.command == "split":
             stages.stage_split(cfg, Path(args.source), out)
         elif args.command == "finetune" and args.parallel:  # one process per worker (torchrun / srun)
@@ -98,111 +115,6 @@ def cmd_stage(args: argparse.Namespace) -> int:
     except NonFiniteLoss as err:
         print(f"splitnet {args.command}: {err}", file=sys.stderr)
         return 3
-    return 0
-
-
-def cmd_track(args: argparse.Namespace) -> int:
-    """Import the scale's run records into MLflow (one store for every scale)."""
-    import os
-
-    # Project rule: no telemetry, here and in what this process starts; set before mlflow
-    # (imported by mlflow_import) reads it.
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-    from .config import METHOD_STAGES, load_registry, method_of
-    from .mlflow_import import TrackEntry, default_tracking_uri, import_runs
-    from .outputs import ScaleOutputs
-    from .records import RUN_RECORD
-    from .study import study_cells
-
-    registry = load_registry(args.params_dir)
-    out = ScaleOutputs(args.results, args.scale)
-    # Kept as given (relative for a relative --results): the summary file is committed.
-    uri = args.tracking_uri or default_tracking_uri(args.results)
-    entries = []
-    for table, spec in registry["tables"].items():
-        for row in spec["rows"]:
-            exp = row["experiment"]
-            stages = METHOD_STAGES[method_of(registry, exp)]  # the parent run shows the last
-            for seed in registry["scales"][args.scale]["seeds"]:  # one parent run per row and seed
-                records = [out.run_dir(exp, seed, stage) / RUN_RECORD for stage in stages]
-                entries.append(TrackEntry(table, f"{exp}/seed_{seed}", records,
-                                          experiment_title=f"splitnet/{args.scale}/{table}"))
-    files = {f"splitnet/{args.scale}/claims": [path for path in out.claims_files() if path.is_file()]}
-    if registry["grouping_study"]["scale"] == args.scale:  # one parent run per (dataset, preset, seed)
-        title = f"splitnet/{args.scale}/grouping_study"
-        for cell in study_cells(registry):
-            cell_out = ScaleOutputs(args.results, cell.scale)
-            for seed in cell.seeds:
-                records = [cell_out.run_dir(cell.experiment, seed, stage) / RUN_RECORD
-                           for stage in METHOD_STAGES["splitnet"]]
-                entries.append(TrackEntry("grouping_study", f"{cell.dataset}/{cell.preset}/seed_{seed}", records,
-                                          experiment_title=title))
-        files[f"{title}/table"] = [path for path in out.study_files() if path.is_file()]
-    summary = import_runs(uri, entries, files={name: paths for name, paths in files.items() if paths} or None)
-    print(f"tracking {uri}: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
-    if args.summary_out:
-        from .io import atomic_write_json
-
-        atomic_write_json(Path(args.summary_out), {"tracking_uri": uri, "scale": args.scale, **summary})
-    return 0
-
-
-def cmd_tables(args: argparse.Namespace) -> int:
-    from .arch_check import write_arch_check
-    from .claims import write_claims
-    from .config import load_registry
-    from .outputs import ScaleOutputs
-    from .tables import dataset_text, write_tables
-
-    registry = load_registry(args.params_dir)
-    out = ScaleOutputs(args.results, args.scale)
-    paper = Path(args.params_dir) / "paper_results.yaml"
-    write_tables(registry, paper, out.runs, out.tables, out.summary, args.scale)
-    write_claims(registry, yaml.safe_load(paper.read_text()), out.runs, out.tables, args.scale,
-                 dataset_text(registry, args.scale))
-    write_arch_check(registry, paper, out.tables)
-    print(f"wrote {out.tables}/: {', '.join(sorted(p.name for p in out.tables.iterdir() if not p.name.startswith('.')))}")
-    return 0
-
-
-def cmd_figures(args: argparse.Namespace) -> int:
-    from .config import load_registry
-    from .figures import fig1_assignment_dynamics, fig2_block_structure
-    from .outputs import ScaleOutputs
-
-    registry = load_registry(args.params_dir)
-    runs, seed = registry["figures"], registry["scales"][args.scale]["seeds"][0]  # figures show the first seed
-    out = ScaleOutputs(args.results, args.scale)
-    fig1 = runs["fig1_assignment_dynamics"]
-    fig1_assignment_dynamics({label: out.run_dir(exp, seed, "learn_groups") for label, exp in fig1.items()},
-                             out.figures / "fig1_assignment_dynamics")
-    (exp,) = runs["fig2_block_structure"].values()
-    fig2_block_structure(out.run_dir(exp, seed, "learn_groups") / "model.pt", out.figures / "fig2_block_structure")
-    print(f"wrote {out.figures}/fig1_assignment_dynamics.(png|pdf), fig2_block_structure.(png|pdf)")
-    return 0
-
-
-def cmd_study(args: argparse.Namespace) -> int:
-    from .config import load_registry
-    from .figures import fig_class_groups
-    from .outputs import ScaleOutputs
-    from .study import FIGURE_PRESETS, study_cells, write_study
-    from .tables import seed_metrics
-
-    registry = load_registry(args.params_dir)
-    out = ScaleOutputs(args.results, args.scale)
-    rows = write_study(registry, args.results, out.tables)
-    panels = {}
-    for cell in study_cells(registry):
-        if cell.preset in FIGURE_PRESETS:
-            metrics = seed_metrics(ScaleOutputs(args.results, cell.scale).runs, cell.experiment, list(cell.seeds))
-            if metrics:
-                panels[f"{cell.dataset}\n{cell.preset}"] = [{**m["groups"], "seed": m["seed"]} for m in metrics]
-    if panels:
-        fig_class_groups(panels, out.figures / "grouping_study")
-    print(f"wrote {', '.join(str(p) for p in out.study_files())}: "
-          f"{sum(r['seeds'] for r in rows)} runs in {len(rows)} (dataset, preset) cells")
     return 0
 
 
@@ -226,11 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("summary", help="per-layer and total params/FLOPs of a split WRN vs the unsplit one")
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--split", help="G3-G2-G1 spec (1-1-4, 1-2-2, 2-2-2, 2-4-4) or a split row's name (shallow, deep, ...)")
+    what.add_argument(
+        "--split", help="G3-G2-G1 spec (1-1-4, 1-2-2, 2-2-2, 2-4-4) or a split row's name (shallow, deep, ...)"
+    )
     what.add_argument("--model", help="a split model file: count its learned (unequal) groups instead")
     p.add_argument("--arch", default="wrn-16-8", help="wrn-<depth>-<width> (default wrn-16-8)")
-    p.add_argument("--convention", choices=("shared", "partitioned"), default="shared",
-                   help="inputs of a split stage's first layers: whole parent branch (shared, reproduces the paper) or learned partition (official code)")
+    p.add_argument(
+        "--convention",
+        choices=("shared", "partitioned"),
+        default="shared",
+        help="inputs of a split stage's first layers: whole parent branch (shared, reproduces the paper) or learned partition (official code)",
+    )
     p.add_argument("--layout", choices=("preact", "official"), default="preact", help="split unit layout")
     p.add_argument("--in-channels", type=int, default=3)
     p.add_argument("--num-classes", type=int, default=100)
@@ -243,25 +161,40 @@ def build_parser() -> argparse.ArgumentParser:
         name = command_name(stage)
         p = sub.add_parser(name, help=about.summary)
         p.add_argument("--experiment", required=True, help="row id in params/experiments.yaml (e.g. deep)")
-        p.add_argument("--scale", default="cpu", help="paper | cpu | smoke | ci (params/scales.yaml)")
+        p.add_argument(
+            "--scale", default="cpu", help="a scale of params/scales.yaml (cpu, planted, smoke, ci, paper, paper_fp32)"
+        )
         p.add_argument("--params-dir", default="params")
         p.add_argument("--out", required=True, help="this stage's output directory")
         if stage != "prepare_data":
-            p.add_argument("--seed", type=seed_arg, default=None,
-                           help="engine seed: weights, assignment init, data order (default: the scale's first seed)")
+            p.add_argument(
+                "--seed",
+                type=seed_arg,
+                default=None,
+                help="engine seed: weights, assignment init, data order (default: the scale's first seed)",
+            )
             p.add_argument("--data", required=stage != "split", help="prepared data directory")
         if stage in ("split", "finetune", "evaluate"):
             p.add_argument("--source", required=True, help="model file of the previous stage")
         if stage == "learn_groups":
-            p.add_argument("--baseline", help="baseline model file (SSL and groupings with group.init baseline start from it)")
+            p.add_argument(
+                "--baseline", help="baseline model file (SSL and groupings with group.init baseline start from it)"
+            )
         if stage in TRAINING_STAGES:
             p.add_argument("--resume", action="store_true", help="continue from this stage's checkpoint if present")
         if stage == "finetune":
-            p.add_argument("--parallel", action="store_true",
-                           help="model-parallel over the workers torchrun/srun started, one process each (docs/parallel.md)")
-            p.add_argument("--timeout", type=float, default=None,
-                           help="--parallel: seconds a collective waits for the other workers before failing "
-                                "(default: splitnet.parallel.workers.DEFAULT_TIMEOUT_S)")
+            p.add_argument(
+                "--parallel",
+                action="store_true",
+                help="model-parallel over the workers torchrun/srun started, one process each (docs/parallel.md)",
+            )
+            p.add_argument(
+                "--timeout",
+                type=float,
+                default=None,
+                help="--parallel: seconds a collective waits for the other workers before failing "
+                "(default: splitnet.parallel.workers.DEFAULT_TIMEOUT_S)",
+            )
         p.set_defaults(func=cmd_stage)
 
     p = sub.add_parser("tables", help="render Tables 1/2, class groups and the architecture check from results")
@@ -286,9 +219,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", default="cpu")
     p.add_argument("--params-dir", default="params")
     p.add_argument("--results", default="results", help="reads <results>/<scale>/runs/<experiment>/<stage>/run.json")
-    p.add_argument("--tracking-uri", default=None,
-                   help="default: $MLFLOW_TRACKING_URI or sqlite:///<results>/mlflow.db (one store for all scales)")
-    p.add_argument("--summary-out", default=None, help="also write the import counts (and the URI as given) to this JSON file")
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="default: $MLFLOW_TRACKING_URI or sqlite:///<results>/mlflow.db (one store for all scales)",
+    )
+    p.add_argument(
+        "--summary-out", default=None, help="also write the import counts (and the URI as given) to this JSON file"
+    )
     p.set_defaults(func=cmd_track)
     return parser
 
@@ -304,8 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as done:  # --help, or a usage error already printed as one line
         return done.code if isinstance(done.code, int) else EXIT_BAD_INPUT
     if unknown:  # reported here so that the line names the command, as argparse's other errors do
-        print(f"splitnet {args.command}: error: unrecognized arguments: {' '.join(unknown)}; "
-              f"see `splitnet {args.command} --help`", file=sys.stderr)
+        print(
+            f"splitnet {args.command}: error: unrecognized arguments: {' '.join(unknown)}; "
+            f"see `splitnet {args.command} --help`",
+            file=sys.stderr,
+        )
         return EXIT_BAD_INPUT
     try:
         if args.command in ("tables", "figures", "track", "study"):
@@ -333,8 +274,11 @@ def main(argv: list[str] | None = None) -> int:
         if type(err).__name__ == "WorkerFailure":  # splitnet.parallel: a worker died or hung
             print(f"splitnet {args.command}: error: {_one_line(err)}", file=sys.stderr)
             return EXIT_UNEXPECTED
-        print(f"splitnet {args.command}: error: unexpected {type(err).__name__}: {_one_line(err)}; "
-              f"rerun with `splitnet --debug {args.command} ...` for the traceback", file=sys.stderr)
+        print(
+            f"splitnet {args.command}: error: unexpected {type(err).__name__}: {_one_line(err)}; "
+            f"rerun with `splitnet --debug {args.command} ...` for the traceback",
+            file=sys.stderr,
+        )
         return EXIT_UNEXPECTED
 
 

@@ -59,9 +59,14 @@ def load_registry(params_dir: str | Path = "params") -> dict:
     """Read and validate ``experiments.yaml`` + ``scales.yaml``."""
     params_dir = Path(params_dir)
     schema = _schema()
-    files = {EXPERIMENTS_FILE: _read_yaml(params_dir / EXPERIMENTS_FILE), SCALES_FILE: _read_yaml(params_dir / SCALES_FILE)}
-    top_level = {SCALES_FILE: SCALES_FILE_KEYS,
-                 EXPERIMENTS_FILE: tuple(k for k in schema["properties"] if k not in SCALES_FILE_KEYS)}
+    files = {
+        EXPERIMENTS_FILE: _read_yaml(params_dir / EXPERIMENTS_FILE),
+        SCALES_FILE: _read_yaml(params_dir / SCALES_FILE),
+    }
+    top_level = {
+        SCALES_FILE: SCALES_FILE_KEYS,
+        EXPERIMENTS_FILE: tuple(k for k in schema["properties"] if k not in SCALES_FILE_KEYS),
+    }
     for name, data in files.items():
         _check_top_level(params_dir / name, data, top_level[name], schema["required"])
         _check_finite(params_dir / name, data, [])
@@ -80,8 +85,9 @@ def _check_top_level(path: Path, data: dict, allowed: tuple[str, ...], required:
     # Checked per file: in the merged registry a key would be blamed on the wrong file.
     unknown = sorted(str(k) for k in data if k not in allowed)
     if unknown:
-        raise ConfigError(f"{path}: unknown top-level key(s) {', '.join(unknown)}; this file holds only "
-                          f"{', '.join(allowed)}")
+        raise ConfigError(
+            f"{path}: unknown top-level key(s) {', '.join(unknown)}; this file holds only {', '.join(allowed)}"
+        )
     missing = [k for k in allowed if k in required and k not in data]
     if missing:
         raise ConfigError(f"{path}: the top-level key(s) {', '.join(missing)} are missing; add them")
@@ -144,31 +150,39 @@ def _cross_check(registry: dict, params_dir: Path) -> None:
         # A scale changes how rows train, never what they are.
         for key in ("method", "group.split"):
             if _has_key(overrides, key.split(".")):
-                raise ConfigError(f"{params_dir / SCALES_FILE}: scales.{scale}.overrides.{key}: a scale cannot change a "
-                                  "row's identity; set it on the row in experiments.yaml")
+                raise ConfigError(
+                    f"{params_dir / SCALES_FILE}: scales.{scale}.overrides.{key}: a scale cannot change a "
+                    "row's identity; set it on the row in experiments.yaml"
+                )
     where = params_dir / EXPERIMENTS_FILE
     for name, preset in registry["presets"].items():
         for key in ("method", "group.split"):
             if _has_key(preset, key.split(".")):
-                raise ConfigError(f"{where}: presets.{name}.{key}: a preset cannot change a row's identity; "
-                                  "set it on the row")
+                raise ConfigError(
+                    f"{where}: presets.{name}.{key}: a preset cannot change a row's identity; set it on the row"
+                )
     study = registry["grouping_study"]
     if study["scale"] not in registry["scales"]:
         raise ConfigError(f"{where}: grouping_study.scale: unknown scale {study['scale']!r}")
     for name in study["presets"]:
         if name != PAPER_PRESET and name not in registry["presets"]:
-            raise ConfigError(f"{where}: grouping_study.presets: unknown preset {name!r}; known: "
-                              f"{', '.join([PAPER_PRESET, *registry['presets']])}")
+            raise ConfigError(
+                f"{where}: grouping_study.presets: unknown preset {name!r}; known: "
+                f"{', '.join([PAPER_PRESET, *registry['presets']])}"
+            )
     for name, entry in study["datasets"].items():
         if entry["scale"] not in registry["scales"]:
             raise ConfigError(f"{where}: grouping_study.datasets.{name}.scale: unknown scale {entry['scale']!r}")
         if registry["experiments"].get(entry["experiment"], {}).get("method") != "splitnet":
-            raise ConfigError(f"{where}: grouping_study.datasets.{name}.experiment: {entry['experiment']!r} is not "
-                              "a splitnet experiment")
+            raise ConfigError(
+                f"{where}: grouping_study.datasets.{name}.experiment: {entry['experiment']!r} is not "
+                "a splitnet experiment"
+            )
         for preset in entry.get("presets", []):
             if preset not in study["presets"]:
-                raise ConfigError(f"{where}: grouping_study.datasets.{name}.presets: {preset!r} is not one of "
-                                  "grouping_study.presets")
+                raise ConfigError(
+                    f"{where}: grouping_study.datasets.{name}.presets: {preset!r} is not one of grouping_study.presets"
+                )
     for name, row in registry["experiments"].items():
         split = row.get("group", {}).get("split")
         if row["method"] in SPLIT_METHODS:
@@ -188,8 +202,10 @@ def _cross_check(registry: dict, params_dir: Path) -> None:
     for figure, runs in registry["figures"].items():
         for label, experiment in runs.items():
             if registry["experiments"].get(experiment, {}).get("method") != "splitnet":
-                raise ConfigError(f"{where}: figures.{figure}.{label}: {experiment!r} is not a splitnet experiment "
-                                  "(figures show grouping runs); name one of experiments.*")
+                raise ConfigError(
+                    f"{where}: figures.{figure}.{label}: {experiment!r} is not a splitnet experiment "
+                    "(figures show grouping runs); name one of experiments.*"
+                )
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -213,10 +229,14 @@ def split_experiment(registry: dict, experiment: str) -> tuple[str, str | None]:
     """``"shallow@semantic"`` -> ``("shallow", "semantic")``, ``"shallow"`` -> ``("shallow", None)``."""
     row, _, preset = experiment.partition(PRESET_SEPARATOR)
     if row not in registry["experiments"]:
-        raise ConfigError(f"unknown experiment {row!r}; known: {', '.join(registry['experiments'])} "
-                          f"(optionally {PRESET_SEPARATOR}<preset>)")
+        raise ConfigError(
+            f"unknown experiment {row!r}; known: {', '.join(registry['experiments'])} "
+            f"(optionally {PRESET_SEPARATOR}<preset>)"
+        )
     if _ and preset not in registry["presets"]:
-        raise ConfigError(f"unknown preset {preset!r} in experiment {experiment!r}; known: {', '.join(registry['presets'])}")
+        raise ConfigError(
+            f"unknown preset {preset!r} in experiment {experiment!r}; known: {', '.join(registry['presets'])}"
+        )
     return row, preset or None
 
 
@@ -281,12 +301,16 @@ class Stage:
 STAGES: dict[str, Stage] = {
     "prepare_data": Stage(("data",), "write the prepared data splits (train/val/test .pt + manifest)"),
     "train": Stage(("model", "engine", "train"), "train the dense baseline WRN"),
-    "learn_groups": Stage(("model", "engine", "group", "ssl"),
-                          "SplitNet grouping (regularizers on the assignments) or SSL sparsification"),
-    "split": Stage(("model", "group", "split", "ssl"), "cut the network into branches (learned, random) or prune it (SSL)"),
+    "learn_groups": Stage(
+        ("model", "engine", "group", "ssl"), "SplitNet grouping (regularizers on the assignments) or SSL sparsification"
+    ),
+    "split": Stage(
+        ("model", "group", "split", "ssl"), "cut the network into branches (learned, random) or prune it (SSL)"
+    ),
     "finetune": Stage(("engine", "finetune"), "finetune the split/pruned network"),
-    "evaluate": Stage(("model", "engine", "evaluate"),
-                      "test error, params/FLOPs, class groups, throughput -> metrics.json"),
+    "evaluate": Stage(
+        ("model", "engine", "evaluate"), "test error, params/FLOPs, class groups, throughput -> metrics.json"
+    ),
 }
 
 # The stages each method runs after prepare_data, in pipeline order (the last is ``evaluate``;
@@ -308,5 +332,7 @@ def command_name(stage: str) -> str:
 
 def stage_config(cfg: dict[str, Any], stage: str) -> dict[str, Any]:
     """The part of a row's resolved config that ``stage`` reads (plus the row's identity)."""
-    identity = ("experiment", "scale", "method") if stage == "prepare_data" else ("experiment", "scale", "seed", "method")
+    identity = (
+        ("experiment", "scale", "method") if stage == "prepare_data" else ("experiment", "scale", "seed", "method")
+    )
     return {k: cfg[k] for k in (*identity, *STAGES[stage].sections) if k in cfg}

@@ -49,7 +49,7 @@ def steps_to_convergence(trace: list[tuple[int, dict[str, float]]]) -> dict[str,
     ``trace`` holds (step, :func:`convergence_metrics`) pairs in step order, measured every
     ``group.convergence_every`` steps, which is the resolution.
     """
-    names = sorted({k[len("sharp/"):] for _, row in trace for k in row if k.startswith("sharp/")})
+    names = sorted({k[len("sharp/") :] for _, row in trace for k in row if k.startswith("sharp/")})
     steps: dict[str, int | None] = {}
     for name in [*names, "all"]:
         key = "assignment_converged" if name == "all" else f"sharp/{name}"

@@ -57,7 +57,9 @@ def _conv_count(name: str, m: nn.Conv2d, out: torch.Tensor, counted: bool) -> La
     h, w = out.shape[-2:]
     macs = m.weight.numel() * h * w
     flops = 2 * macs + (h * w * m.out_channels * 2 if m.bias is not None else 0)
-    return LayerCount(name, "conv", m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], (h, w), params, flops, counted)
+    return LayerCount(
+        name, "conv", m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], (h, w), params, flops, counted
+    )
 
 
 def _fc_count(name: str, m: nn.Linear, counted: bool) -> LayerCount:

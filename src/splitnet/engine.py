@@ -15,11 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import signal
-import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -30,6 +26,7 @@ from torch import nn
 
 from .augment import Normalizer, random_crop_flip
 from .io import atomic_torch_save
+from .run_control import Progress, sigterm_flag
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again"; SLURM/Snakemake retries resume from the checkpoint
 CHECKPOINT = "checkpoint.pt"
@@ -133,48 +130,6 @@ def checkpoint_digest(run_dir: Path) -> str | None:
     return torch.load(path, map_location="cpu", weights_only=True)["digest"]
 
 
-class _Progress:
-    """A progress bar on a terminal, plain periodic lines otherwise (SLURM logs, CI)."""
-
-    def __init__(self, total_steps: int) -> None:
-        self.interactive = sys.stderr.isatty()
-        self.total = total_steps
-        self.start = time.perf_counter()
-
-    def step(self, epoch: int, step: int, steps_per_epoch: int, loss: float | None) -> None:
-        done = epoch * steps_per_epoch + step
-        rate = done / max(time.perf_counter() - self.start, 1e-9)
-        if self.interactive:
-            bar = "#" * int(30 * done / self.total)
-            sys.stderr.write(f"\r[{bar:30s}] epoch {epoch + 1} step {step}/{steps_per_epoch} {rate:.1f} it/s")
-            sys.stderr.flush()
-        elif loss is not None:
-            print(f"epoch {epoch + 1} step {step}/{steps_per_epoch} loss {loss:.4f} ({rate:.1f} it/s)", flush=True)
-
-    def close(self) -> None:
-        if self.interactive:
-            sys.stderr.write("\n")
-
-
-@contextmanager
-def _sigterm_flag() -> Iterator[dict[str, bool]]:
-    """Turn SIGTERM into a flag checked between steps (only in the main thread)."""
-    state = {"term": False}
-
-    def handler(signum: int, frame: object) -> None:
-        state["term"] = True
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: no handler, no flag
-        previous = None
-    try:
-        yield state
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, data: DeviceData, normalizer: Normalizer, cfg: EngineConfig) -> dict[str, float]:
     """Top-1 error (%) and mean cross-entropy, eval mode, no augmentation."""
@@ -205,12 +160,15 @@ class TrainResult:
     resumed_from: tuple[int, int] | None = None
 
 
-def _build_optimizers(model: nn.Module, schedule: Schedule,
-                      extra_optimizers: Sequence[torch.optim.Optimizer]) -> list[torch.optim.Optimizer]:
+def _build_optimizers(
+    model: nn.Module, schedule: Schedule, extra_optimizers: Sequence[torch.optim.Optimizer]
+) -> list[torch.optim.Optimizer]:
     """SGD, then ``extra_optimizers``; parameters an extra optimizer owns are updated by it alone."""
     owned = {id(p) for o in extra_optimizers for g in o.param_groups for p in g["params"]}
-    groups = [{**g, "params": [p for p in g["params"] if id(p) not in owned]}
-              for g in parameter_groups(model, schedule.weight_decay)]
+    groups = [
+        {**g, "params": [p for p in g["params"] if id(p) not in owned]}
+        for g in parameter_groups(model, schedule.weight_decay)
+    ]
     sgd = torch.optim.SGD([g for g in groups if g["params"]], lr=schedule.lr, momentum=schedule.momentum)
     return [sgd, *extra_optimizers]
 
@@ -227,8 +185,16 @@ def _set_epoch_lr(optimizers: list[torch.optim.Optimizer], schedule: Schedule, e
 class _Run:
     """A run's mutable state: what a checkpoint holds, and the current epoch's loss sums."""
 
-    def __init__(self, model: nn.Module, optimizers: list[torch.optim.Optimizer], gen: torch.Generator,
-                 device: torch.device, steps_per_epoch: int, ckpt_path: Path, digest: str) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizers: list[torch.optim.Optimizer],
+        gen: torch.Generator,
+        device: torch.device,
+        steps_per_epoch: int,
+        ckpt_path: Path,
+        digest: str,
+    ) -> None:
         self.model, self.optimizers, self.gen, self.device = model, optimizers, gen, device
         self.steps_per_epoch, self.ckpt_path, self.digest = steps_per_epoch, ckpt_path, digest
         self.epoch, self.step = 0, 0  # finished epochs, updates made in the current one
@@ -246,8 +212,11 @@ class _Run:
         """Continue from the checkpoint if it was written from the same inputs."""
         state = torch.load(self.ckpt_path, map_location=self.device, weights_only=True)
         if state["digest"] != self.digest:
-            print(f"{self.ckpt_path} was made from other inputs (config, data, source model or code); "
-                  "not resuming it, starting from scratch", flush=True)
+            print(
+                f"{self.ckpt_path} was made from other inputs (config, data, source model or code); "
+                "not resuming it, starting from scratch",
+                flush=True,
+            )
             return
         self.model.load_state_dict(state["model"])
         for o, s in zip(self.optimizers, state["optimizers"]):
@@ -266,17 +235,22 @@ class _Run:
     def save(self, mid_epoch: bool = False) -> None:
         """Write the checkpoint atomically; ``mid_epoch`` also keeps the epoch's loss sums."""
         partial = {"running": self.running, "parts_sum": self.parts_sum, "seen": self.seen} if mid_epoch else None
-        atomic_torch_save({
-            "digest": self.digest,
-            "model": self.model.state_dict(),
-            "optimizers": [o.state_dict() for o in self.optimizers],
-            "data_rng": self.gen.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state() if self.device.type == "cuda" else None,
-            "epoch": self.epoch, "step": self.step, "perm": self.perm,
-            "history": self.history,
-            "partial": partial,
-        }, self.ckpt_path)
+        atomic_torch_save(
+            {
+                "digest": self.digest,
+                "model": self.model.state_dict(),
+                "optimizers": [o.state_dict() for o in self.optimizers],
+                "data_rng": self.gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state() if self.device.type == "cuda" else None,
+                "epoch": self.epoch,
+                "step": self.step,
+                "perm": self.perm,
+                "history": self.history,
+                "partial": partial,
+            },
+            self.ckpt_path,
+        )
 
     def start_epoch(self, num_images: int) -> torch.Tensor:
         """Returns the epoch's shuffle; a new epoch (not a mid-epoch resume) draws it and zeroes the sums."""
@@ -285,11 +259,20 @@ class _Run:
             self.running, self.parts_sum, self.seen = torch.zeros((), device=self.device), {}, 0
         return self.perm
 
-    def train_step(self, runner: Callable[[torch.Tensor], torch.Tensor], data: DeviceData, idx: torch.Tensor,
-                   normalizer: Normalizer, cfg: EngineConfig, regularizer: Regularizer | None) -> None:
+    def train_step(
+        self,
+        runner: Callable[[torch.Tensor], torch.Tensor],
+        data: DeviceData,
+        idx: torch.Tensor,
+        normalizer: Normalizer,
+        cfg: EngineConfig,
+        regularizer: Regularizer | None,
+    ) -> None:
         """One update of every optimizer on the batch ``data[idx]``, augmented with the data RNG."""
         x = random_crop_flip(data.images[idx], cfg.augment_pad, cfg.augment_flip, self.gen)
-        x = normalizer(x).contiguous(memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
+        x = normalizer(x).contiguous(
+            memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format
+        )
         with _autocast(self.device, cfg.bf16):
             logits = runner(x)
         loss = F.cross_entropy(logits.float(), data.labels[idx])
@@ -311,21 +294,29 @@ class _Run:
         """The epoch's mean loss so far (one device sync); a non-finite one stops training."""
         mean = (self.running / self.seen).item()
         if not math.isfinite(mean):
-            raise NonFiniteLoss(f"loss became {mean} at epoch {self.epoch + 1} step {self.step}; the last good "
-                                f"checkpoint {self.ckpt_path} is kept. Lower the learning rate or check the data.")
+            raise NonFiniteLoss(
+                f"loss became {mean} at epoch {self.epoch + 1} step {self.step}; the last good "
+                f"checkpoint {self.ckpt_path} is kept. Lower the learning rate or check the data."
+            )
         return mean
 
     def preempt(self) -> NoReturn:
         """On SIGTERM: checkpoint mid-epoch (unless the loss went non-finite) and exit."""
         if self.seen and not math.isfinite(mean := (self.running / self.seen).item()):
-            raise NonFiniteLoss(f"loss became {mean} at epoch {self.epoch + 1} before step {self.step + 1} "
-                                f"(found on SIGTERM); the last good checkpoint {self.ckpt_path} is kept.")
+            raise NonFiniteLoss(
+                f"loss became {mean} at epoch {self.epoch + 1} before step {self.step + 1} "
+                f"(found on SIGTERM); the last good checkpoint {self.ckpt_path} is kept."
+            )
         self.save(mid_epoch=True)
         print(f"SIGTERM: checkpoint written at epoch {self.epoch + 1} step {self.step}; exiting", flush=True)
         raise Preempted()
 
-    def end_epoch(self, lr: float, end_of_epoch: Callable[[int], dict[str, float]] | None,
-                  on_log: Callable[[int, dict[str, float]], None] | None) -> None:
+    def end_epoch(
+        self,
+        lr: float,
+        end_of_epoch: Callable[[int], dict[str, float]] | None,
+        on_log: Callable[[int, dict[str, float]], None] | None,
+    ) -> None:
         """Append the epoch's history row (mean loss and parts, ``end_of_epoch``'s metrics); go to the next."""
         row = {"epoch": self.epoch + 1, "lr": lr, "train_loss": (self.running / self.seen).item()}
         row.update({k: (v / self.seen).item() for k, v in self.parts_sum.items()})
@@ -377,9 +368,9 @@ def train(
     if (after_load := getattr(model, "after_load", None)) is not None:
         after_load()
     runner = torch.compile(model) if cfg.compile else model
-    progress = _Progress(schedule.epochs * steps_per_epoch)
+    progress = Progress(schedule.epochs * steps_per_epoch)
     model.train()
-    with _sigterm_flag() as signals:
+    with sigterm_flag() as signals:
         while run.epoch < schedule.epochs:
             _set_epoch_lr(optimizers, schedule, run.epoch)
             perm = run.start_epoch(len(data))

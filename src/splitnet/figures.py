@@ -25,8 +25,9 @@ from .convergence import read_snapshots
 from .spec import SplitSpec
 from .topology import build_topology
 
-plt.rcParams.update({"figure.dpi": 120, "savefig.dpi": 150, "font.size": 8, "svg.hashsalt": "splitnet",
-                     "pdf.fonttype": 42})
+plt.rcParams.update(
+    {"figure.dpi": 120, "savefig.dpi": 150, "font.size": 8, "svg.hashsalt": "splitnet", "pdf.fonttype": 42}
+)
 
 
 def _save(fig, out_base: Path) -> list[Path]:
@@ -60,17 +61,35 @@ def fig1_assignment_dynamics(runs: dict[str, Path], out_base: Path, vector: str 
         convergence = load_artifact(run_dir / "model.pt").get("convergence", {})
         curve = convergence.get("curve")
         if curve:
-            ax.plot([c[0] for c in curve], [c[1] for c in curve], color="tab:red", linestyle="--", linewidth=1,
-                    label="sharp share, least converged variable")
+            ax.plot(
+                [c[0] for c in curve],
+                [c[1] for c in curve],
+                color="tab:red",
+                linestyle="--",
+                linewidth=1,
+                label="sharp share, least converged variable",
+            )
         ax.axhline(1.0 / groups, color="gray", linestyle=":", linewidth=1, label="uniform 1/G")
         converged_at = convergence.get("steps_to_convergence", {}).get("all")
         if converged_at is not None:
             ax.axvline(converged_at, color="tab:green", linewidth=1)
-            ax.annotate(f"every variable converged\nafter {converged_at} steps", (converged_at, 0.3), xytext=(4, 0),
-                        textcoords="offset points", fontsize=7, color="tab:green")
+            ax.annotate(
+                f"every variable converged\nafter {converged_at} steps",
+                (converged_at, 0.3),
+                xytext=(4, 0),
+                textcoords="offset points",
+                fontsize=7,
+                color="tab:green",
+            )
         else:
-            ax.annotate("not converged within the run", (0.5, 0.05), xycoords="axes fraction", ha="center",
-                        fontsize=7, color="tab:red")
+            ax.annotate(
+                "not converged within the run",
+                (0.5, 0.05),
+                xycoords="axes fraction",
+                ha="center",
+                fontsize=7,
+                color="tab:red",
+            )
         ax.set_title(title)
         ax.set_xscale("symlog", linthresh=100)  # linear over the first 100 steps, where the assignments move
         ax.set_xlim(0, steps[-1])
@@ -102,15 +121,16 @@ def fig2_block_structure(grouping_model: Path, out_base: Path) -> list[Path]:
     ncols = max(len(mats), len(layers))
     fig, axes = plt.subplots(2, ncols, figsize=(2.8 * ncols, 5.6), squeeze=False, layout="constrained")
     for ax, (name, m) in zip(axes[0], sorted(mats.items())):
-        image = ax.imshow(m[:, _order(m)].numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1,
-                          interpolation="nearest")
+        image = ax.imshow(
+            m[:, _order(m)].numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest"
+        )
         fig.colorbar(image, ax=ax, fraction=0.08, pad=0.03, label="assignment" if ax is axes[0][0] else None)
         ax.set_title(name, fontsize=7)
         ax.set_yticks(range(m.shape[0]))
         ax.set_ylabel("group", fontsize=6)
         ax.set_xlabel(f"{m.shape[1]} nodes, by group", fontsize=6)
         ax.set_xticks([])
-    for ax in axes[0][len(mats):]:
+    for ax in axes[0][len(mats) :]:
         ax.axis("off")
 
     def full(name: str) -> torch.Tensor:
@@ -130,7 +150,7 @@ def fig2_block_structure(grouping_model: Path, out_base: Path) -> list[Path]:
         ax.set_ylabel("outputs, by group", fontsize=6)
         ax.set_xticks([])
         ax.set_yticks([])
-    for ax in axes[1][len(layers):]:
+    for ax in axes[1][len(layers) :]:
         ax.axis("off")
     fig.suptitle(f"Learned groups and block structure (split {blob['split']})")
     return _save(fig, out_base)
@@ -144,8 +164,9 @@ def fig_class_groups(panels: dict[str, list[dict]], out_base: Path) -> list[Path
     seed's groups numbered by the mean superclass of their members, so a grouping that follows
     the superclasses shows bands that match the lines whatever its arbitrary group ids.
     """
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.3 * len(panels) + 1, 4.2), squeeze=False,
-                             constrained_layout=True)
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(2.3 * len(panels) + 1, 4.2), squeeze=False, constrained_layout=True
+    )
     for ax, (title, tables) in zip(axes[0], panels.items()):
         supers = tables[0]["superclasses"]
         classes = [c for members in supers.values() for c in members]
@@ -153,8 +174,10 @@ def fig_class_groups(panels: dict[str, list[dict]], out_base: Path) -> list[Path
         columns = []
         for table in tables:
             group_of = {c: table["class_to_group"][c][0] for c in classes}
-            centre = {g: sum(super_of[c] for c in classes if group_of[c] == g) / sum(group_of[c] == g for c in classes)
-                      for g in set(group_of.values())}
+            centre = {
+                g: sum(super_of[c] for c in classes if group_of[c] == g) / sum(group_of[c] == g for c in classes)
+                for g in set(group_of.values())
+            }
             rank = {g: r for r, g in enumerate(sorted(centre, key=lambda g: (centre[g], g)))}
             columns.append([rank[group_of[c]] for c in classes])
         image = torch.tensor(columns, dtype=torch.float32).T.numpy()
@@ -166,8 +189,11 @@ def fig_class_groups(panels: dict[str, list[dict]], out_base: Path) -> list[Path
         ax.set_xlabel("seed")
         ax.set_yticks(range(len(classes)), classes if len(classes) <= 20 else [""] * len(classes), fontsize=6)
         ax.set_title(title, fontsize=7)
-    fig.suptitle("Learned class groups (colour = group, numbered by the superclasses of its members; "
-                 "lines separate the true superclasses)", fontsize=7)
+    fig.suptitle(
+        "Learned class groups (colour = group, numbered by the superclasses of its members; "
+        "lines separate the true superclasses)",
+        fontsize=7,
+    )
     paths = _save(fig, out_base)
     plt.close(fig)
     return paths

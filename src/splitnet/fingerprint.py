@@ -19,10 +19,28 @@ from .io import sha256_file
 
 # Modules that only present results (tables, figures, the CLI, records, tracking, checks):
 # editing them changes no trained number, so they do not invalidate checkpoints.
-PRESENTATION_MODULES = frozenset({
-    "__init__.py", "__main__.py", "cli.py", "tables.py", "figures.py", "records.py",
-    "mlflow_import.py", "summary.py", "arch_check.py", "validate.py", "outputs.py", "claims.py", "study.py",
-})
+PRESENTATION_MODULES = frozenset(
+    {
+        "__init__.py",
+        "__main__.py",
+        "cli.py",
+        "tables.py",
+        "figures.py",
+        "records.py",
+        "mlflow_import.py",
+        "run_summaries.py",
+        "mlflow_store.py",
+        "latex.py",
+        "reports.py",
+        "source_checks.py",
+        "summary.py",
+        "arch_check.py",
+        "validate.py",
+        "outputs.py",
+        "claims.py",
+        "study.py",
+    }
+)
 
 
 @lru_cache(maxsize=1)

@@ -33,7 +33,9 @@ def _files(out_dir: Path, names: list[str]) -> list[Path]:
     for name in names:
         path = out_dir / name
         if path.is_dir():
-            found += sorted(p.relative_to(out_dir) for p in path.rglob("*") if p.is_file() and not p.name.endswith(".tmp"))
+            found += sorted(
+                p.relative_to(out_dir) for p in path.rglob("*") if p.is_file() and not p.name.endswith(".tmp")
+            )
         elif path.is_file():
             found.append(Path(name))
     return found
@@ -78,6 +80,8 @@ def _prune(store: Path) -> None:
     """Drop killed keeps and all but the ``KEEP`` most recently used results."""
     for leftover in store.glob(".*.staging"):
         shutil.rmtree(leftover, ignore_errors=True)
-    done = sorted((d for d in store.iterdir() if (d / COMPLETE).exists()), key=lambda d: d.stat().st_mtime, reverse=True)
+    done = sorted(
+        (d for d in store.iterdir() if (d / COMPLETE).exists()), key=lambda d: d.stat().st_mtime, reverse=True
+    )
     for old in done[KEEP:]:
         shutil.rmtree(old, ignore_errors=True)

@@ -63,8 +63,6 @@ class GroupingModel(nn.Module):
         self.assignments.apply_freeze()
 
 
-
-
 def dropout_kwargs(cfg: dict, spec: SplitSpec) -> dict:
     """Dropout only in the stages (and fc) that are split, as group.sh does."""
     p = cfg["model"]["dropout"]
@@ -82,8 +80,9 @@ def confusion_groups(cfg: dict, data_dir: Path, baseline: Path, groups: int) -> 
     return balanced_spectral_groups(confusion, groups)
 
 
-def stage_learn_groups(cfg: dict, data_dir: Path, out_dir: Path, baseline: Path | None = None,
-                       resume: bool = False) -> Path:
+def stage_learn_groups(
+    cfg: dict, data_dir: Path, out_dir: Path, baseline: Path | None = None, resume: bool = False
+) -> Path:
     """SplitNet grouping (from scratch), or SSL sparsification (from the baseline)."""
     out_dir = Path(out_dir)
     if cfg["method"] == "ssl":
@@ -95,7 +94,9 @@ def stage_learn_groups(cfg: dict, data_dir: Path, out_dir: Path, baseline: Path 
     inputs = {"data": manifest_file(data_dir)}
     if needs_baseline(cfg):
         if baseline is None:
-            raise ValueError("group.init baseline / group.class_init confusion read the trained baseline: pass --baseline")
+            raise ValueError(
+                "group.init baseline / group.class_init confusion read the trained baseline: pass --baseline"
+            )
         inputs["baseline"] = baseline
     else:
         baseline = None  # not an input of this row: never read
@@ -124,8 +125,11 @@ def stage_learn_groups(cfg: dict, data_dir: Path, out_dir: Path, baseline: Path 
         def regularizer(step: int):
             step_cfg = warmed_up(reg_cfg, step, g["disjoint_warmup_steps"])
             losses = split_losses(net, topology, assignments.matrices(), step_cfg)
-            return losses.total, {"reg_disjoint": losses.disjoint, "reg_weight": losses.weight,
-                                  "reg_balance": losses.balance}
+            return losses.total, {
+                "reg_disjoint": losses.disjoint,
+                "reg_weight": losses.weight,
+                "reg_balance": losses.balance,
+            }
 
         extra: list[torch.optim.Optimizer] = []
         # Assignments learn at lr x assignment_lr_scale (1 = the paper). Softmax logits at scale 1
@@ -134,8 +138,11 @@ def stage_learn_groups(cfg: dict, data_dir: Path, out_dir: Path, baseline: Path 
         assignment_lr = g["schedule"]["lr"] * g["assignment_lr_scale"]
         momentum = g["schedule"]["momentum"]
         if g["parametrisation"] == "simplex":
-            extra.append(SimplexReducedGradient(list(assignments.values.values()), lr=assignment_lr,
-                                                momentum=momentum, rule=g["simplex_rule"]))
+            extra.append(
+                SimplexReducedGradient(
+                    list(assignments.values.values()), lr=assignment_lr, momentum=momentum, rule=g["simplex_rule"]
+                )
+            )
         elif g["assignment_lr_scale"] != 1.0:
             extra.append(torch.optim.SGD(list(assignments.values.values()), lr=assignment_lr, momentum=momentum))
         overlap = g["overlap"]
@@ -167,18 +174,40 @@ def stage_learn_groups(cfg: dict, data_dir: Path, out_dir: Path, baseline: Path 
                 row["frozen_assignments"] = float(assignments.frozen.sum())
             return row
 
-        final = train_stage(model, cfg, "group", data_dir, out_dir, rec, start, regularizer=regularizer,
-                        extra_optimizers=extra, after_step=snapshot, end_of_epoch=end_of_epoch)
+        final = train_stage(
+            model,
+            cfg,
+            "group",
+            data_dir,
+            out_dir,
+            rec,
+            start,
+            regularizer=regularizer,
+            extra_optimizers=extra,
+            after_step=snapshot,
+            end_of_epoch=end_of_epoch,
+        )
         with torch.no_grad():
             matrices = {name: assignments.matrix(name) for name in assignments.names}
-        trace = [(step, convergence_metrics(mats, fuzzy_threshold)) for step, mats in read_snapshots(out_dir / SNAPSHOT_DIR)]
+        trace = [
+            (step, convergence_metrics(mats, fuzzy_threshold)) for step, mats in read_snapshots(out_dir / SNAPSHOT_DIR)
+        ]
         steps = steps_to_convergence(trace)
         final.update({f"steps_to_convergence/{k}": float(v) for k, v in steps.items() if v is not None})
-        convergence = {**convergence_metrics(matrices, fuzzy_threshold), "steps_to_convergence": steps,
-                       "curve": [[step, row["assignment_converged"]] for step, row in trace]}
-        artifacts.save_grouping(net, spec, matrices, out_dir / MODEL_FILE, inputs_digest=start.digest,
-                                frozen=[n for n in assignments.names if assignments.is_frozen(n)],
-                                convergence=convergence)
+        convergence = {
+            **convergence_metrics(matrices, fuzzy_threshold),
+            "steps_to_convergence": steps,
+            "curve": [[step, row["assignment_converged"]] for step, row in trace],
+        }
+        artifacts.save_grouping(
+            net,
+            spec,
+            matrices,
+            out_dir / MODEL_FILE,
+            inputs_digest=start.digest,
+            frozen=[n for n in assignments.names if assignments.is_frozen(n)],
+            convergence=convergence,
+        )
         rec.finish(final, [out_dir / MODEL_FILE])
     finished.keep(out_dir, start.digest, KEPT_OUTPUTS)
     return out_dir / MODEL_FILE

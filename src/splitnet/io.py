@@ -91,6 +91,7 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
     """``torch.save`` ``obj`` to ``path`` atomically."""
     import torch  # imported here so tracking/IO users do not pay torch's import time
+
     with _atomic_file(path) as handle:
         torch.save(obj, handle)
 

@@ -91,7 +91,9 @@ def class_group_table(
     groups = [int(col.nonzero()[0]) for col in membership.T]
     table: dict[str, Any] = {
         "groups": [[class_names[c] for c in row.nonzero().flatten().tolist()] for row in membership],
-        "class_to_group": {name: [int(g) for g in membership[:, c].nonzero().flatten()] for c, name in enumerate(class_names)},
+        "class_to_group": {
+            name: [int(g) for g in membership[:, c].nonzero().flatten()] for c, name in enumerate(class_names)
+        },
     }
     if superclass is not None:
         table["superclass_purity"] = purity(groups, superclass)
@@ -99,14 +101,23 @@ def class_group_table(
         if membership.shape[0] < len(set(superclass)):  # fewer groups than superclasses: score the best merge
             table["best_merge_ari"] = best_merge_ari(groups, superclass, membership.shape[0])
         if superclass_names is not None:
-            table["superclasses"] = {name: [class_names[c] for c, s in enumerate(superclass) if s == i]
-                                     for i, name in enumerate(superclass_names)}
+            table["superclasses"] = {
+                name: [class_names[c] for c, s in enumerate(superclass) if s == i]
+                for i, name in enumerate(superclass_names)
+            }
     return table
 
 
 @torch.inference_mode()
-def throughput(model: nn.Module, input_shape: tuple[int, int, int], batch: int, repeats: int,
-               device: torch.device, channels_last: bool, warmup: int = 2) -> dict:
+def throughput(
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    batch: int,
+    repeats: int,
+    device: torch.device,
+    channels_last: bool,
+    warmup: int = 2,
+) -> dict:
     """Median eval-mode images/s on random input of the given shape (spread = (max-min)/median)."""
     was_training = model.training
     model.eval()
@@ -128,6 +139,11 @@ def throughput(model: nn.Module, input_shape: tuple[int, int, int], batch: int, 
         rates.append(batch / (time.perf_counter() - start))
     model.train(was_training)
     median = statistics.median(rates)
-    return {"images_per_s": median, "spread": (max(rates) - min(rates)) / median, "batch": batch,
-            "repeats": repeats, "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+    return {
+        "images_per_s": median,
+        "spread": (max(rates) - min(rates)) / median,
+        "batch": batch,
+        "repeats": repeats,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    }

@@ -13,15 +13,14 @@ and a child is marked complete (sha tag) by its last write, so the next import r
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import math
 import os
 import re
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, redirect_stdout
+from collections.abc import Sequence
+from contextlib import redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,9 @@ from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_TAG_VAL_LENGTH
 
-from splitnet.records import RUN_RECORD, flatten_config, iso_to_ms, load_record, metric_points, row_params
+from splitnet.mlflow_store import create_sqlite_store, exclusive_lock, sqlite_path
+from splitnet.records import RUN_RECORD, load_record
+from splitnet.run_summaries import flatten_config, iso_to_ms, metric_points, row_params
 
 # Tags through which the importer finds its own runs again.
 TAG_KIND = "splitnet.kind"  # "row" (parent), "stage" (child) or "files" (a scale's summary files)
@@ -72,8 +73,12 @@ class TrackEntry:
     experiment_title: str | None = None
 
 
-def import_runs(tracking_uri: str, entries: Sequence[TrackEntry],
-                lock_path: Path | None = None, files: dict[str, Sequence[Path]] | None = None) -> dict[str, int]:
+def import_runs(
+    tracking_uri: str,
+    entries: Sequence[TrackEntry],
+    lock_path: Path | None = None,
+    files: dict[str, Sequence[Path]] | None = None,
+) -> dict[str, int]:
     """Copy run records into MLflow; safe to repeat, to kill, and to run from several processes.
 
     Returns counts over (entry, record) pairs: ``created`` (new child run), ``updated`` (the
@@ -90,17 +95,17 @@ def import_runs(tracking_uri: str, entries: Sequence[TrackEntry],
     artifacts of one run of that experiment, replaced when their bytes change.
     """
     tables = _group_by_table(entries)
-    db = _sqlite_path(tracking_uri)
+    db = sqlite_path(tracking_uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
         lock_path = lock_path or db.with_name(f"{db.name}.lock")
     counts = dict.fromkeys(_COUNTS, 0)
     # MLflow prints two "View run" links per finished run on http stores; stdout stays the
     # caller's (e.g. a summary printed by the CLI).
-    with _exclusive_lock(lock_path), redirect_stdout(sys.stderr):
+    with exclusive_lock(lock_path), redirect_stdout(sys.stderr):
         try:
             if db is not None:
-                _create_sqlite_store(db)
+                create_sqlite_store(db)
             client = MlflowClient(tracking_uri)
             artifact_root = db.parent / "mlartifacts" if db is not None else None
             for experiment, table_entries in tables.items():
@@ -151,59 +156,6 @@ def _group_by_table(entries: Sequence[TrackEntry]) -> dict[str, list[TrackEntry]
     return {names[table]: rows for table, rows in tables.items()}
 
 
-def _sqlite_path(uri: str) -> Path | None:
-    """Database file of a ``sqlite:///`` URI (absolute), None for other stores."""
-    if not uri.startswith("sqlite:"):
-        return None
-    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
-    if not path or path == ":memory:" or path.startswith("sqlite:"):
-        raise ValueError(f"need a SQLite database file, got {uri!r}")
-    return Path(path).absolute()
-
-
-def _create_sqlite_store(db: Path) -> None:
-    """Make a missing database whole or not at all; call under the import lock.
-
-    MLflow builds a new schema in many steps (tables, then migrations); a kill in between
-    leaves a database it refuses to open. So the schema is built in a temporary file next to
-    ``db`` and renamed into place. Temporary files found here belong to killed imports (only
-    the lock holder creates them) and are removed, SQLite journals included.
-    """
-    prefix = f".{db.name}.creating-"
-    for stale in db.parent.iterdir():
-        if stale.name.startswith(prefix):
-            stale.unlink(missing_ok=True)
-    if db.exists():
-        return
-    # A journal whose database was deleted would be replayed into the new one.
-    for suffix in ("-journal", "-wal", "-shm"):
-        db.with_name(db.name + suffix).unlink(missing_ok=True)
-    temporary = db.with_name(f"{prefix}{os.getpid()}")
-    try:
-        MlflowClient(f"sqlite:///{temporary}").search_experiments(max_results=1)
-        # SQLite has synced the committed schema; if a crash loses the rename, the next
-        # import simply creates the database again.
-        os.replace(temporary, db)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-@contextmanager
-def _exclusive_lock(path: Path | None) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (no-op for None); released even on errors."""
-    if path is None:
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _ensure_experiment(client: MlflowClient, name: str, artifact_root: Path | None) -> str:
     """Id of the experiment ``name``, created (or restored from the bin) if needed."""
     experiment = client.get_experiment_by_name(name)
@@ -231,8 +183,9 @@ def _active_runs(client: MlflowClient, experiment_id: str) -> list[Run]:
             return runs
 
 
-def _import_row(client: MlflowClient, experiment_id: str, entry: TrackEntry, runs: list[Run],
-                counts: dict[str, int]) -> None:
+def _import_row(
+    client: MlflowClient, experiment_id: str, entry: TrackEntry, runs: list[Run], counts: dict[str, int]
+) -> None:
     """Bring one row's parent run and its stage children in line with the records."""
     loaded: list[Loaded] = []
     for path in map(Path, entry.record_paths):
@@ -247,16 +200,17 @@ def _import_row(client: MlflowClient, experiment_id: str, entry: TrackEntry, run
         raise ValueError(f"row {entry.row!r} of {entry.table!r} has repeated stages {stages}")
     parent = _row_parent(client, experiment_id, entry, loaded, runs)
     for path, record, sha in loaded:
-        outcome = _sync_child(client, experiment_id, parent.info.run_id, entry, path, record,
-                              sha, runs)
+        outcome = _sync_child(client, experiment_id, parent.info.run_id, entry, path, record, sha, runs)
         counts[outcome] += 1
     final = loaded[-1][1] if loaded[-1][0] == Path(entry.record_paths[-1]) else None
-    _sync_parent(client, parent, final, [record for _, record, _ in loaded],
-                 complete=len(loaded) == len(entry.record_paths))
+    _sync_parent(
+        client, parent, final, [record for _, record, _ in loaded], complete=len(loaded) == len(entry.record_paths)
+    )
 
 
-def _row_parent(client: MlflowClient, experiment_id: str, entry: TrackEntry,
-                loaded: list[Loaded], runs: list[Run]) -> Run:
+def _row_parent(
+    client: MlflowClient, experiment_id: str, entry: TrackEntry, loaded: list[Loaded], runs: list[Run]
+) -> Run:
     """The row's one parent run, carrying the row's params.
 
     MLflow params cannot change, so a parent whose params contradict the records (the row was
@@ -265,9 +219,10 @@ def _row_parent(client: MlflowClient, experiment_id: str, entry: TrackEntry,
     leaves no orphan.
     """
     wanted = row_params([(path, record) for path, record, _ in loaded])
-    parents = sorted((run for run in runs if run.data.tags.get(TAG_KIND) == "row"
-                      and run.data.tags.get(TAG_ROW) == entry.row),
-                     key=lambda run: (run.info.start_time, run.info.run_id))
+    parents = sorted(
+        (run for run in runs if run.data.tags.get(TAG_KIND) == "row" and run.data.tags.get(TAG_ROW) == entry.row),
+        key=lambda run: (run.info.start_time, run.info.run_id),
+    )
     keep = None
     for run in parents:
         have = run.data.params
@@ -279,24 +234,39 @@ def _row_parent(client: MlflowClient, experiment_id: str, entry: TrackEntry,
                 client.delete_run(child.info.run_id)
         client.delete_run(run.info.run_id)
     if keep is None:
-        tags = {TAG_KIND: "row", TAG_TABLE: entry.table, TAG_ROW: entry.row,
-                "splitnet.name": loaded[-1][1]["name"], "splitnet.scale": loaded[-1][1]["scale"]}
+        tags = {
+            TAG_KIND: "row",
+            TAG_TABLE: entry.table,
+            TAG_ROW: entry.row,
+            "splitnet.name": loaded[-1][1]["name"],
+            "splitnet.scale": loaded[-1][1]["scale"],
+        }
         start = min(iso_to_ms(record["started"]) for _, record, _ in loaded)
         # Tags go in with the run (one transaction): a killed import never leaves a parent the
         # next import cannot recognise.
         keep = client.create_run(experiment_id, start_time=start, tags=tags, run_name=entry.row)
-    missing = [Param(key, value[:MAX_PARAM_VAL_LENGTH]) for key, value in sorted(wanted.items())
-               if key not in keep.data.params]
+    missing = [
+        Param(key, value[:MAX_PARAM_VAL_LENGTH]) for key, value in sorted(wanted.items()) if key not in keep.data.params
+    ]
     client.log_batch(keep.info.run_id, params=missing)  # the client splits batches to size
     return keep
 
 
-def _sync_child(client: MlflowClient, experiment_id: str, parent_id: str, entry: TrackEntry,
-                path: Path, record: dict[str, Any], sha: str, runs: list[Run]) -> str:
+def _sync_child(
+    client: MlflowClient,
+    experiment_id: str,
+    parent_id: str,
+    entry: TrackEntry,
+    path: Path,
+    record: dict[str, Any],
+    sha: str,
+    runs: list[Run],
+) -> str:
     """Make the stage's child run match the record; return the count it falls under."""
     stage = record["stage"]
-    existing = [run for run in runs if run.data.tags.get(TAG_PARENT) == parent_id
-                and run.data.tags.get(TAG_STAGE) == stage]
+    existing = [
+        run for run in runs if run.data.tags.get(TAG_PARENT) == parent_id and run.data.tags.get(TAG_STAGE) == stage
+    ]
     keep = next((run.info.run_id for run in existing if run.data.tags.get(TAG_SHA) == sha), None)
     if keep is None:
         _log_child(client, experiment_id, parent_id, entry, path, record, sha)
@@ -309,35 +279,47 @@ def _sync_child(client: MlflowClient, experiment_id: str, parent_id: str, entry:
     return "updated" if existing else "created"
 
 
-def _log_child(client: MlflowClient, experiment_id: str, parent_id: str, entry: TrackEntry,
-               path: Path, record: dict[str, Any], sha: str) -> None:
+def _log_child(
+    client: MlflowClient,
+    experiment_id: str,
+    parent_id: str,
+    entry: TrackEntry,
+    path: Path,
+    record: dict[str, Any],
+    sha: str,
+) -> None:
     """Create the nested run of one stage record with everything the record holds."""
     identity = {TAG_PARENT: parent_id, TAG_KIND: "stage", TAG_STAGE: record["stage"]}
-    run = client.create_run(experiment_id, start_time=iso_to_ms(record["started"]),
-                            run_name=f"{entry.row}/{record['stage']}", tags=identity)
+    run = client.create_run(
+        experiment_id, start_time=iso_to_ms(record["started"]), run_name=f"{entry.row}/{record['stage']}", tags=identity
+    )
     run_id = run.info.run_id
     # The importer's own tags win over same-named ones a stage may have recorded.
-    tags = record["tags"] | identity | {
-        TAG_TABLE: entry.table, TAG_ROW: entry.row, "splitnet.name": record["name"],
-        "splitnet.scale": record["scale"], "splitnet.record_path": str(path.resolve())}
+    tags = (
+        record["tags"]
+        | identity
+        | {
+            TAG_TABLE: entry.table,
+            TAG_ROW: entry.row,
+            "splitnet.name": record["name"],
+            "splitnet.scale": record["scale"],
+            "splitnet.record_path": str(path.resolve()),
+        }
+    )
     tag_list = [RunTag(key, str(value)[:MAX_TAG_VAL_LENGTH]) for key, value in tags.items()]
-    params = [Param(key, value[:MAX_PARAM_VAL_LENGTH])
-              for key, value in flatten_config(record["config"]).items()]
-    metrics = [Metric(key, value, stamp, step)
-               for key, value, stamp, step in metric_points(record)]
+    params = [Param(key, value[:MAX_PARAM_VAL_LENGTH]) for key, value in flatten_config(record["config"]).items()]
+    metrics = [Metric(key, value, stamp, step) for key, value, stamp, step in metric_points(record)]
     client.log_batch(run_id, metrics=metrics, params=params, tags=tag_list)
     client.log_dict(run_id, record["config"], "config.json")
     client.log_artifact(run_id, str(path))
     _log_record_artifacts(client, run_id, path.parent, record["artifacts"])
     if record["status"] != "RUNNING":
         finished = record["finished"]
-        client.set_terminated(run_id, record["status"],
-                              end_time=iso_to_ms(finished) if finished else None)
+        client.set_terminated(run_id, record["status"], end_time=iso_to_ms(finished) if finished else None)
     client.set_tag(run_id, TAG_SHA, sha)  # last: marks the import as complete
 
 
-def _log_record_artifacts(client: MlflowClient, run_id: str, run_dir: Path,
-                          artifacts: list[str]) -> None:
+def _log_record_artifacts(client: MlflowClient, run_id: str, run_dir: Path, artifacts: list[str]) -> None:
     """Upload the record's output files and folders that exist, under their relative path."""
     for relative in artifacts:
         source = run_dir / relative
@@ -350,8 +332,9 @@ def _log_record_artifacts(client: MlflowClient, run_id: str, run_dir: Path,
             _log.warning("artifact %s listed in %s does not exist", source, run_dir / RUN_RECORD)
 
 
-def _sync_parent(client: MlflowClient, parent: Run, final: dict[str, Any] | None,
-                 records: list[dict[str, Any]], complete: bool) -> None:
+def _sync_parent(
+    client: MlflowClient, parent: Run, final: dict[str, Any] | None, records: list[dict[str, Any]], complete: bool
+) -> None:
     """Give the parent the final metrics of the row's last stage, and an overall status.
 
     Only values that differ from the parent's latest are logged, so re-imports add nothing.
@@ -359,8 +342,11 @@ def _sync_parent(client: MlflowClient, parent: Run, final: dict[str, Any] | None
     if final is not None:
         stamp = iso_to_ms(final["finished"] or final["started"])
         have = parent.data.metrics
-        changed = [Metric(key, float(value), stamp, 0) for key, value in final["metrics"].items()
-                   if not _same_float(have.get(key), float(value))]
+        changed = [
+            Metric(key, float(value), stamp, 0)
+            for key, value in final["metrics"].items()
+            if not _same_float(have.get(key), float(value))
+        ]
         client.log_batch(parent.info.run_id, metrics=changed)
     status, end = _row_status(records, complete)
     if status == parent.info.status and end in (None, parent.info.end_time):
@@ -383,5 +369,4 @@ def _row_status(records: list[dict[str, Any]], complete: bool) -> tuple[str, int
     status = worst[0] if worst else ("FINISHED" if complete else "SCHEDULED")
     if status in ("RUNNING", "SCHEDULED"):
         return status, None
-    return status, max((iso_to_ms(r["finished"]) for r in records if r["finished"]),
-                       default=None)
+    return status, max((iso_to_ms(r["finished"]) for r in records if r["finished"]), default=None)

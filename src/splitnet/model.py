@@ -147,9 +147,7 @@ class PostActUnit(nn.Module):
         return F.relu(self.bn2(self.conv2(h)) + skip)
 
 
-def build_stage(
-    c_in: int, plan: StagePlan, bn_no_scale: bool = False, dropout: float = 0.0
-) -> nn.Sequential:
+def build_stage(c_in: int, plan: StagePlan, bn_no_scale: bool = False, dropout: float = 0.0) -> nn.Sequential:
     units = []
     for u, hidden in enumerate(plan.hidden):
         first = u == 0

@@ -28,16 +28,24 @@ class ScaleOutputs:
 
     def table_files(self, registry: dict) -> list[Path]:
         tables = [self.tables / f"{t}.{ext}" for t in registry["tables"] for ext in TABLE_FORMATS]
-        return [*tables, self.tables / "class_groups.md", self.tables / "arch_check.md",
-                self.tables / "arch_check.csv", self.summary]
+        return [
+            *tables,
+            self.tables / "class_groups.md",
+            self.tables / "arch_check.md",
+            self.tables / "arch_check.csv",
+            self.summary,
+        ]
 
     def claims_files(self) -> list[Path]:
         return [self.tables / "claims.md", self.tables / "claims.csv"]
 
     def study_files(self) -> list[Path]:
         """The grouping study's table and class-group figure (``splitnet study``)."""
-        return [self.tables / "grouping_study.csv", self.tables / "grouping_study.md",
-                *(self.figures / f"grouping_study.{ext}" for ext in FIGURE_FORMATS)]
+        return [
+            self.tables / "grouping_study.csv",
+            self.tables / "grouping_study.md",
+            *(self.figures / f"grouping_study.{ext}" for ext in FIGURE_FORMATS),
+        ]
 
     def figure_files(self, registry: dict) -> list[Path]:
         return [self.figures / f"{name}.{ext}" for name in registry["figures"] for ext in FIGURE_FORMATS]

@@ -23,9 +23,7 @@ DEFAULT_FREEZE_BELOW = 0.2
 
 
 def update_freezing(
-    assignments: GroupAssignments,
-    threshold: float = DEFAULT_THRESHOLD,
-    freeze_below: float = DEFAULT_FREEZE_BELOW,
+    assignments: GroupAssignments, threshold: float = DEFAULT_THRESHOLD, freeze_below: float = DEFAULT_FREEZE_BELOW
 ) -> list[str]:
     """Freeze every not-yet-frozen variable whose fuzzy fraction dropped below ``freeze_below``.
 

@@ -112,7 +112,9 @@ def partition_from_assignments(
                     f"balance term (gamma_balance) or split with empty_groups='repair'"
                 )
             m, repairs[v.name] = repair_empty_groups(m, a)
-            warnings.warn(f"assignment {v.name}: moved {repairs[v.name]} node(s) into empty group(s) {empty}", stacklevel=2)
+            warnings.warn(
+                f"assignment {v.name}: moved {repairs[v.name]} node(s) into empty group(s) {empty}", stacklevel=2
+            )
         partition[v.name] = m
     return complete_partition(topology, partition), repairs
 

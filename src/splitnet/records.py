@@ -51,17 +51,27 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from splitnet.config import SPLIT_METHODS
 from splitnet.io import atomic_write_json
-from splitnet.spec import SplitSpec
 
 RUN_RECORD = "run.json"
 PROGRESS_RECORD = ".run.inprogress.json"
 RECORD_FORMAT = "splitnet-run/1"
 STATUSES = ("RUNNING", "FINISHED", "FAILED", "KILLED")
 
-_REQUIRED_KEYS = ("format", "name", "stage", "scale", "config", "tags", "history", "metrics",
-                  "artifacts", "status", "started", "finished")
+_REQUIRED_KEYS = (
+    "format",
+    "name",
+    "stage",
+    "scale",
+    "config",
+    "tags",
+    "history",
+    "metrics",
+    "artifacts",
+    "status",
+    "started",
+    "finished",
+)
 
 
 # --------------------------------------------------------------------------- provenance
@@ -75,8 +85,9 @@ def now_iso() -> str:
 def _git(*args: str) -> str | None:
     """Output of a git command run in this package's checkout, or None without git/repo."""
     try:
-        done = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent,
-                              capture_output=True, text=True, timeout=10, check=True)
+        done = subprocess.run(
+            ["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=10, check=True
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip()
@@ -107,8 +118,7 @@ def provenance_tags() -> dict[str, str]:
     commit = _git("rev-parse", "HEAD")
     # Only tracked files count: results and caches inside the checkout are untracked. Without
     # optional locks, parallel jobs do not contend for .git/index.lock or rewrite the index.
-    changes = (_git("--no-optional-locks", "status", "--porcelain", "--untracked-files=no")
-               if commit else None)
+    changes = _git("--no-optional-locks", "status", "--porcelain", "--untracked-files=no") if commit else None
     return {
         "mlflow.source.git.commit": commit or "",
         "splitnet.git_dirty": "" if changes is None else str(bool(changes)).lower(),
@@ -160,9 +170,16 @@ class RunRecorder:
     :meth:`truncate_after`. Without a progress record ``resume`` starts a fresh one.
     """
 
-    def __init__(self, run_dir: str | os.PathLike[str], name: str, stage: str, scale: str,
-                 config: Mapping[str, Any], tags: Mapping[str, str] | None = None,
-                 resume: bool = False) -> None:
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str],
+        name: str,
+        stage: str,
+        scale: str,
+        config: Mapping[str, Any],
+        tags: Mapping[str, str] | None = None,
+        resume: bool = False,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / RUN_RECORD
         self.progress_path = self.run_dir / PROGRESS_RECORD
@@ -173,22 +190,34 @@ class RunRecorder:
         if resume and self.progress_path.exists():
             self.record = self._continued(name, stage, scale, config, fresh_tags)
         else:
-            self.record = {"format": RECORD_FORMAT, "name": name, "stage": stage, "scale": scale,
-                           "config": config, "tags": fresh_tags, "history": [],
-                           "metrics": {}, "artifacts": [], "status": "RUNNING",
-                           "started": now_iso(), "finished": None}
+            self.record = {
+                "format": RECORD_FORMAT,
+                "name": name,
+                "stage": stage,
+                "scale": scale,
+                "config": config,
+                "tags": fresh_tags,
+                "history": [],
+                "metrics": {},
+                "artifacts": [],
+                "status": "RUNNING",
+                "started": now_iso(),
+                "finished": None,
+            }
         self._write_progress()
 
-    def _continued(self, name: str, stage: str, scale: str, config: Mapping[str, Any],
-                   tags: dict[str, str]) -> dict[str, Any]:
+    def _continued(
+        self, name: str, stage: str, scale: str, config: Mapping[str, Any], tags: dict[str, str]
+    ) -> dict[str, Any]:
         """The progress record reopened for this job; it must describe the same run."""
         record = read_record(self.progress_path)
         found = (record["name"], record["stage"], record["scale"])
         if found != (name, stage, scale):
             raise ValueError(f"{self.progress_path} belongs to {found}, not {(name, stage, scale)}")
         # The current job's config and provenance describe how the run is being completed.
-        record.update(config=config, tags=record["tags"] | tags, metrics={}, artifacts=[],
-                      status="RUNNING", finished=None)
+        record.update(
+            config=config, tags=record["tags"] | tags, metrics={}, artifacts=[], status="RUNNING", finished=None
+        )
         return record
 
     @property
@@ -216,9 +245,9 @@ class RunRecorder:
     def _keep_until(self, step: int) -> None:
         self.record["history"] = [h for h in self.record["history"] if h["step"] <= step]
 
-    def finish(self, metrics: Mapping[str, float],
-               artifacts: Sequence[str | os.PathLike[str]] = (),
-               status: str = "FINISHED") -> None:
+    def finish(
+        self, metrics: Mapping[str, float], artifacts: Sequence[str | os.PathLike[str]] = (), status: str = "FINISHED"
+    ) -> None:
         """Record the final metrics, the output files and the terminal status.
 
         FINISHED replaces ``run.json`` and then drops the progress record; FAILED and KILLED
@@ -226,9 +255,12 @@ class RunRecorder:
         """
         if status not in STATUSES or status == "RUNNING":
             raise ValueError(f"terminal status expected, got {status!r}")
-        self.record.update(metrics={key: float(value) for key, value in metrics.items()},
-                           artifacts=[self._relative(path) for path in artifacts],
-                           status=status, finished=now_iso())
+        self.record.update(
+            metrics={key: float(value) for key, value in metrics.items()},
+            artifacts=[self._relative(path) for path in artifacts],
+            status=status,
+            finished=now_iso(),
+        )
         if status != "FINISHED":
             self._write_progress()
             return
@@ -246,8 +278,10 @@ class RunRecorder:
         if not target.is_absolute() and not target.is_relative_to(self.run_dir):
             target = self.run_dir / target
         # Try the path as spelled and with symlinks resolved: callers may build it either way.
-        for base, full in ((Path(os.path.abspath(self.run_dir)), Path(os.path.abspath(target))),
-                           (self.run_dir.resolve(), target.resolve())):
+        for base, full in (
+            (Path(os.path.abspath(self.run_dir)), Path(os.path.abspath(target))),
+            (self.run_dir.resolve(), target.resolve()),
+        ):
             if full.is_relative_to(base):
                 return full.relative_to(base).as_posix()
         raise ValueError(f"artifact {path} is outside {self.run_dir}")
@@ -258,108 +292,9 @@ class RunRecorder:
     def __enter__(self) -> RunRecorder:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
         if kind is not None and self.record["status"] == "RUNNING":
             killed = issubclass(kind, (KeyboardInterrupt, SystemExit))
-            self.finish(self.record["metrics"], self.record["artifacts"],
-                        status="KILLED" if killed else "FAILED")
-
-
-# --------------------------------------------------------------------------- summaries
-# What a tracking store shows of records: time series, and a table row's key settings.
-
-
-def iso_to_ms(stamp: str) -> int:
-    """Milliseconds since the epoch, the unit MLflow uses for all times."""
-    return int(datetime.fromisoformat(stamp).timestamp() * 1000)
-
-
-def metric_points(record: dict[str, Any]) -> list[tuple[str, float, int, int]]:
-    """(key, value, timestamp ms, step) of the history, then the final metrics.
-
-    Final metrics go at the last history step; one equal to the history value already
-    there is not repeated (a metric point logged twice would be a duplicate row).
-    """
-    started = iso_to_ms(record["started"])
-    points: list[tuple[str, float, int, int]] = []
-    seen: set[tuple[str, int, float]] = set()
-    for entry in record["history"]:
-        stamp = iso_to_ms(entry["time"]) if entry.get("time") else started
-        for key, value in entry["metrics"].items():
-            points.append((key, float(value), stamp, int(entry["step"])))
-            seen.add((key, int(entry["step"]), float(value)))
-    last_step = record["history"][-1]["step"] if record["history"] else 0
-    end = iso_to_ms(record["finished"]) if record["finished"] else started
-    for key, value in record["metrics"].items():
-        if (key, last_step, float(value)) not in seen:
-            points.append((key, float(value), end, last_step))
-    return points
-
-
-# A row's key settings, for comparing rows: name -> (flattened config key, methods it describes;
-# None: every method). A setting that does not act on a row (the gammas of the baseline) is left
-# out, as is the simplex rule of a softmax grouping.
-ROW_PARAMS: dict[str, tuple[str, tuple[str, ...] | None]] = {
-    "method": ("method", None),
-    "scale": ("scale", None),
-    "arch": ("model.arch", None),
-    "dropout": ("model.dropout", None),
-    "seed": ("engine.seed", None),
-    "split": ("group.split", SPLIT_METHODS),
-    "parametrisation": ("group.parametrisation", ("splitnet",)),
-    "simplex_rule": ("group.simplex_rule", ("splitnet",)),
-    "assignment_lr_scale": ("group.assignment_lr_scale", ("splitnet",)),
-    "gamma_disjoint": ("group.gamma_disjoint", ("splitnet",)),
-    "gamma_weight": ("group.gamma_weight", ("splitnet",)),
-    "gamma_balance": ("group.gamma_balance", ("splitnet",)),
-    "overlap_threshold": ("group.overlap.threshold", ("splitnet",)),
-    "ssl_strength": ("ssl.strength", ("ssl",)),
-    "ssl_strength_scale": ("ssl.strength_scale", ("ssl",)),  # the strength used = strength x this
-}
-EVALUATE_OUTPUT = "metrics.json"  # the evaluate stage's output; it names the dataset used
-
-
-def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested config -> ``{"a.b.c": "value"}``; non-string leaves (lists too) as JSON text."""
-    flat: dict[str, str] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten_config(value, f"{name}."))
-        else:
-            flat[name] = value if isinstance(value, str) else json.dumps(value, default=str)
-    return flat
-
-
-def groups_per_level(split: str) -> str:
-    """Group counts of the split levels: ``2`` for 1-2-2 and 2-2-2, ``4`` for 1-1-4, ``2-4``
-    for 2-4-4 (2 supergroups, then 4 groups)."""
-    levels = dict.fromkeys(g for g in SplitSpec.parse(split).groups if g > 1)
-    return "-".join(map(str, levels)) or "1"
-
-
-def row_params(records: Sequence[tuple[Path, Mapping[str, Any]]]) -> dict[str, str]:
-    """A table row's key settings from its (record file, record) pairs; later stages win.
-
-    The configs give the settings (see :data:`ROW_PARAMS`) and ``G`` is derived from the
-    split; no stage config holds the data section, so the dataset comes from the evaluate
-    stage's output, which names the data it was measured on.
-    """
-    config: dict[str, str] = {}
-    for _, record in records:
-        config.update(flatten_config(record["config"]))
-    method = config.get("method")
-    params = {name: config[key] for name, (key, methods) in ROW_PARAMS.items()
-              if key in config and (methods is None or method in methods)}
-    if params.get("parametrisation") != "simplex":
-        params.pop("simplex_rule", None)
-    if "split" in params:
-        params["G"] = groups_per_level(params["split"])
-    for path, record in records:
-        output = path.parent / EVALUATE_OUTPUT
-        if EVALUATE_OUTPUT in record["artifacts"] and output.is_file():
-            dataset = json.loads(output.read_text()).get("dataset")
-            if dataset:
-                params["dataset"] = str(dataset)
-    return params
+            self.finish(self.record["metrics"], self.record["artifacts"], status="KILLED" if killed else "FAILED")

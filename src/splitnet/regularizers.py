@@ -179,10 +179,7 @@ def aggregate_weight_penalties(values: Tensor, weighted: bool) -> Tensor:
 
 
 def split_losses(
-    model: nn.Module,
-    topology: Topology,
-    matrices: dict[str, Tensor],
-    config: RegularizerConfig,
+    model: nn.Module, topology: Topology, matrices: dict[str, Tensor], config: RegularizerConfig
 ) -> SplitLosses:
     """The three SplitNet regularizers of a model under a split topology.
 

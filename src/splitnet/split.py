@@ -24,17 +24,7 @@ import torch
 from torch import nn
 
 from .branches import ChannelSelect, HeadBranch, SplitWideResNet, StageBranch, Trunk
-from .model import (
-    PostActUnit,
-    PreActUnit,
-    WideResNet,
-    WRNPlan,
-    batch_norm,
-    build_stage,
-    conv,
-    copy_batch_norm,
-    linear,
-)
+from .model import PostActUnit, PreActUnit, WideResNet, WRNPlan, batch_norm, build_stage, conv, copy_batch_norm, linear
 from .partition import Partition
 from .spec import SplitSpec, even_merge_indices
 from .topology import HEAD, SplitLayer, Topology, stage_hidden, stage_in, stage_out
@@ -75,8 +65,10 @@ def input_membership(topology: Topology, partition: Partition, segment: int, con
     parent = stream_membership(topology, partition, segment - 1) if segment > 0 else None
     if parent is None:
         return torch.ones(spec.groups[segment], topology.plan.stem_width, dtype=torch.bool)
-    return _expand_to_children(parent, spec, segment) if spec.groups[segment - 1] > 1 else parent.expand(
-        spec.groups[segment], -1
+    return (
+        _expand_to_children(parent, spec, segment)
+        if spec.groups[segment - 1] > 1
+        else parent.expand(spec.groups[segment], -1)
     )
 
 
@@ -103,7 +95,9 @@ def keep_mask(inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def zero_intergroup_weights(model: WideResNet, topology: Topology, partition: Partition, convention: str = "shared") -> None:
+def zero_intergroup_weights(
+    model: WideResNet, topology: Topology, partition: Partition, convention: str = "shared"
+) -> None:
     """Zero every weight the split drops, in place: the dense model then computes exactly
     what the split network computes (used to test the split and to define it)."""
     _check(convention, "preact")
@@ -201,8 +195,10 @@ class _Builder:
                 _copy_conv(unit.conv2, ref.conv2, stream, hidden)
                 if u == 0:
                     if unit.shortcut is None or ref.shortcut is None:
-                        raise ValueError(f"stage {segment + 1} is split, so its first unit needs a 1x1 projection "
-                                         "shortcut in the dense network (an identity cannot be cut into groups)")
+                        raise ValueError(
+                            f"stage {segment + 1} is split, so its first unit needs a 1x1 projection "
+                            "shortcut in the dense network (an identity cannot be cut into groups)"
+                        )
                     _copy_conv(unit.shortcut, ref.shortcut, stream, src_idx)
                 if self.layout == "preact":  # official layout: fresh BN, as resnet_split.py
                     copy_batch_norm(unit.bn1, ref.bn1, src_idx)

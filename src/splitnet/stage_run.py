@@ -55,14 +55,23 @@ def start_stage(cfg: dict, stage: str, out_dir: Path, inputs: Mapping[str, Path 
         return StageStart(digest, resume=False, restored=True)
     found = checkpoint_digest(out_dir) if resume else None
     if found is not None and found != digest:
-        print(f"{out_dir / CHECKPOINT} was made from other inputs (config, data, source model or code); "
-              "starting fresh", flush=True)
+        print(
+            f"{out_dir / CHECKPOINT} was made from other inputs (config, data, source model or code); starting fresh",
+            flush=True,
+        )
     return StageStart(digest, resume=found == digest)
 
 
 def stage_recorder(cfg: dict, stage: str, out_dir: Path, start: StageStart) -> RunRecorder:
-    return RunRecorder(out_dir, cfg["experiment"], stage, cfg["scale"], stage_config(cfg, stage),
-                       tags={"splitnet.inputs_digest": start.digest}, resume=start.resume)
+    return RunRecorder(
+        out_dir,
+        cfg["experiment"],
+        stage,
+        cfg["scale"],
+        stage_config(cfg, stage),
+        tags={"splitnet.inputs_digest": start.digest},
+        resume=start.resume,
+    )
 
 
 def manifest_file(data_dir: Path) -> Path:
@@ -100,10 +109,19 @@ def normalizer_for(cfg: EngineConfig, train_data: DeviceData) -> Normalizer:
     )
 
 
-def train_stage(model: nn.Module, cfg: dict, section: str, data_dir: Path, out_dir: Path, recorder: RunRecorder,
-                start: StageStart, regularizer: Callable | None = None, extra_optimizers: Sequence = (),
-                after_step: Callable[[int], None] | None = None,
-                end_of_epoch: Callable[[int], dict] | None = None) -> dict[str, float]:
+def train_stage(
+    model: nn.Module,
+    cfg: dict,
+    section: str,
+    data_dir: Path,
+    out_dir: Path,
+    recorder: RunRecorder,
+    start: StageStart,
+    regularizer: Callable | None = None,
+    extra_optimizers: Sequence = (),
+    after_step: Callable[[int], None] | None = None,
+    end_of_epoch: Callable[[int], dict] | None = None,
+) -> dict[str, float]:
     """Train with the shared engine, logging each epoch (with validation) to the run record;
     returns the last epoch's metrics."""
     engine, device = engine_config(cfg)
@@ -121,9 +139,19 @@ def train_stage(model: nn.Module, cfg: dict, section: str, data_dir: Path, out_d
         return row
 
     result = train(
-        model, train_data, schedule_of(cfg[section]), engine, out_dir, normalizer=normalizer,
-        regularizer=regularizer, extra_optimizers=list(extra_optimizers), after_step=after_step, end_of_epoch=epoch_end,
-        on_log=recorder.log, resume=start.resume, digest=start.digest,
+        model,
+        train_data,
+        schedule_of(cfg[section]),
+        engine,
+        out_dir,
+        normalizer=normalizer,
+        regularizer=regularizer,
+        extra_optimizers=list(extra_optimizers),
+        after_step=after_step,
+        end_of_epoch=epoch_end,
+        on_log=recorder.log,
+        resume=start.resume,
+        digest=start.digest,
     )
     if result.resumed_from is not None:
         # The record may lack the epochs before the checkpoint (e.g. Snakemake deleted it before
@@ -135,8 +163,9 @@ def train_stage(model: nn.Module, cfg: dict, section: str, data_dir: Path, out_d
     return {k: v for k, v in last.items() if k != "epoch"}
 
 
-def save_finetuned(model: nn.Module, blob: dict, out_dir: Path, start: StageStart, recorder: RunRecorder,
-                   final: dict[str, float]) -> Path:
+def save_finetuned(
+    model: nn.Module, blob: dict, out_dir: Path, start: StageStart, recorder: RunRecorder, final: dict[str, float]
+) -> Path:
     """The finetuned weights in the source model's file format, the finished record, and the
     result kept under its digest."""
     model.cpu()

@@ -53,8 +53,6 @@ __all__ = ["stage_evaluate", "stage_finetune", "stage_learn_groups", "stage_prep
 METRICS_FILE = "metrics.json"
 
 
-
-
 # ----------------------------------------------------------------------------- stages
 
 
@@ -95,7 +93,9 @@ def stage_split(cfg: dict, source: Path, out_dir: Path) -> Path:
             zero_pruned_weights(dense, kept)
             small = prune(dense, kept)
             artifacts.save_dense(small, out_dir / MODEL_FILE, inputs_digest=start.digest)
-            metrics["kept_channels"] = float(sum(len(k) for k in kept.streams[1:]) + sum(len(h) for hs in kept.hidden for h in hs))
+            metrics["kept_channels"] = float(
+                sum(len(k) for k in kept.streams[1:]) + sum(len(h) for hs in kept.hidden for h in hs)
+            )
         else:
             spec = SplitSpec.parse(cfg["group"]["split"])
             topology = build_topology(dense.plan, spec)
@@ -104,7 +104,8 @@ def stage_split(cfg: dict, source: Path, out_dir: Path) -> Path:
             elif cfg["method"] == "splitnet":
                 overlap = cfg["group"]["overlap"]
                 partition, repairs = partition_from_assignments(
-                    topology, blob["assignments"], overlap["threshold"] if overlap else None, s["empty_groups"])
+                    topology, blob["assignments"], overlap["threshold"] if overlap else None, s["empty_groups"]
+                )
                 grouping = _grouping_state(blob, source, partition, bool(overlap))
                 grouping["repaired_nodes"] = sum(repairs.values())
                 extra["grouping"] = grouping
@@ -114,8 +115,17 @@ def stage_split(cfg: dict, source: Path, out_dir: Path) -> Path:
             else:
                 raise ValueError(f"method {cfg['method']!r} has no split stage")
             model = build_split_network(topology, partition, s["convention"], s["layout"], dense=dense)
-            artifacts.save_split(model, dense.plan, spec, partition, s["convention"], s["layout"], out_dir / MODEL_FILE,
-                                 inputs_digest=start.digest, **extra)
+            artifacts.save_split(
+                model,
+                dense.plan,
+                spec,
+                partition,
+                s["convention"],
+                s["layout"],
+                out_dir / MODEL_FILE,
+                inputs_digest=start.digest,
+                **extra,
+            )
         rec.finish(metrics, [out_dir / MODEL_FILE])
     return out_dir / MODEL_FILE
 
@@ -151,16 +161,22 @@ def _grouping_state(blob: dict, source: Path, partition: dict[str, torch.Tensor]
     }
     converged = state["assignment_converged"]
     if converged < CONVERGED:
-        print(f"WARNING: {source}: the grouping did not converge (only {100 * converged:.0f} % of the columns of its "
-              f"least converged variable have a group probability > {SHARP}); splitting it anyway, marked "
-              "assignment_converged in the record and tables. Train the grouping longer.", flush=True)
+        print(
+            f"WARNING: {source}: the grouping did not converge (only {100 * converged:.0f} % of the columns of its "
+            f"least converged variable have a group probability > {SHARP}); splitting it anyway, marked "
+            "assignment_converged in the record and tables. Train the grouping longer.",
+            flush=True,
+        )
     if overlap:
         state["duplicated"] = {n: int((partition[n].sum(0) > 1).sum()) for n in names}  # nodes in > 1 branch
         never = sorted(set(names) - set(blob.get("frozen", [])))
         state["unfrozen_variables"] = never
         if never:
-            print(f"WARNING: {source}: overlap variables never froze (fuzzy fraction stayed >= freeze_below): "
-                  f"{', '.join(never)}", flush=True)
+            print(
+                f"WARNING: {source}: overlap variables never froze (fuzzy fraction stayed >= freeze_below): "
+                f"{', '.join(never)}",
+                flush=True,
+            )
     return state
 
 
@@ -198,11 +214,20 @@ def stage_evaluate(cfg: dict, data_dir: Path, source: Path, out_dir: Path) -> di
         base = count_model(WideResNet(dense_plan).to(device), shape)
         count = count_model(model, shape)
         metrics: dict[str, Any] = {
-            "experiment": cfg["experiment"], "scale": cfg["scale"], "method": cfg["method"],
-            "dataset": manifest["source"], "arch": cfg["model"]["arch"], "input_shape": list(shape),
-            "split": blob.get("split"), "test_error": result["error"], "test_loss": result["loss"],
-            "test_images": len(test), "params": count.params, "flops": count.flops,
-            "baseline_params": base.params, "baseline_flops": base.flops,
+            "experiment": cfg["experiment"],
+            "scale": cfg["scale"],
+            "method": cfg["method"],
+            "dataset": manifest["source"],
+            "arch": cfg["model"]["arch"],
+            "input_shape": list(shape),
+            "split": blob.get("split"),
+            "test_error": result["error"],
+            "test_loss": result["loss"],
+            "test_images": len(test),
+            "params": count.params,
+            "flops": count.flops,
+            "baseline_params": base.params,
+            "baseline_flops": base.flops,
             "params_reduced_pct": reduction_pct(count.params, base.params),
             "flops_reduced_pct": reduction_pct(count.flops, base.flops),
             "stem": {"params": count.stem_params, "flops": count.stem_flops},
@@ -211,12 +236,14 @@ def stage_evaluate(cfg: dict, data_dir: Path, source: Path, out_dir: Path) -> di
             membership = blob["partition"].get("head_out")
             if membership is not None:
                 metrics["groups"] = class_group_table(
-                    membership, manifest["class_names"], manifest.get("superclass"), manifest.get("superclass_names"))
+                    membership, manifest["class_names"], manifest.get("superclass"), manifest.get("superclass_names")
+                )
         if "grouping" in blob:
             metrics["grouping"] = blob["grouping"]
         ev = cfg["evaluate"]
-        metrics["throughput"] = throughput(model, shape, ev["throughput_batch"], ev["throughput_repeats"], device,
-                                           engine.channels_last)
+        metrics["throughput"] = throughput(
+            model, shape, ev["throughput_batch"], ev["throughput_repeats"], device, engine.channels_last
+        )
         atomic_write_json(out_dir / METRICS_FILE, metrics)
         flat = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         flat["images_per_s"] = metrics["throughput"]["images_per_s"]

@@ -25,8 +25,22 @@ from .metrics import semantic_ari
 from .outputs import ScaleOutputs
 from .tables import mean_std, seed_metrics
 
-COLUMNS = ("dataset", "preset", "seeds", "converged_seeds", "ari_mean", "ari_std", "purity_mean", "purity_std",
-           "steps_to_convergence_mean", "test_error_mean", "test_error_std", "experiment", "scale", "description")
+COLUMNS = (
+    "dataset",
+    "preset",
+    "seeds",
+    "converged_seeds",
+    "ari_mean",
+    "ari_std",
+    "purity_mean",
+    "purity_std",
+    "steps_to_convergence_mean",
+    "test_error_mean",
+    "test_error_std",
+    "experiment",
+    "scale",
+    "description",
+)
 # The goal the `semantic` preset is held to (issue 9): mean ARI per dataset, every seed converged.
 GOAL_ARI = {"planted": 0.9, "fashion_g2": 0.8}
 FIGURE_PRESETS = ("paper", "semantic")  # the class-group figure compares the paper's setting with the preset
@@ -50,15 +64,26 @@ def study_cells(registry: dict) -> list[StudyCell]:
     cells = []
     for dataset, entry in study["datasets"].items():
         for preset in entry.get("presets", study["presets"]):
-            cells.append(StudyCell(dataset, entry["label"], preset, study_experiment(entry["experiment"], preset),
-                                   entry["scale"], tuple(study["seeds"])))
+            cells.append(
+                StudyCell(
+                    dataset,
+                    entry["label"],
+                    preset,
+                    study_experiment(entry["experiment"], preset),
+                    entry["scale"],
+                    tuple(study["seeds"]),
+                )
+            )
     return cells
 
 
 def evaluate_files(registry: dict, results: str | Path) -> list[Path]:
     """The metrics.json of every run the study reads (the Snakemake target's inputs)."""
-    return [ScaleOutputs(results, c.scale).run_dir(c.experiment, seed, "evaluate") / "metrics.json"
-            for c in study_cells(registry) for seed in c.seeds]
+    return [
+        ScaleOutputs(results, c.scale).run_dir(c.experiment, seed, "evaluate") / "metrics.json"
+        for c in study_cells(registry)
+        for seed in c.seeds
+    ]
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -76,15 +101,28 @@ def study_rows(registry: dict, results: str | Path) -> list[dict]:
         ari_mean, ari_std = _mean_std(cast(list[float], aris))  # study datasets have superclasses: no None
         purity_mean, purity_std = _mean_std([m["groups"]["superclass_purity"] for m in metrics])
         error_mean, error_std = _mean_std([m["test_error"] for m in metrics])
-        rows.append({
-            "dataset": cell.dataset, "preset": cell.preset, "seeds": len(metrics), "converged_seeds": sum(converged),
-            "ari_mean": ari_mean, "ari_std": ari_std, "purity_mean": purity_mean, "purity_std": purity_std,
-            # null when a seed never converged: a mean over the others would flatter the preset
-            "steps_to_convergence_mean": None if None in steps or not steps else mean_std([float(s) for s in steps])[0],
-            "test_error_mean": error_mean, "test_error_std": error_std,
-            "experiment": cell.experiment, "scale": cell.scale, "description": cell.description,
-            "ari_per_seed": aris,
-        })
+        rows.append(
+            {
+                "dataset": cell.dataset,
+                "preset": cell.preset,
+                "seeds": len(metrics),
+                "converged_seeds": sum(converged),
+                "ari_mean": ari_mean,
+                "ari_std": ari_std,
+                "purity_mean": purity_mean,
+                "purity_std": purity_std,
+                # null when a seed never converged: a mean over the others would flatter the preset
+                "steps_to_convergence_mean": None
+                if None in steps or not steps
+                else mean_std([float(s) for s in steps])[0],
+                "test_error_mean": error_mean,
+                "test_error_std": error_std,
+                "experiment": cell.experiment,
+                "scale": cell.scale,
+                "description": cell.description,
+                "ari_per_seed": aris,
+            }
+        )
     return rows
 
 
@@ -97,8 +135,9 @@ def render_csv(rows: list[dict]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(COLUMNS)
     for row in rows:
-        writer.writerow([_fmt(row[c], 4) if isinstance(row[c], float) else ("" if row[c] is None else row[c])
-                         for c in COLUMNS])
+        writer.writerow(
+            [_fmt(row[c], 4) if isinstance(row[c], float) else ("" if row[c] is None else row[c]) for c in COLUMNS]
+        )
     return buf.getvalue()
 
 
@@ -112,39 +151,52 @@ def goal_verdicts(rows: list[dict], preset: str = "semantic") -> list[str]:
         if row is None or row["ari_mean"] is None:
             lines.append(f"{dataset}: no finished `{preset}` runs")
             continue
-        checks = [f"mean ARI {row['ari_mean']:.3f} {'≥' if row['ari_mean'] >= goal else '<'} {goal}",
-                  f"{row['converged_seeds']}/{row['seeds']} seeds converged"]
+        checks = [
+            f"mean ARI {row['ari_mean']:.3f} {'≥' if row['ari_mean'] >= goal else '<'} {goal}",
+            f"{row['converged_seeds']}/{row['seeds']} seeds converged",
+        ]
         error_ok = True
         if paper is not None and paper["test_error_mean"] is not None:
             delta = row["test_error_mean"] - paper["test_error_mean"]
             pooled = math.sqrt((row["test_error_std"] ** 2 + paper["test_error_std"] ** 2) / 2)
             error_ok = delta <= pooled
-            checks.append(f"test error {row['test_error_mean']:.2f} vs paper-faithful {paper['test_error_mean']:.2f} "
-                          f"({delta:+.2f} pt, {'within' if error_ok else 'beyond'} one pooled std {pooled:.2f})")
+            checks.append(
+                f"test error {row['test_error_mean']:.2f} vs paper-faithful {paper['test_error_mean']:.2f} "
+                f"({delta:+.2f} pt, {'within' if error_ok else 'beyond'} one pooled std {pooled:.2f})"
+            )
         met = row["ari_mean"] >= goal and row["converged_seeds"] == row["seeds"] and error_ok
         lines.append(f"{dataset}: {'goal met' if met else 'goal NOT met'}: " + ", ".join(checks))
     return lines
 
 
 def render_markdown(rows: list[dict]) -> str:
-    lines = ["**Grouping study.** ARI of the learned class groups against the dataset's superclasses (against their "
-             "best merge when the split has fewer groups than superclasses; 0 = chance, 1 = exact), mean ± std over "
-             "seeds; converged: seeds whose every assignment variable ended with ≥ 90 % sharp nodes; steps: to "
-             "convergence (mean); test error of the finetuned split network (%).", "",
-             "| dataset | preset | ARI | ARI per seed | purity | converged | steps | test error |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "**Grouping study.** ARI of the learned class groups against the dataset's superclasses (against their "
+        "best merge when the split has fewer groups than superclasses; 0 = chance, 1 = exact), mean ± std over "
+        "seeds; converged: seeds whose every assignment variable ended with ≥ 90 % sharp nodes; steps: to "
+        "convergence (mean); test error of the finetuned split network (%).",
+        "",
+        "| dataset | preset | ARI | ARI per seed | purity | converged | steps | test error |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if not r["seeds"]:
             lines.append(f"| {r['dataset']} | {r['preset']} | (no finished runs) | | | | | |")
             continue
         per_seed = ", ".join(f"{a:.2f}" for a in r["ari_per_seed"])
         steps = "never (a seed)" if r["steps_to_convergence_mean"] is None else f"{r['steps_to_convergence_mean']:.0f}"
-        lines.append(f"| {r['dataset']} | {r['preset']} | {r['ari_mean']:.3f} ± {r['ari_std']:.3f} | {per_seed} | "
-                     f"{r['purity_mean']:.3f} ± {r['purity_std']:.3f} | {r['converged_seeds']}/{r['seeds']} | {steps} | "
-                     f"{r['test_error_mean']:.2f} ± {r['test_error_std']:.2f} |")
-    lines += ["", "Datasets: " + "; ".join(sorted({f"{r['dataset']} = {r['description']} (scale {r['scale']})"
-                                                    for r in rows})), "",
-              "Goal of the `semantic` preset:", ""] + [f"- {line}" for line in goal_verdicts(rows)]
+        lines.append(
+            f"| {r['dataset']} | {r['preset']} | {r['ari_mean']:.3f} ± {r['ari_std']:.3f} | {per_seed} | "
+            f"{r['purity_mean']:.3f} ± {r['purity_std']:.3f} | {r['converged_seeds']}/{r['seeds']} | {steps} | "
+            f"{r['test_error_mean']:.2f} ± {r['test_error_std']:.2f} |"
+        )
+    lines += [
+        "",
+        "Datasets: " + "; ".join(sorted({f"{r['dataset']} = {r['description']} (scale {r['scale']})" for r in rows})),
+        "",
+        "Goal of the `semantic` preset:",
+        "",
+    ] + [f"- {line}" for line in goal_verdicts(rows)]
     return "\n".join(lines) + "\n"
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 import statistics
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import yaml
 
 from .convergence import CONVERGED
 from .io import atomic_write_json, atomic_write_text
+from .latex import TEX_PACKAGES, tex_cell, tex_text
 from .outputs import run_dir
 
 COLUMNS = (  # key, header, decimals
@@ -40,8 +40,12 @@ def compares_to_paper(registry: dict, scale: str) -> bool:
     """Are the scale's numbers comparable with the paper's? Its network and data are the
     paper's and no stage's schedule is shortened (``paper``, ``paper_fp32``)."""
     entry = registry["scales"][scale]
-    return (entry["data"]["source"] == PAPER_SETTING["source"] and entry["model"]["arch"] == PAPER_SETTING["arch"]
-            and not entry["epochs"] and not entry.get("overrides"))
+    return (
+        entry["data"]["source"] == PAPER_SETTING["source"]
+        and entry["model"]["arch"] == PAPER_SETTING["arch"]
+        and not entry["epochs"]
+        and not entry.get("overrides")
+    )
 
 
 def reproduced_values(metrics: dict) -> dict[str, float]:
@@ -125,8 +129,15 @@ def build_rows(table: str, registry: dict, paper: dict, runs_dir: Path, scale: s
             else:
                 ok = "✓" if abs(delta) <= tol[key] + 1e-9 else "✗"
             cells[key] = Cell(p, r, delta, ok, std, len(per_seed))
-        out.append({"experiment": exp, "label": row["label"], "cells": cells, "metrics": metrics,
-                    "converged": assignment_converged(metrics)})
+        out.append(
+            {
+                "experiment": exp,
+                "label": row["label"],
+                "cells": cells,
+                "metrics": metrics,
+                "converged": assignment_converged(metrics),
+            }
+        )
     return out
 
 
@@ -148,13 +159,16 @@ def seeds_text(row: dict) -> str:
 def caption(table: str, registry: dict, scale: str, dataset: str, arch: str) -> str:
     title = registry["tables"][table]["title"]
     note = (
-        "" if compares_to_paper(registry, scale) else
-        f" NOT CIFAR-100 numbers: scale '{scale}' runs {arch} on {dataset}; Paper columns are the "
+        ""
+        if compares_to_paper(registry, scale)
+        else f" NOT CIFAR-100 numbers: scale '{scale}' runs {arch} on {dataset}; Paper columns are the "
         f"supplement's WRN-16-8/CIFAR-100 values, shown for reference only (✓ column: n/c = not comparable)."
     )
     seeds = registry["scales"][scale]["seeds"]
-    return (f"{title}. Reproduced at scale '{scale}' ({arch}, {dataset}); mean ± sample std over seeds "
-            f"{', '.join(map(str, seeds))} (n per row).{note}")
+    return (
+        f"{title}. Reproduced at scale '{scale}' ({arch}, {dataset}); mean ± sample std over seeds "
+        f"{', '.join(map(str, seeds))} (n per row).{note}"
+    )
 
 
 def column_cells(row: dict) -> Iterator[tuple[str, int, Cell]]:
@@ -168,8 +182,12 @@ def display_cells(row: dict) -> list[str]:
     signed Δ | ✓ per column, the seed count and the assignments' convergence."""
     cells = [row["label"]]
     for key, decimals, cell in column_cells(row):
-        cells += [fmt(key, cell.paper, decimals, "n/a"), fmt_reproduced(key, cell, decimals),
-                  fmt_delta(key, cell.delta, decimals), cell.ok]
+        cells += [
+            fmt(key, cell.paper, decimals, "n/a"),
+            fmt_reproduced(key, cell, decimals),
+            fmt_delta(key, cell.delta, decimals),
+            cell.ok,
+        ]
     return [*cells, seeds_text(row), fmt_converged(row["converged"])]
 
 
@@ -183,37 +201,6 @@ def render_markdown(rows: list[dict], cap: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-# Text-mode LaTeX for every character the tables can contain that LaTeX would misread or that
-# pdflatex's default input encoding cannot typeset; everything else is copied as is.
-TEX_TEXT = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
-    "–": "--", "—": "---", "−": "$-$", "±": r"$\pm$", "×": r"$\times$", "→": r"$\rightarrow$",
-    "Δ": r"$\Delta$", "✓": r"$\checkmark$", "✗": r"$\times$",
-}
-TEX_POWER = re.compile(r"(\d+)\^(\d+)")  # "10^6" in a header -> $10^{6}$
-TEX_NUMBER = re.compile(r"[+-]?\d+(\.\d+)?")
-TEX_PACKAGES = (("booktabs", r"\toprule, \midrule, \bottomrule"), ("amssymb", r"$\checkmark$"),
-                ("graphicx", r"\resizebox: a table wider than the text is shrunk to \linewidth"))
-
-
-def tex_text(text: str) -> str:
-    """``text`` as LaTeX text mode: specials escaped, ``a^b`` as math, symbols as LaTeX commands."""
-    out, pos = [], 0
-    for match in TEX_POWER.finditer(text):
-        out.append("".join(TEX_TEXT.get(ch, ch) for ch in text[pos:match.start()]))
-        out.append(f"${match[1]}^{{{match[2]}}}$")
-        pos = match.end()
-    out.append("".join(TEX_TEXT.get(ch, ch) for ch in text[pos:]))
-    return "".join(out)
-
-
-def tex_cell(text: str) -> str:
-    """A formatted table cell: a (signed) number in math mode (a true minus sign), else text."""
-    return f"${text}$" if TEX_NUMBER.fullmatch(text) else tex_text(text)
-
-
 def render_latex(rows: list[dict], cap: str, label: str) -> str:
     spec = "l" + "rrrc" * len(COLUMNS) + "rr"
     groups = " & ".join(rf"\multicolumn{{4}}{{c}}{{{tex_text(name)}}}" for _, name, _ in COLUMNS) + " & n & Conv."
@@ -222,10 +209,18 @@ def render_latex(rows: list[dict], cap: str, label: str) -> str:
         "% Generated by splitnet.tables from the runs' metrics.json; do not edit.",
         "% Input: UTF-8 (LaTeX's default). The document's preamble needs:",
         *(rf"%   \usepackage{{{pkg}}}  % {what}" for pkg, what in TEX_PACKAGES),
-        r"\begin{table*}[t]", r"\centering", r"\scriptsize", r"\setlength{\tabcolsep}{2pt}",
-        rf"\caption{{{tex_text(cap)}}}", rf"\label{{{label}}}",
+        r"\begin{table*}[t]",
+        r"\centering",
+        r"\scriptsize",
+        r"\setlength{\tabcolsep}{2pt}",
+        rf"\caption{{{tex_text(cap)}}}",
+        rf"\label{{{label}}}",
         r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%",
-        rf"\begin{{tabular}}{{{spec}}}", r"\toprule", f"Row & {groups} \\\\", f" & {sub} \\\\", r"\midrule",
+        rf"\begin{{tabular}}{{{spec}}}",
+        r"\toprule",
+        f"Row & {groups} \\\\",
+        f" & {sub} \\\\",
+        r"\midrule",
     ]
     for row in rows:
         # the label and the convergence note are prose; the cells between are numbers or marks
@@ -238,26 +233,72 @@ def render_latex(rows: list[dict], cap: str, label: str) -> str:
 def render_csv(rows: list[dict], table: str, scale: str, dataset: str) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["table", "row", "label", "column", "paper", "reproduced", "delta", "ok", "scale", "dataset",
-                     "reproduced_std", "n"])
+    writer.writerow(
+        [
+            "table",
+            "row",
+            "label",
+            "column",
+            "paper",
+            "reproduced",
+            "delta",
+            "ok",
+            "scale",
+            "dataset",
+            "reproduced_std",
+            "n",
+        ]
+    )
     for row in rows:
         # one line per column, its values unadorned (no ±, unsigned Δ, empty when absent)
         for key, decimals, cell in column_cells(row):
-            writer.writerow([table, row["experiment"], row["label"], key, fmt(key, cell.paper, decimals, ""),
-                             fmt(key, cell.reproduced, decimals, "missing"), fmt(key, cell.delta, decimals, ""),
-                             cell.ok, scale, dataset, fmt(key, cell.std, decimals, "") if cell.n else "", cell.n])
+            writer.writerow(
+                [
+                    table,
+                    row["experiment"],
+                    row["label"],
+                    key,
+                    fmt(key, cell.paper, decimals, ""),
+                    fmt(key, cell.reproduced, decimals, "missing"),
+                    fmt(key, cell.delta, decimals, ""),
+                    cell.ok,
+                    scale,
+                    dataset,
+                    fmt(key, cell.std, decimals, "") if cell.n else "",
+                    cell.n,
+                ]
+            )
         if row["converged"] is not None:
-            writer.writerow([table, row["experiment"], row["label"], "assignment_converged", "",
-                             f"{row['converged']:.4f}", "", "–", scale, dataset, "", len(row["metrics"])])
+            writer.writerow(
+                [
+                    table,
+                    row["experiment"],
+                    row["label"],
+                    "assignment_converged",
+                    "",
+                    f"{row['converged']:.4f}",
+                    "",
+                    "–",
+                    scale,
+                    dataset,
+                    "",
+                    len(row["metrics"]),
+                ]
+            )
     return buf.getvalue()
 
 
 def class_groups_markdown(rows: list[dict], scale: str, dataset: str) -> str:
     """Per grouping row and seed: the class groups by name, purity and ARI against the dataset's
     superclasses (chance ARI is 0), and whether the grouping converged."""
-    lines = [(f"**Learned class → group assignments (scale '{scale}', {dataset}).** ARI: adjusted Rand index of the "
-              "class groups against the dataset's superclasses (0 = chance, 1 = the superclasses exactly); purity: "
-              "share of classes in their group's majority superclass."), ""]
+    lines = [
+        (
+            f"**Learned class → group assignments (scale '{scale}', {dataset}).** ARI: adjusted Rand index of the "
+            "class groups against the dataset's superclasses (0 = chance, 1 = the superclasses exactly); purity: "
+            "share of classes in their group's majority superclass."
+        ),
+        "",
+    ]
     superclasses = None
     for row in rows:
         for m in row["metrics"]:
@@ -277,7 +318,9 @@ def class_groups_markdown(rows: list[dict], scale: str, dataset: str) -> str:
                 lines.append(f"- group {g}: {', '.join(classes)}")
             lines.append("")
     if superclasses:
-        lines.append("Dataset superclasses: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(superclasses.items())))
+        lines.append(
+            "Dataset superclasses: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(superclasses.items()))
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -298,7 +341,9 @@ def summary_entry(row: dict) -> dict | None:
     return entry
 
 
-def write_tables(registry: dict, paper_file: Path, runs_dir: Path, out_dir: Path, metrics_file: Path, scale: str) -> None:
+def write_tables(
+    registry: dict, paper_file: Path, runs_dir: Path, out_dir: Path, metrics_file: Path, scale: str
+) -> None:
     """Write table1/table2 .md/.tex/.csv, class_groups.md and the DVC metrics summary."""
     paper = yaml.safe_load(Path(paper_file).read_text())
     dataset, arch = dataset_text(registry, scale), registry["scales"][scale]["model"]["arch"].upper()

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,38 +44,13 @@ from .data import DataError, parse_config, read_manifest
 from .data.prepare import MANIFEST
 from .io import sha256_file
 from .model import WRNPlan, parse_arch, wrn_plan
+from .source_checks import SOURCE_RULES, InputError, SourceRule, check_source_matches, load_source
 from .spec import SplitSpec
 from .topology import build_topology, stage_in, stage_out
 
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 
-class InputError(ValueError):
-    """A bad command-line argument, params value or input file; the message is one line."""
-
-
-@dataclass(frozen=True)
-class SourceRule:
-    """The kind of model a stage reads for a method, and which stage writes it."""
-
-    kind: str
-    written_by: str
-
-
-# (command, method) -> the model file the stage reads (--source; --baseline for learn-groups).
-SOURCE_RULES: dict[tuple[str, str], SourceRule] = {
-    ("learn-groups", "ssl"): SourceRule("dense", "the baseline row's train/model.pt"),
-    ("split", "splitnet"): SourceRule("grouping", "this row's learn_groups/model.pt"),
-    ("split", "random"): SourceRule("dense", "the baseline row's train/model.pt"),
-    ("split", "ssl"): SourceRule("dense", "this row's learn_groups/model.pt"),
-    ("finetune", "splitnet"): SourceRule("split", "this row's split/model.pt"),
-    ("finetune", "random"): SourceRule("split", "this row's split/model.pt"),
-    ("finetune", "ssl"): SourceRule("dense", "this row's split/model.pt (the pruned net)"),
-    ("evaluate", "baseline"): SourceRule("dense", "the baseline row's train/model.pt"),
-    ("evaluate", "splitnet"): SourceRule("split", "this row's finetune/model.pt"),
-    ("evaluate", "random"): SourceRule("split", "this row's finetune/model.pt"),
-    ("evaluate", "ssl"): SourceRule("dense", "this row's finetune/model.pt"),
-}
 # ----------------------------------------------------------------------------- names and paths
 
 
@@ -87,8 +61,10 @@ def check_names(registry: dict, params_dir: Path, experiment: str, scale: str) -
     except ConfigError as err:
         raise InputError(f"--experiment {experiment!r}: {err} (in {params_dir / EXPERIMENTS_FILE})") from None
     if scale not in registry["scales"]:
-        raise InputError(f"--scale {scale!r} is not a scale of {params_dir / SCALES_FILE}; "
-                         f"pick one of: {', '.join(registry['scales'])}")
+        raise InputError(
+            f"--scale {scale!r} is not a scale of {params_dir / SCALES_FILE}; "
+            f"pick one of: {', '.join(registry['scales'])}"
+        )
 
 
 def check_writable_dir(path: Path, flag: str) -> None:
@@ -99,11 +75,14 @@ def check_writable_dir(path: Path, flag: str) -> None:
     while not existing.exists():  # the nearest ancestor that exists decides whether mkdir can work
         existing = existing.parent
     if not existing.is_dir():
-        raise InputError(f"{flag} {path}: {existing} is a file, so no directory can be created under it; "
-                         "pass another path")
+        raise InputError(
+            f"{flag} {path}: {existing} is a file, so no directory can be created under it; pass another path"
+        )
     if not os.access(existing, os.W_OK | os.X_OK) or os.statvfs(existing).f_flag & os.ST_RDONLY:
-        raise InputError(f"{flag} {path}: {existing} is not writable (permissions or a read-only file system); "
-                         "pass a directory you can write to")
+        raise InputError(
+            f"{flag} {path}: {existing} is not writable (permissions or a read-only file system); "
+            "pass a directory you can write to"
+        )
 
 
 def check_writable_file(path: Path, flag: str) -> None:
@@ -135,11 +114,15 @@ def check_device(name: str, where: str) -> None:
         raise InputError(f"{where}: device type {device.type!r} is not supported; use auto, cpu, cuda or cuda:<index>")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise InputError(f"{where}: {name!r} asks for a GPU but CUDA is not available here (no GPU, or a "
-                             "CPU-only torch); set it to cpu or auto, or run on a GPU node")
+            raise InputError(
+                f"{where}: {name!r} asks for a GPU but CUDA is not available here (no GPU, or a "
+                "CPU-only torch); set it to cpu or auto, or run on a GPU node"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise InputError(f"{where}: {name!r} but this machine has {torch.cuda.device_count()} GPU(s); "
-                             "use cuda or a smaller index")
+            raise InputError(
+                f"{where}: {name!r} but this machine has {torch.cuda.device_count()} GPU(s); "
+                "use cuda or a smaller index"
+            )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise InputError(f"{where}: {name!r} but MPS is not available here; set it to cpu or auto")
 
@@ -174,12 +157,16 @@ def check_split_fits(spec: SplitSpec, plan: WRNPlan, where: str, arch: str) -> N
         if vector.groups <= vector.size:
             continue
         if vector.name == "head_out":
-            raise InputError(f"{where}: {spec.code} splits the fc into {vector.groups} groups, but there are only "
-                             f"{vector.size} classes; use at most {vector.size} fc groups (the last number)")
+            raise InputError(
+                f"{where}: {spec.code} splits the fc into {vector.groups} groups, but there are only "
+                f"{vector.size} classes; use at most {vector.size} fc groups (the last number)"
+            )
         segment = "the fc" if vector.name == "head_in" else f"stage {vector.name[len('stage')]}"
-        raise InputError(f"{where}: {spec.code} splits {segment} into {vector.groups} groups, but "
-                         f"{_vector_text(vector.name)} of {arch} has only {vector.size} channels; use at most "
-                         f"{vector.size} groups there, or a wider arch")
+        raise InputError(
+            f"{where}: {spec.code} splits {segment} into {vector.groups} groups, but "
+            f"{_vector_text(vector.name)} of {arch} has only {vector.size} channels; use at most "
+            f"{vector.size} groups there, or a wider arch"
+        )
 
 
 # ----------------------------------------------------------------------------- prepared data
@@ -192,8 +179,14 @@ def check_prepared_data(data_dir: Path, splits: tuple[str, ...]) -> dict[str, An
     manifest = read_manifest(data_dir)
     where = data_dir / MANIFEST
     names, shape, entries = manifest.get("class_names"), manifest.get("image_shape"), manifest.get("splits")
-    if not (isinstance(names, list) and names and isinstance(shape, list) and len(shape) == 3
-            and all(isinstance(v, int) and v > 0 for v in shape) and isinstance(entries, dict)):
+    if not (
+        isinstance(names, list)
+        and names
+        and isinstance(shape, list)
+        and len(shape) == 3
+        and all(isinstance(v, int) and v > 0 for v in shape)
+        and isinstance(entries, dict)
+    ):
         raise InputError(f"{where} is malformed (class_names, image_shape or splits); {rerun}")
     for split in splits:
         entry = entries.get(split)
@@ -203,51 +196,8 @@ def check_prepared_data(data_dir: Path, splits: tuple[str, ...]) -> dict[str, An
         if not path.is_file():
             raise InputError(f"{path} is missing; {rerun}")
         if sha256_file(path) != entry["sha256"]:
-            raise InputError(f"{path} does not match its manifest (sha256): it was modified after preparation; "
-                             f"{rerun}")
+            raise InputError(f"{path} does not match its manifest (sha256): it was modified after preparation; {rerun}")
     return manifest
-
-
-# ----------------------------------------------------------------------------- model files
-
-
-def load_source(path: Path, flag: str, rule: SourceRule, context: str) -> dict:
-    """The artifact at ``path`` after checking its kind and that its weights load."""
-    try:
-        blob = artifacts.load_artifact(path)
-    except (FileNotFoundError, ValueError) as err:
-        raise InputError(f"{flag}: {err}") from None
-    if blob["kind"] != rule.kind:
-        raise InputError(f"{flag} {path} is a {blob['kind']} model, but {context} needs a {rule.kind} model: "
-                         f"pass {rule.written_by}")
-    try:
-        artifacts.build_model(blob)
-    except Exception as err:  # any failure to rebuild means a damaged or foreign file
-        detail = " ".join(str(err).split()) or type(err).__name__
-        detail = detail if len(detail) <= 200 else detail[:200] + "..."
-        raise InputError(f"{flag} {path}: the network it describes cannot be rebuilt ({detail}); "
-                         "re-run the stage that wrote it") from None
-    return blob
-
-
-def _check_source_matches(blob: dict, path: Path, flag: str, cfg: dict, where_arch: str,
-                          manifest: dict | None, data_dir: Path | None) -> None:
-    plan = artifacts.plan_from_dict(blob["plan"])
-    arch = cfg["model"]["arch"]
-    # SSL-pruned nets keep their dense arch's name with an "-ssl" suffix (ssl.prune).
-    if plan.name.removesuffix("-ssl") != arch.strip().lower():
-        raise InputError(f"{flag} {path} is a {plan.name} network, but {where_arch} is {arch}; pass the model of "
-                         "this scale, or run with the --scale it was made at")
-    made_for = blob.get("split")  # grouping and split models record the split they were made for
-    if cfg["method"] in SPLIT_METHODS and made_for is not None and made_for != cfg["group"]["split"]:
-        raise InputError(f"{flag} {path} was made for split {made_for}, but row {cfg['experiment']!r} uses "
-                         f"{cfg['group']['split']}; pass this row's model")
-    if manifest is not None:
-        channels, classes = manifest["image_shape"][0], len(manifest["class_names"])
-        if (plan.in_channels, plan.num_classes) != (channels, classes):
-            raise InputError(f"{flag} {path} takes {plan.in_channels}-channel images of {plan.num_classes} classes, "
-                             f"but --data {data_dir} holds {channels}-channel images of {classes} classes; pass the "
-                             "data it was trained on")
 
 
 # ----------------------------------------------------------------------------- stages
@@ -271,8 +221,10 @@ def check_stage(args: argparse.Namespace, registry: dict, cfg: dict) -> None:
 
     if command not in commands(method):
         rows = ", ".join(r for r, row in registry["experiments"].items() if command in commands(row["method"]))
-        raise InputError(f"--experiment {experiment!r} is a {method} row, which has no {command} stage "
-                         f"(its stages: {', '.join(commands(method))}); rows with one: {rows}")
+        raise InputError(
+            f"--experiment {experiment!r} is a {method} row, which has no {command} stage "
+            f"(its stages: {', '.join(commands(method))}); rows with one: {rows}"
+        )
     check_writable_dir(Path(args.out), "--out")
     if command == "prepare-data":
         _check_data_settings(cfg["data"], where("data"))
@@ -294,8 +246,10 @@ def check_stage(args: argparse.Namespace, registry: dict, cfg: dict) -> None:
         count = manifest["splits"]["train"]["count"]
         batch = cfg["engine"]["batch_size"]
         if batch > count:
-            raise InputError(f"{where('engine.batch_size')}: {batch} exceeds the {count} training images in "
-                             f"{data_dir}; lower it (or prepare more data)")
+            raise InputError(
+                f"{where('engine.batch_size')}: {batch} exceeds the {count} training images in "
+                f"{data_dir}; lower it (or prepare more data)"
+            )
 
     arch = cfg["model"]["arch"]
     if manifest is not None:
@@ -310,33 +264,40 @@ def check_stage(args: argparse.Namespace, registry: dict, cfg: dict) -> None:
     rule = SOURCE_RULES.get((command, method))
     if command == "learn-groups" and method == "splitnet":
         if needs_baseline(cfg):
-            rule = SourceRule("dense", "the baseline row's train/model.pt (group.init baseline or class_init confusion)")
+            rule = SourceRule(
+                "dense", "the baseline row's train/model.pt (group.init baseline or class_init confusion)"
+            )
         elif path is not None:
-            raise InputError(f"--baseline is only read by SSL rows and groupings with group.init baseline or "
-                             f"class_init confusion; row {experiment!r} reads no baseline: drop --baseline")
+            raise InputError(
+                f"--baseline is only read by SSL rows and groupings with group.init baseline or "
+                f"class_init confusion; row {experiment!r} reads no baseline: drop --baseline"
+            )
     if rule is None:
         return
     context = f"{command} of row {experiment!r} (method {method})"
     if path is None:
         raise InputError(f"{flag} is required: {context} starts from {rule.written_by}; pass it")
     blob = load_source(Path(path), flag, rule, context)
-    _check_source_matches(blob, Path(path), flag, cfg, where("model.arch"), manifest, data_dir)
+    check_source_matches(blob, Path(path), flag, cfg, where("model.arch"), manifest, data_dir)
     if command == "split" and method in SPLIT_METHODS:
         plan = artifacts.plan_from_dict(blob["plan"])
         check_split_fits(spec, plan, where("group.split"), arch)
         if method == "splitnet" and cfg["split"]["empty_groups"] == "error":
-            _check_no_empty_group(blob, spec, plan, cfg["group"].get("overlap"), Path(path),
-                                  where("split.empty_groups"))
+            _check_no_empty_group(
+                blob, spec, plan, cfg["group"].get("overlap"), Path(path), where("split.empty_groups")
+            )
 
 
-def _check_no_empty_group(blob: dict, spec: SplitSpec, plan: WRNPlan, overlap: dict | None, path: Path,
-                          where: str) -> None:
+def _check_no_empty_group(
+    blob: dict, spec: SplitSpec, plan: WRNPlan, overlap: dict | None, path: Path, where: str
+) -> None:
     """With ``empty_groups: error``, the cut the split stage would make, done here first (cheap)."""
     from .partition import EmptyGroupError, partition_from_assignments
 
     try:
-        partition_from_assignments(build_topology(plan, spec), blob["assignments"],
-                                   overlap["threshold"] if overlap else None, "error")
+        partition_from_assignments(
+            build_topology(plan, spec), blob["assignments"], overlap["threshold"] if overlap else None, "error"
+        )
     except EmptyGroupError as err:
         raise InputError(f"--source {path}: {err} ({where} is error)") from None
 
@@ -348,11 +309,14 @@ def _check_data_settings(data_cfg: dict, where: str) -> None:
     except DataError as err:
         message = str(err)
         # parse_config names keys as "data.<key>"; prefix the file and scale it lives in
-        raise InputError(f"{where.rsplit('.data', 1)[0]}.{message}" if message.startswith("data")
-                         else f"{where}: {message}") from None
+        raise InputError(
+            f"{where.rsplit('.data', 1)[0]}.{message}" if message.startswith("data") else f"{where}: {message}"
+        ) from None
     if not settings.download and settings.source != "planted" and not settings.root.exists():  # planted: written here
-        raise InputError(f"{where}.root: {settings.root} does not exist; point it at the raw {settings.source} "
-                         "files, or set download: true")
+        raise InputError(
+            f"{where}.root: {settings.root} does not exist; point it at the raw {settings.source} "
+            "files, or set download: true"
+        )
 
 
 # ----------------------------------------------------------------------------- other commands
@@ -360,8 +324,11 @@ def _check_data_settings(data_cfg: dict, where: str) -> None:
 
 def check_summary(args: argparse.Namespace) -> None:
     """``splitnet summary``: sizes are positive and the arch is a WRN."""
-    for flag, value in (("--in-channels", args.in_channels), ("--num-classes", args.num_classes),
-                        ("--image-size", args.image_size)):
+    for flag, value in (
+        ("--in-channels", args.in_channels),
+        ("--num-classes", args.num_classes),
+        ("--image-size", args.image_size),
+    ):
         if value < 1:
             raise InputError(f"{flag} {value}: must be at least 1")
     if args.split is not None:
@@ -376,8 +343,10 @@ def check_results_command(args: argparse.Namespace) -> None:
     if params_dir is not None:
         registry = load_registry(params_dir)
         if args.scale not in registry["scales"]:
-            raise InputError(f"--scale {args.scale!r} is not a scale of {Path(params_dir) / SCALES_FILE}; "
-                             f"pick one of: {', '.join(registry['scales'])}")
+            raise InputError(
+                f"--scale {args.scale!r} is not a scale of {Path(params_dir) / SCALES_FILE}; "
+                f"pick one of: {', '.join(registry['scales'])}"
+            )
     summary_out = getattr(args, "summary_out", None)
     if summary_out:
         check_writable_file(Path(summary_out), "--summary-out")

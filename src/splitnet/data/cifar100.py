@@ -169,11 +169,14 @@ def _image_set(path: Path, batch: dict[str, Any], num_classes: int) -> tuple[Ima
     fine = torch.tensor(list(batch["fine_labels"]), dtype=torch.int64)
     coarse = torch.tensor(list(batch["coarse_labels"]), dtype=torch.int64)
     if fine.numel() != len(data) or coarse.numel() != len(data):
-        raise DataError(f"{path}: {len(data)} images but {fine.numel()} fine and {coarse.numel()} coarse labels; "
-                        f"{_NOT_CIFAR}")
+        raise DataError(
+            f"{path}: {len(data)} images but {fine.numel()} fine and {coarse.numel()} coarse labels; {_NOT_CIFAR}"
+        )
     if len(data) and not 0 <= int(fine.min()) <= int(fine.max()) < num_classes:
-        raise DataError(f"{path}: fine labels must lie in 0..{num_classes - 1} (the meta file names "
-                        f"{num_classes} classes); {_NOT_CIFAR}")
+        raise DataError(
+            f"{path}: fine labels must lie in 0..{num_classes - 1} (the meta file names "
+            f"{num_classes} classes); {_NOT_CIFAR}"
+        )
     images = torch.from_numpy(np.ascontiguousarray(data.reshape(len(data), 3, 32, 32)))
     return ImageSet(images, fine), coarse
 
@@ -199,10 +202,12 @@ def load_cifar100(
     class_names = _names(folder / "meta", meta, "fine_label_names")
     superclass_names = _names(folder / "meta", meta, "coarse_label_names")
     keys = ("data", "fine_labels", "coarse_labels")
-    train, train_coarse = _image_set(folder / "train", _unpickle(folder / "train", blobs.pop("train"), keys),
-                                     len(class_names))
-    test, test_coarse = _image_set(folder / "test", _unpickle(folder / "test", blobs.pop("test"), keys),
-                                   len(class_names))
+    train, train_coarse = _image_set(
+        folder / "train", _unpickle(folder / "train", blobs.pop("train"), keys), len(class_names)
+    )
+    test, test_coarse = _image_set(
+        folder / "test", _unpickle(folder / "test", blobs.pop("test"), keys), len(class_names)
+    )
     superclass = _superclass_map(
         torch.cat([train.labels, test.labels]), torch.cat([train_coarse, test_coarse]), len(class_names), folder
     )

@@ -117,10 +117,7 @@ def _read_split(directory: Path, split: str, inputs: dict[str, str]) -> ImageSet
         raise DataError(f"{label_path}: {len(labels)} labels for {len(images)} images in {image_path}; {_HINT}")
     if labels.size and int(labels.max()) >= len(CLASS_NAMES):
         raise DataError(f"{label_path}: label {int(labels.max())} out of range 0..{len(CLASS_NAMES) - 1}; {_HINT}")
-    return ImageSet(
-        torch.from_numpy(images.copy()).unsqueeze(1),
-        torch.from_numpy(labels.astype(np.int64)),
-    )
+    return ImageSet(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
 
 
 def load_fashion_mnist(root: str | os.PathLike[str] = DEFAULT_ROOT, *, download: bool = False) -> SourceData:

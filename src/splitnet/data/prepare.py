@@ -66,8 +66,11 @@ from splitnet.data.subsets import generator, hold_out, per_class
 from splitnet.io import atomic_torch_save, atomic_write_json, sha256_file
 
 SOURCES = ("cifar100", "fashion_mnist", "planted")
-DEFAULT_ROOTS = {"cifar100": Path("data/cifar100"), "fashion_mnist": fashion_mnist.DEFAULT_ROOT,
-                 "planted": Path("data/planted")}
+DEFAULT_ROOTS = {
+    "cifar100": Path("data/cifar100"),
+    "fashion_mnist": fashion_mnist.DEFAULT_ROOT,
+    "planted": Path("data/planted"),
+}
 PLANTED_KEYS = ("superclasses", "classes_per_superclass", "train_per_class", "test_per_class", "seed")
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
@@ -167,9 +170,14 @@ def _load_source(settings: DataSettings) -> SourceData:
         return load_cifar100(settings.root, md5=settings.md5, download=settings.download)
     if settings.source == "planted":
         p = settings.planted or {}
-        md5 = write_planted_cifar(settings.root, num_superclasses=p["superclasses"],
-                                  classes_per_superclass=p["classes_per_superclass"], train_per_class=p["train_per_class"],
-                                  test_per_class=p["test_per_class"], seed=p["seed"])
+        md5 = write_planted_cifar(
+            settings.root,
+            num_superclasses=p["superclasses"],
+            classes_per_superclass=p["classes_per_superclass"],
+            train_per_class=p["train_per_class"],
+            test_per_class=p["test_per_class"],
+            seed=p["seed"],
+        )
         return load_cifar100(settings.root, md5=md5)
     return fashion_mnist.load_fashion_mnist(settings.root, download=settings.download)
 
@@ -183,7 +191,9 @@ def _select(data: SourceData, settings: DataSettings) -> dict[str, ImageSet]:
         if limit is not None:
             labels = splits[name].labels
             gen = generator(settings.seed, f"{name}_per_class")
-            splits[name] = splits[name].subset(per_class(labels, data.num_classes, limit, gen, f"data.{name}_per_class"))
+            splits[name] = splits[name].subset(
+                per_class(labels, data.num_classes, limit, gen, f"data.{name}_per_class")
+            )
         if settings.resize is not None:
             splits[name] = ImageSet(resize_area(splits[name].images, settings.resize), splits[name].labels)
     return splits

@@ -30,9 +30,7 @@ def hold_out(count: int, holdout: int, gen: torch.Generator) -> tuple[torch.Tens
     return perm[holdout:].sort().values, perm[:holdout].sort().values
 
 
-def per_class(
-    labels: torch.Tensor, num_classes: int, limit: int, gen: torch.Generator, what: str
-) -> torch.Tensor:
+def per_class(labels: torch.Tensor, num_classes: int, limit: int, gen: torch.Generator, what: str) -> torch.Tensor:
     """Sorted positions of ``limit`` randomly chosen images of every class.
 
     ``what`` names the setting in the error raised when a class has fewer images.

@@ -15,6 +15,18 @@ from .streams import StreamSplit
 from .workers import Worker, WorkerError, WorkerFailure, barrier, collective, init_from_env, launch
 
 __all__ = [
-    "ParallelSplit", "Placement", "StreamSplit", "Worker", "WorkerError", "WorkerFailure", "barrier", "branch_nodes",
-    "class_order", "collective", "init_from_env", "launch", "own_flops", "place",
+    "ParallelSplit",
+    "Placement",
+    "StreamSplit",
+    "Worker",
+    "WorkerError",
+    "WorkerFailure",
+    "barrier",
+    "branch_nodes",
+    "class_order",
+    "collective",
+    "init_from_env",
+    "launch",
+    "own_flops",
+    "place",
 ]

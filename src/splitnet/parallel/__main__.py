@@ -25,7 +25,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     worker = init_from_env(args.timeout, args.device)
     model, blob = artifacts.load_model(args.model)
     if blob["kind"] != "split":
-        raise ValueError(f"{args.model} is a {blob['kind']} model: only split networks have branches to run in parallel")
+        raise ValueError(
+            f"{args.model} is a {blob['kind']} model: only split networks have branches to run in parallel"
+        )
     assert isinstance(model, SplitWideResNet)  # kind "split"
     plan = artifacts.plan_from_dict(blob["plan"])
     shape = (plan.in_channels, args.image_size, args.image_size)
@@ -36,19 +38,28 @@ def cmd_check(args: argparse.Namespace) -> int:
         out, ref = net(x), model(x)
     error = ((out - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
     if worker.is_main:
-        runs = ", ".join(f"worker {r}: leaves {run.start}..{run.stop - 1}" for r, run in enumerate(net.placement.ranges))
-        print(f"{blob['split']} on {worker.world} workers ({worker.backend}; {runs}); max relative difference to the "
-              f"sequential network {error:.2e} (tolerance {args.tolerance:g}): {'OK' if error <= args.tolerance else 'MISMATCH'}",
-              flush=True)
+        runs = ", ".join(
+            f"worker {r}: leaves {run.start}..{run.stop - 1}" for r, run in enumerate(net.placement.ranges)
+        )
+        print(
+            f"{blob['split']} on {worker.world} workers ({worker.backend}; {runs}); max relative difference to the "
+            f"sequential network {error:.2e} (tolerance {args.tolerance:g}): {'OK' if error <= args.tolerance else 'MISMATCH'}",
+            flush=True,
+        )
     return 0 if error <= args.tolerance else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m splitnet.parallel", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
-                        help="seconds a collective waits for the other workers before failing (default %(default)g)")
+    parser = argparse.ArgumentParser(
+        prog="python -m splitnet.parallel", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help="seconds a collective waits for the other workers before failing (default %(default)g)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("check", help="branch-parallel logits of a split model file vs the sequential network")
     p.add_argument("--model", required=True, help="a split (or finetuned split) model.pt")

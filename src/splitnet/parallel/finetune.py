@@ -87,8 +87,9 @@ def finetune_stage(cfg: dict, data_dir: Path, source: Path, out_dir: Path, resum
     return own / MODEL_FILE
 
 
-def finetune_from_env(cfg: dict, data_dir: Path, source: Path, out_dir: Path, resume: bool,
-                      timeout_s: float = DEFAULT_TIMEOUT_S) -> Path:
+def finetune_from_env(
+    cfg: dict, data_dir: Path, source: Path, out_dir: Path, resume: bool, timeout_s: float = DEFAULT_TIMEOUT_S
+) -> Path:
     """``finetune_stage`` as one process of a torchrun / srun launch: joins the process group
     (on the config's device) and leaves it at the end."""
     worker = init_from_env(timeout_s, cfg["engine"]["device"])

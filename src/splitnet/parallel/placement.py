@@ -64,8 +64,13 @@ def own_flops(split: SplitWideResNet, nodes: list[BranchNode], input_shape: tupl
     costs = []
     for node in nodes:
         prefix = node.name + "."
-        costs.append(sum(r.flops for r in layers
-                         if r.name.startswith(prefix) and not r.name[len(prefix):].startswith("branches.")))
+        costs.append(
+            sum(
+                r.flops
+                for r in layers
+                if r.name.startswith(prefix) and not r.name[len(prefix) :].startswith("branches.")
+            )
+        )
     return costs
 
 
@@ -81,7 +86,9 @@ class Placement:
 
     def holders(self, node: BranchNode) -> tuple[int, ...]:
         """Workers holding ``node``: those with at least one of its leaves."""
-        return tuple(r for r, run in enumerate(self.ranges) if run.start < node.leaves.stop and node.leaves.start < run.stop)
+        return tuple(
+            r for r, run in enumerate(self.ranges) if run.start < node.leaves.stop and node.leaves.start < run.stop
+        )
 
     def load(self, nodes: list[BranchNode], costs: list[int], rank: int) -> int:
         return sum(c for node, c in zip(nodes, costs) if rank in self.holders(node))
@@ -101,8 +108,9 @@ def place(nodes: list[BranchNode], costs: list[int], workers: int) -> Placement:
     for k in range(1, workers + 1):
         row: dict[int, tuple[int, tuple[int, ...]]] = {}
         for j in range(k, leaves - (workers - k) + 1):
-            row[j] = min((max(best[k - 1][i][0], run_cost(i, j)), best[k - 1][i][1] + (i,))
-                         for i in best[k - 1] if i < j)
+            row[j] = min(
+                (max(best[k - 1][i][0], run_cost(i, j)), best[k - 1][i][1] + (i,)) for i in best[k - 1] if i < j
+            )
         best.append(row)
     cuts = best[workers][leaves][1] + (leaves,)
     return Placement(tuple(range(a, b) for a, b in pairwise(cuts)))

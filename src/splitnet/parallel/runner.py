@@ -40,8 +40,9 @@ def class_order(split: SplitWideResNet, logits: torch.Tensor) -> torch.Tensor:
     return summed / split.class_counts
 
 
-def _all_gather_cat(t: torch.Tensor, sizes: list[int] | tuple[int, ...], dim: int, worker: Worker,
-                    what: str) -> torch.Tensor:
+def _all_gather_cat(
+    t: torch.Tensor, sizes: list[int] | tuple[int, ...], dim: int, worker: Worker, what: str
+) -> torch.Tensor:
     """Every worker's ``t`` (``sizes[r]`` long along ``dim`` on worker r) concatenated along ``dim``."""
     # all_gather moves equal shapes: pad every worker's piece to the longest
     padded = torch.nn.functional.pad(t, [0, 0] * (t.dim() - 1 - dim) + [0, max(sizes) - t.shape[dim]])
@@ -85,7 +86,9 @@ def _pruned(node: BranchNode, by_module: dict[int, BranchNode], keep: range) -> 
     if not isinstance(m, StageBranch):
         return m
     children = [by_module[id(c)] for c in m.branches]
-    return StageBranch(m.select, m.units, m.final_bn, [_pruned(c, by_module, keep) for c in children if _overlaps(c, keep)])
+    return StageBranch(
+        m.select, m.units, m.final_bn, [_pruned(c, by_module, keep) for c in children if _overlaps(c, keep)]
+    )
 
 
 def _grad(p: nn.Parameter) -> torch.Tensor:
@@ -116,9 +119,10 @@ class ParallelSplit(nn.Module):
         by_module = {id(n.module): n for n in self.nodes}
         # A plain tuple: the pruned tree shares split's modules and must not register them twice.
         self.local = tuple(_pruned(n, by_module, mine) for n in self.nodes if n.depth == 0 and _overlaps(n, mine))
-        self.widths = tuple(sum(cast(HeadBranch, n.module).fc.out_features for n in self.nodes
-                                if n.is_leaf and n.leaves.start in run)
-                            for run in self.placement.ranges)
+        self.widths = tuple(
+            sum(cast(HeadBranch, n.module).fc.out_features for n in self.nodes if n.is_leaf and n.leaves.start in run)
+            for run in self.placement.ranges
+        )
         self._groups = self._holder_groups()
         # Gradients still to come per group in this backward; at 0 the group is summed.
         self._pending = {i: len(params) for i, (_, params) in enumerate(self._groups)}
@@ -132,15 +136,19 @@ class ParallelSplit(nn.Module):
     def _holder_groups(self) -> list[tuple[Any, list[nn.Parameter]]]:
         """(process group, parameters this worker holds) for every set of >= 2 holders it is in."""
         by_holders: dict[tuple[int, ...], list[nn.Parameter]] = {
-            tuple(range(self.worker.world)): [p for p in self.split.trunk.parameters() if p.requires_grad]}
+            tuple(range(self.worker.world)): [p for p in self.split.trunk.parameters() if p.requires_grad]
+        }
         for node in self.nodes:
             by_holders.setdefault(self.placement.holders(node), []).extend(_own_parameters(node))
         groups = []
         for holders in sorted(by_holders):  # the same order on every worker: new_group is collective
             if len(holders) < 2:
                 continue
-            group = (self.worker.group if len(holders) == self.worker.world
-                     else dist.new_group(list(holders), backend=self.worker.backend))
+            group = (
+                self.worker.group
+                if len(holders) == self.worker.world
+                else dist.new_group(list(holders), backend=self.worker.backend)
+            )
             if self.worker.rank in holders and by_holders[holders]:
                 groups.append((group, by_holders[holders]))
         return groups
@@ -151,6 +159,7 @@ class ParallelSplit(nn.Module):
             if self._pending[index] == 0:
                 self._sum_gradients(index)
                 self._pending[index] = len(self._groups[index][1])
+
         return hook
 
     def _sum_gradients(self, index: int) -> None:
@@ -170,9 +179,11 @@ class ParallelSplit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and any(self._pending[i] != len(p) for i, (_, p) in enumerate(self._groups)):
-            raise RuntimeError(f"worker {self.worker.rank}: the last backward did not reach every replicated "
-                                "layer, so their gradients were never summed (one backward per step, over the "
-                                "whole loss)")
+            raise RuntimeError(
+                f"worker {self.worker.rank}: the last backward did not reach every replicated "
+                "layer, so their gradients were never summed (one backward per step, over the "
+                "whole loss)"
+            )
         return self.branches(self.trunk(x))
 
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
@@ -188,8 +199,9 @@ class ParallelSplit(nn.Module):
             return self.split.trunk(x)
         sizes = [len(x) // world + (r < len(x) % world) for r in range(world)]
         start = sum(sizes[:rank])
-        return _all_gather_cat(self.split.trunk(x[start : start + sizes[rank]]), sizes, 0, self.worker,
-                               "gathering the trunk's output")
+        return _all_gather_cat(
+            self.split.trunk(x[start : start + sizes[rank]]), sizes, 0, self.worker, "gathering the trunk's output"
+        )
 
     def branches(self, h: torch.Tensor) -> torch.Tensor:
         """The branch part alone: this worker's branches on the trunk output ``h``, gathered."""
@@ -208,9 +220,11 @@ class ParallelSplit(nn.Module):
                 dist.all_reduce(low, op=dist.ReduceOp.MAX, group=group)
                 dist.all_reduce(high, op=dist.ReduceOp.MAX, group=group)
             if not torch.equal(-low, high):
-                raise WorkerFailure(f"worker {self.worker.rank}: replicated layers differ between workers: they "
-                                    "loaded different model files or checkpoints; remove the workers' checkpoints "
-                                    "and rerun")
+                raise WorkerFailure(
+                    f"worker {self.worker.rank}: replicated layers differ between workers: they "
+                    "loaded different model files or checkpoints; remove the workers' checkpoints "
+                    "and rerun"
+                )
 
     after_load = check_replicas  # engine.train calls model.after_load() once the weights are loaded
 

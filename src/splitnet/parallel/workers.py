@@ -81,11 +81,15 @@ def init_from_env(timeout_s: float = DEFAULT_TIMEOUT_S, device: str = "auto") ->
     rank = _env_int("RANK", "SLURM_PROCID")
     world = _env_int("WORLD_SIZE", "SLURM_NTASKS")
     if rank is None or world is None:
-        raise ValueError("no worker environment: start with `torchrun --nproc-per-node N ...` or `srun` "
-                           "(RANK/WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS unset)")
+        raise ValueError(
+            "no worker environment: start with `torchrun --nproc-per-node N ...` or `srun` "
+            "(RANK/WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS unset)"
+        )
     if not os.environ.get("MASTER_ADDR") or not os.environ.get("MASTER_PORT"):
-        raise ValueError("MASTER_ADDR and MASTER_PORT must be set (torchrun sets them; under srun export the "
-                           "first node's name and a free port, see docs/parallel.md)")
+        raise ValueError(
+            "MASTER_ADDR and MASTER_PORT must be set (torchrun sets them; under srun export the "
+            "first node's name and a free port, see docs/parallel.md)"
+        )
     local_rank = _env_int("LOCAL_RANK", "SLURM_LOCALID") or 0
     use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if use_cuda:
@@ -98,8 +102,15 @@ def init_from_env(timeout_s: float = DEFAULT_TIMEOUT_S, device: str = "auto") ->
     # NCCL needs a GPU of its own per worker; asked through gloo first, since neither the GPU
     # count (srun --gpus-per-task shows each worker one GPU) nor the launcher tells.
     if use_cuda and _own_gpus(dev, world):
-        return Worker(rank, world, local_rank, dev, "nccl", timeout_s,
-                      dist.new_group(backend="nccl", timeout=timedelta(seconds=timeout_s)))
+        return Worker(
+            rank,
+            world,
+            local_rank,
+            dev,
+            "nccl",
+            timeout_s,
+            dist.new_group(backend="nccl", timeout=timedelta(seconds=timeout_s)),
+        )
     return Worker(rank, world, local_rank, dev, "gloo", timeout_s)
 
 
@@ -141,10 +152,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(fn: Callable[..., Any], rank: int, world: int, port: int, timeout_s: float, device: str, args: tuple,
-           results: Any) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+def _entry(
+    fn: Callable[..., Any], rank: int, world: int, port: int, timeout_s: float, device: str, args: tuple, results: Any
+) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world),
+    )
     try:
         worker = init_from_env(timeout_s, device)
         value = fn(worker, *args)
@@ -161,8 +179,14 @@ def _entry(fn: Callable[..., Any], rank: int, world: int, port: int, timeout_s: 
             dist.destroy_process_group()
 
 
-def launch(fn: Callable[..., Any], world: int, args: tuple = (), timeout_s: float = 120.0,
-           collective_timeout_s: float = 30.0, device: str = "cpu") -> list[Any]:
+def launch(
+    fn: Callable[..., Any],
+    world: int,
+    args: tuple = (),
+    timeout_s: float = 120.0,
+    collective_timeout_s: float = 30.0,
+    device: str = "cpu",
+) -> list[Any]:
     """Run ``fn(worker, *args)`` on ``world`` local workers; their return values by rank.
 
     ``device`` as for ``init_from_env``: ``cpu`` (gloo), or ``cuda`` (worker i on GPU i modulo
@@ -174,8 +198,10 @@ def launch(fn: Callable[..., Any], world: int, args: tuple = (), timeout_s: floa
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_entry, args=(fn, r, world, port, collective_timeout_s, device, args, results), daemon=True)
-             for r in range(world)]
+    procs = [
+        ctx.Process(target=_entry, args=(fn, r, world, port, collective_timeout_s, device, args, results), daemon=True)
+        for r in range(world)
+    ]
     for p in procs:
         p.start()
     values: dict[int, bytes] = {}
@@ -202,8 +228,11 @@ def launch(fn: Callable[..., Any], world: int, args: tuple = (), timeout_s: floa
             for r, p in enumerate(procs):
                 if r in errors or r in values:
                     continue
-                errors[r] = (f"worker {r} was still running, stopped" if p.exitcode is None
-                             else f"worker {r} died (exit code {p.exitcode}) without a result")
+                errors[r] = (
+                    f"worker {r} was still running, stopped"
+                    if p.exitcode is None
+                    else f"worker {r} died (exit code {p.exitcode}) without a result"
+                )
             raise WorkerError("; ".join(errors[r] for r in sorted(errors)))
     finally:
         for p in procs:
