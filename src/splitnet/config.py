@@ -2,7 +2,7 @@
 
 ``params/experiments.yaml`` holds ``defaults``, every paper-table row under ``experiments``, the
 ``presets``, the ``grouping_study`` and the ``tables``; ``params/scales.yaml`` holds the ``scales``
-(paper / cpu / planted / smoke / ci).  A run's configuration is ``defaults`` <- row <- scale (data,
+(paper / paper_fp32 / cpu / planted / smoke / ci).  A run's configuration is ``defaults`` <- row <- scale (data,
 model.arch, engine, epoch counts) <- the scale's ``overrides`` <- the preset; when a scale sets a
 stage's epochs, that stage's milestones are rescaled in proportion (``overrides`` come after, so a
 scale can replace them, e.g. by ``[]``).  Experiment ``<row>@<preset>`` is a row run with a
@@ -221,7 +221,7 @@ def deep_merge(base: dict, override: dict) -> dict:
 
 def _rescale(schedule: dict, epochs: int) -> dict:
     ratio = epochs / schedule["epochs"]
-    milestones = sorted({max(1, round(m * ratio)) for m in schedule.get("milestones", [])})
+    milestones = sorted({max(1, round(m * ratio)) for m in schedule["milestones"]})
     return {**schedule, "epochs": epochs, "milestones": [m for m in milestones if m < epochs]}
 
 

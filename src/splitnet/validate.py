@@ -283,9 +283,7 @@ def check_stage(args: argparse.Namespace, registry: dict, cfg: dict) -> None:
         plan = artifacts.plan_from_dict(blob["plan"])
         check_split_fits(spec, plan, where("group.split"), arch)
         if method == "splitnet" and cfg["split"]["empty_groups"] == "error":
-            _check_no_empty_group(
-                blob, spec, plan, cfg["group"].get("overlap"), Path(path), where("split.empty_groups")
-            )
+            _check_no_empty_group(blob, spec, plan, cfg["group"]["overlap"], Path(path), where("split.empty_groups"))
 
 
 def _check_no_empty_group(

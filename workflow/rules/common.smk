@@ -89,7 +89,8 @@ def baseline_args(wildcards, input):
 
 
 def threads_of(w):
-    return max(1, cfg(getattr(w, "exp", "baseline"), None, w.scale)["engine"].get("threads", 0) or 1)
+    """Cores a job asks Snakemake for: the scale's torch threads (0 = torch's default: one core counted)."""
+    return max(1, REGISTRY["scales"][w.scale]["engine"]["threads"])
 
 
 def gpus(w):
@@ -100,7 +101,7 @@ def finetune_workers(w):
     """Processes that finetune one split network (the scale's finetune_workers; 1 for dense nets)."""
     if method(w.exp) not in SPLIT_METHODS:
         return 1
-    return REGISTRY["scales"][w.scale].get("finetune_workers", 1)
+    return REGISTRY["scales"][w.scale]["finetune_workers"]
 
 
 def finetune_launcher(w):
