@@ -84,7 +84,15 @@ SYNTHETIC_REGISTRY = {
             ],
         }
     },
-    "scales": {"paper": {"seeds": [0]}, "tiny_cpu": {"seeds": [0]}},
+    "scales": {  # compared with the paper: the paper's data and arch, schedules not shortened
+        "paper": {"seeds": [0], "data": {"source": "cifar100"}, "model": {"arch": "wrn-16-8"}, "epochs": {}},
+        "tiny_cpu": {
+            "seeds": [0],
+            "data": {"source": "fashion_mnist"},
+            "model": {"arch": "wrn-16-1"},
+            "epochs": {"train": 1},
+        },
+    },
 }
 SYNTHETIC_PAPER = {
     "tolerance": {
