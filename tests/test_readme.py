@@ -180,7 +180,7 @@ def test_unlock_after_a_killed_run(clone):
 @pytest.mark.slow
 def test_paper_command_plans_every_job(clone):
     """The paper-scale SLURM command as written, planned (-n): it needs GPUs and CIFAR-100 to run."""
-    (command,) = [c for c in readme_commands() if "scale=paper" in c and "--profile slurm" in c]
+    (command,) = [c for c in readme_commands() if c.endswith("scale=paper") and "--profile slurm" in c]
     _run("bash workflow/scripts/link-slurm-profile.sh", clone["path"], env=clone["env"])  # what setup does
     proc = _run(command.replace("snakemake ", "snakemake -n ", 1), clone["path"], env=clone["env"])
     assert "train_baseline" in proc.stdout and "learn_groups" in proc.stdout

@@ -26,7 +26,7 @@ import pytest
 import torch
 import yaml
 
-from splitnet import artifacts, stages
+from splitnet import artifacts, stage_run, stages
 from splitnet.cli import main
 from splitnet.config import ConfigError, load_registry, resolve
 from splitnet.data import read_manifest, write_planted_cifar
@@ -427,7 +427,7 @@ def test_simplex_parametrisation_with_reduced_gradient(env, monkeypatch, tmp_pat
         assert torch.allclose(a.sum(0), torch.ones(a.shape[1]), atol=1e-5), name
     # the initial assignments: the same stage with training replaced by a no-op
     cfg = resolve(load_registry(env["params"]), "deep_simplex", "tiny")
-    monkeypatch.setattr(stages, "train", lambda *args, **kwargs: TrainResult())
+    monkeypatch.setattr(stage_run, "train", lambda *args, **kwargs: TrainResult())
     stages.stage_learn_groups(cfg, env["data"]["tiny"], tmp_path / "init")
     init = artifacts.load_artifact(tmp_path / "init" / "model.pt")["assignments"]
     assert init.keys() == blob["assignments"].keys()

@@ -2,7 +2,9 @@
 
 Each stage reads only its declared inputs and its own config sections, and writes only its
 declared outputs into its own directory (model file + ``run.json`` record; ``evaluate`` writes
-``metrics.json``), so Snakemake and DVC can chain them.  Methods map onto the stages as:
+``metrics.json``), so Snakemake and DVC can chain them. What every stage does around its own
+computation (input digest, reuse, run record, training) is in ``stage_run.py``; learn-groups is in
+``grouping_stage.py``. Methods map onto the stages as (``config.METHOD_STAGES``):
 
 ============  ==============================  ============================  ===========
 method        learn-groups                    split                         finetune
@@ -51,9 +53,6 @@ from .topology import build_topology
 
 __all__ = ["stage_evaluate", "stage_finetune", "stage_learn_groups", "stage_prepare_data", "stage_split", "stage_train"]
 METRICS_FILE = "metrics.json"
-
-
-# ----------------------------------------------------------------------------- stages
 
 
 def stage_prepare_data(cfg: dict, out_dir: Path) -> dict:
