@@ -44,3 +44,23 @@ def test_every_experiment_resolves_the_same_at_paper_and_paper_fp32(experiment):
     for cfg in (paper, fp32):
         del cfg["scale"], cfg["engine"]["bf16"]
     assert fp32 == paper
+
+
+@pytest.mark.parametrize(
+    "file, line, key",
+    [
+        ("experiments.yaml", "    overlap: null", "defaults.group: 'overlap'"),
+        ("scales.yaml", "    finetune_workers: 1", "scales.cpu: 'finetune_workers'"),
+    ],
+)
+def test_a_missing_key_is_named_with_what_to_do(tmp_path, file, line, key):
+    """Defaults live only in params/ (the code has none), so every key is required: its absence is one line."""
+    from splitnet.config import ConfigError
+
+    for name in ("experiments.yaml", "scales.yaml"):
+        (tmp_path / name).write_text((ROOT / "params" / name).read_text())
+    lines = (tmp_path / file).read_text().splitlines(keepends=True)
+    first = next(i for i, text in enumerate(lines) if text.startswith(line))  # the key's first occurrence
+    (tmp_path / file).write_text("".join(lines[:first] + lines[first + 1 :]))
+    with pytest.raises(ConfigError, match=rf"{file}: {key} is a required property; add it"):
+        load_registry(tmp_path)

@@ -115,6 +115,8 @@ def _schema_hint(err: jsonschema.ValidationError) -> str:
         except ValueError:
             return ""
         return "; YAML reads a number without a decimal point and with an exponent (1e-3) as text: write 1.0e-3"
+    if err.validator == "required":  # defaults and scales hold every key once (no default in the code)
+        return "; add it (the repository's params/ files show every key with its value)"
     return ""
 
 
