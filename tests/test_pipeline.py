@@ -16,6 +16,7 @@ from pipeline_helpers import BIN, ENV, ROOT, check, fresh_clone, job_counts, sna
 from slurm_cluster import slurm_cluster  # noqa: F401  (pytest fixture)
 
 from splitnet.claims import CLAIMS
+from splitnet.config import METHOD_STAGES, load_registry, method_of
 
 TABLE_FILES = [f"{t}.{e}" for t in ("table1", "table2") for e in ("md", "tex", "csv")] + [
     "class_groups.md",
@@ -165,6 +166,64 @@ def test_changing_one_row_reruns_only_that_row_and_the_tables(main_run):
         assert wildcards == {"shallow_g4"}
     finally:
         path.write_text(original)
+
+
+def _jobs_after_edit(main_run, edits: dict[str, str]) -> tuple[dict[str, int], set[str]]:
+    """`snakemake -n` in the main run's clone after appending text to files (restored after):
+    the job counts and the rows whose jobs would run."""
+    originals = {name: (main_run["path"] / name).read_text() for name in edits}
+    env = {**main_run["env"], "PYTHONPATH": str(main_run["path"] / "src")}  # the clone's code, edited
+    try:
+        for name, text in edits.items():
+            (main_run["path"] / name).write_text(originals[name] + text)
+        proc = check(snakemake("-n", *main_run["config"], cwd=main_run["path"], env=env))
+    finally:
+        for name, original in originals.items():
+            (main_run["path"] / name).write_text(original)
+    rows = {line.split("exp=")[1].split(",")[0].strip() for line in proc.stdout.splitlines() if "exp=" in line}
+    return job_counts(proc.stdout), rows
+
+
+def test_a_code_change_reruns_exactly_the_jobs_that_run_that_code(main_run):
+    registry = load_registry(main_run["path"] / "params")
+    seeds = len(registry["scales"]["ci"]["seeds"])
+    rows = {r["experiment"] for t in registry["tables"].values() for r in t["rows"]}
+    rows |= {exp for runs in registry["figures"].values() for exp in runs.values()}
+    grouping_rows = {r for r in rows if "learn_groups" in METHOD_STAGES[method_of(registry, r)]}
+    split_rows = {r for r in rows if "split" in METHOD_STAGES[method_of(registry, r)]}
+    statement = "\n_CODE_CHANGE_TEST = 1\n"
+
+    # the regularizers run only in learn-groups: those jobs, their dependents and the reports
+    counts, changed_rows = _jobs_after_edit(main_run, {"src/splitnet/regularizers.py": statement})
+    assert changed_rows == grouping_rows
+    n = len(grouping_rows) * seeds
+    assert (counts["learn_groups"], counts["split"], counts["finetune"], counts["evaluate"]) == (n, n, n, n)
+    assert "train_baseline" not in counts and "prepare_data" not in counts
+    assert counts["tables"] == counts["figures"] == counts["track"] == 1
+
+    # the model-parallel runner runs only in finetune: finetune and evaluate of every split or pruned row
+    counts, changed_rows = _jobs_after_edit(main_run, {"src/splitnet/parallel/runner.py": statement})
+    assert changed_rows == split_rows
+    assert counts["finetune"] == counts["evaluate"] == len(split_rows) * seeds
+    assert not {"prepare_data", "train_baseline", "learn_groups", "split", "figures"} & set(counts)
+
+    # a definition that no stage uses, in the module of most stages' functions: no change
+    counts, _ = _jobs_after_edit(main_run, {"src/splitnet/stages.py": statement})
+    assert counts == {}
+
+    # presentation code reruns only the presentation jobs
+    counts, _ = _jobs_after_edit(main_run, {"src/splitnet/tables.py": statement})
+    assert set(counts) == {"tables", "track", "all"}
+    counts, _ = _jobs_after_edit(main_run, {"src/splitnet/figures.py": statement})
+    assert set(counts) == {"figures", "all"}
+
+    # docs, tests, comments: nothing
+    for edits in (
+        {"README.md": "\nedited\n", "tests/test_docs.py": "\n# edited\n"},
+        {"src/splitnet/engine.py": "\n# a comment is no code change\n"},
+    ):
+        counts, _ = _jobs_after_edit(main_run, edits)
+        assert counts == {}, counts
 
 
 def test_snakemake_report(main_run):

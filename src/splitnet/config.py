@@ -295,24 +295,46 @@ def resolve(registry: dict, experiment: str, scale: str, seed: int | None = None
 class Stage:
     sections: tuple[str, ...]  # the config sections the stage reads
     summary: str  # what it does (the CLI's help)
+    entries: tuple[str, ...]  # the functions that run it (module:function): its code (fingerprint.py)
 
 
 # The pipeline's stages in order. One source of truth: the CLI's stage commands (``learn_groups``
 # -> ``splitnet learn-groups``), the stage's run record, its resume digest and the Snakemake
 # params that trigger its reruns all derive from it.
 STAGES: dict[str, Stage] = {
-    "prepare_data": Stage(("data",), "write the prepared data splits (train/val/test .pt + manifest)"),
-    "train": Stage(("model", "engine", "train"), "train the dense baseline WRN"),
+    "prepare_data": Stage(
+        ("data",), "write the prepared data splits (train/val/test .pt + manifest)", ("stages:stage_prepare_data",)
+    ),
+    "train": Stage(("model", "engine", "train"), "train the dense baseline WRN", ("stages:stage_train",)),
     "learn_groups": Stage(
-        ("model", "engine", "group", "ssl"), "SplitNet grouping (regularizers on the assignments) or SSL sparsification"
+        ("model", "engine", "group", "ssl"),
+        "SplitNet grouping (regularizers on the assignments) or SSL sparsification",
+        ("grouping_stage:stage_learn_groups",),
     ),
     "split": Stage(
-        ("model", "group", "split", "ssl"), "cut the network into branches (learned, random) or prune it (SSL)"
+        ("model", "group", "split", "ssl"),
+        "cut the network into branches (learned, random) or prune it (SSL)",
+        ("stages:stage_split",),
     ),
-    "finetune": Stage(("engine", "finetune"), "finetune the split/pruned network"),
+    "finetune": Stage(
+        ("engine", "finetune"),
+        "finetune the split/pruned network",
+        ("stages:stage_finetune", "parallel.finetune:finetune_from_env"),  # one process, or model-parallel
+    ),
     "evaluate": Stage(
-        ("model", "engine", "evaluate"), "test error, params/FLOPs, class groups, throughput -> metrics.json"
+        ("model", "engine", "evaluate"),
+        "test error, params/FLOPs, class groups, throughput -> metrics.json",
+        ("stages:stage_evaluate",),
     ),
+}
+
+# The commands that present a scale's results (Snakemake's presentation jobs) and the functions
+# that run them: their code digests make an edit of tables or figures code rerun only them.
+REPORTS: dict[str, str] = {
+    "tables": "reports:cmd_tables",
+    "figures": "reports:cmd_figures",
+    "track": "reports:cmd_track",
+    "study": "reports:cmd_study",
 }
 
 # The stages each method runs after prepare_data, in pipeline order (the last is ``evaluate``;

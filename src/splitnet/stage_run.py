@@ -49,7 +49,7 @@ def start_stage(cfg: dict, stage: str, out_dir: Path, inputs: Mapping[str, Path 
     checkpoint is ignored and replaced by the fresh run.
     """
     remove_stale_temp_files(out_dir)
-    digest = stage_digest(stage_config(cfg, stage), inputs)
+    digest = stage_digest(stage, stage_config(cfg, stage), inputs)
     if resume and finished.restore(out_dir, digest):
         print(f"{out_dir}: reusing the finished result of identical inputs (digest {digest[:12]})", flush=True)
         return StageStart(digest, resume=False, restored=True)

@@ -9,8 +9,9 @@ import sys
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from splitnet.config import (METHOD_STAGES, SPLIT_METHODS, ConfigError, experiment_names, load_registry, method_of, needs_baseline,
-                             resolve, stage_config)
+from splitnet.config import (METHOD_STAGES, REPORTS, SPLIT_METHODS, STAGES, ConfigError, experiment_names, load_registry,
+                             method_of, needs_baseline, resolve, stage_config)
+from splitnet.fingerprint import code_digest, stage_code_digest
 from splitnet.outputs import ScaleOutputs, figure_rows
 from splitnet.study import evaluate_files as study_inputs
 
@@ -31,6 +32,11 @@ OUT = ScaleOutputs(RESULTS, SCALE)  # results/<scale>/: the tables, figures and 
 # grouping study reads two); their paths are the patterns of ScaleOutputs("{scale}").
 PATTERN = ScaleOutputs(RESULTS, "{scale}")
 PYTHON = sys.executable  # the interpreter running Snakemake (venv-safe)
+# The code each job runs, as a digest (src/splitnet/fingerprint.py; the stages bind their resume to
+# the same one). Every rule passes it as a param, so editing a module reruns exactly the jobs whose
+# code includes it, and their dependents; an edit of docs or tests reruns nothing.
+STAGE_CODE = {stage: stage_code_digest(stage) for stage in STAGES}
+REPORT_CODE = {name: code_digest([entry], exclude=()) for name, entry in REPORTS.items()}
 
 TABLE_ROWS = sorted({row["experiment"] for t in REGISTRY["tables"].values() for row in t["rows"]})
 FIGURE_ROWS = figure_rows(REGISTRY)

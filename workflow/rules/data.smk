@@ -6,6 +6,7 @@ rule prepare_data:
         manifest(),
     params:
         cfg=lambda w: stage_params("baseline", "prepare_data", None, w.scale),
+        code=STAGE_CODE["prepare_data"],
         out=lambda w: ScaleOutputs(RESULTS, w.scale).data,
     log:
         log_file("prepare_data"),

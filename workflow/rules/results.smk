@@ -26,6 +26,7 @@ rule tables:
          for f in CLAIMS_FILES],
     params:
         tables=json.dumps(REGISTRY["tables"], sort_keys=True),
+        code=REPORT_CODE["tables"],
     log:
         f"{OUT.logs}/tables.log",
     shell:
@@ -40,6 +41,7 @@ rule figures:
          for f in FIGURE_FILES],
     params:
         figures=json.dumps(REGISTRY["figures"], sort_keys=True),
+        code=REPORT_CODE["figures"],
     log:
         f"{OUT.logs}/figures.log",
     shell:
@@ -53,6 +55,8 @@ rule track:
         STUDY_FILES if HAS_STUDY else [],  # the study's runs are imported too
     output:
         TRACKING_FILE,
+    params:
+        code=REPORT_CODE["track"],
     log:
         f"{OUT.logs}/track.log",
     shell:
@@ -69,6 +73,7 @@ rule grouping_study:
          for f in STUDY_FILES],
     params:
         study=json.dumps({k: REGISTRY[k] for k in ("grouping_study", "presets")}, sort_keys=True),
+        code=REPORT_CODE["study"],
     log:
         f"{OUT.logs}/grouping_study.log",
     shell:

@@ -11,6 +11,7 @@ rule train_baseline:
         record=run_dir("baseline", "{seed}", "train") + "/run.json",
     params:
         cfg=lambda w: stage_params("baseline", "train", w.seed, w.scale),
+        code=STAGE_CODE["train"],
         data=lambda w: ScaleOutputs(RESULTS, w.scale).data,
         out=lambda w: run_dir("baseline", w.seed, "train", w.scale),
     threads: threads_of
@@ -32,6 +33,7 @@ rule learn_groups:
         record=run_dir("{exp}", "{seed}", "learn_groups") + "/run.json",
     params:
         cfg=lambda w: stage_params(w.exp, "learn_groups", w.seed, w.scale),
+        code=STAGE_CODE["learn_groups"],
         baseline=baseline_args,
         data=lambda w: ScaleOutputs(RESULTS, w.scale).data,
         out=lambda w: run_dir(w.exp, w.seed, "learn_groups", w.scale),
@@ -53,6 +55,7 @@ rule split:
         record=run_dir("{exp}", "{seed}", "split") + "/run.json",
     params:
         cfg=lambda w: stage_params(w.exp, "split", w.seed, w.scale),
+        code=STAGE_CODE["split"],
         out=lambda w: run_dir(w.exp, w.seed, "split", w.scale),
     resources:
         mem_mb=4000,
@@ -73,6 +76,7 @@ rule finetune:
         record=run_dir("{exp}", "{seed}", "finetune") + "/run.json",
     params:
         cfg=lambda w: stage_params(w.exp, "finetune", w.seed, w.scale),
+        code=STAGE_CODE["finetune"],
         data=lambda w: ScaleOutputs(RESULTS, w.scale).data,
         out=lambda w: run_dir(w.exp, w.seed, "finetune", w.scale),
         launcher=finetune_launcher,
@@ -98,6 +102,7 @@ rule evaluate:
         record=run_dir("{exp}", "{seed}", "evaluate") + "/run.json",
     params:
         cfg=lambda w: stage_params(w.exp, "evaluate", w.seed, w.scale),
+        code=STAGE_CODE["evaluate"],
         data=lambda w: ScaleOutputs(RESULTS, w.scale).data,
         out=lambda w: run_dir(w.exp, w.seed, "evaluate", w.scale),
     threads: threads_of
