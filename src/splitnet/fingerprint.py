@@ -15,8 +15,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .io import sha256_file
-
 # Modules that only present results (tables, figures, the CLI, records, tracking, checks):
 # editing them changes no trained number, so they do not invalidate checkpoints.
 PRESENTATION_MODULES = frozenset(
@@ -56,14 +54,7 @@ def code_digest() -> str:
     return digest.hexdigest()
 
 
-def stage_digest(config: dict[str, Any], inputs: Mapping[str, Path | None]) -> str:
-    """Digest of a stage's config sections, its input files' bytes and the code version."""
-    for path in inputs.values():
-        if path is not None and not Path(path).is_file():
-            raise FileNotFoundError(f"{path} not found: run the stage that produces it first")
-    payload = {
-        "config": config,
-        "inputs": {name: (sha256_file(path) if path is not None else None) for name, path in sorted(inputs.items())},
-        "code": code_digest(),
-    }
+def stage_digest(config: dict[str, Any], input_sha256: Mapping[str, str | None]) -> str:
+    """Digest of a stage's config sections, its input files' SHA-256 (by input name) and the code version."""
+    payload = {"config": config, "inputs": dict(sorted(input_sha256.items())), "code": code_digest()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
