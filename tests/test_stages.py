@@ -26,7 +26,7 @@ import pytest
 import torch
 import yaml
 
-from splitnet import artifacts, stage_run, stages
+from splitnet import artifacts, finished, stage_run, stages
 from splitnet.cli import main
 from splitnet.config import ConfigError, load_registry, resolve
 from splitnet.data import read_manifest, write_planted_cifar
@@ -282,6 +282,11 @@ def test_splitnet_row_learn_split_finetune_evaluate(env, baseline, experiment):
     assert {"reg_disjoint", "reg_weight", "reg_balance"} <= last.keys()
     if experiment == "shallow_overlap":
         assert "frozen_assignments" in last
+    # the record vouches for every file the kept result holds, so it can be restored
+    snapshots = sorted(f"assignments/{p.name}" for p in (out / "learn_groups" / "assignments").glob("step_*.pt"))
+    assert snapshots and sorted(record["sha256"]) == sorted(["model.pt", *snapshots])
+    (kept,) = (out / "learn_groups" / "finished").iterdir()
+    assert finished.restore(out / "learn_groups", kept.name)
     blob = artifacts.load_artifact(out / "learn_groups" / "model.pt")
     assert blob["kind"] == "grouping"
     # convergence is measured for every assignment variable, every epoch and at the end
