@@ -181,7 +181,7 @@ def check_recorded(path: Path) -> str:
             f"{path} cannot be checked: {beside} beside it is not a readable run record ({detail}); "
             f"delete both and rerun the stage that makes them"
         ) from None
-    expected = record.get(SHA256, {}).get(path.name)
+    expected = (record.get(SHA256) or {}).get(path.name)
     if expected is not None and expected != sha:
         raise ValueError(
             f"{path} does not match the sha256 its stage recorded in {beside}: it changed after it was written; "
