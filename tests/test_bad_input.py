@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -36,6 +37,7 @@ from splitnet.data import write_planted_cifar
 from splitnet.data.fashion_mnist import FILES
 from splitnet.model import WideResNet, wrn_plan
 from splitnet.partition import balanced_partition
+from splitnet.records import RunRecorder
 from splitnet.spec import SplitSpec
 from splitnet.split import build_split_network
 from splitnet.topology import build_topology
@@ -95,6 +97,37 @@ def _write_bad_idx(directory: Path) -> None:
             (directory / name).write_bytes(gzip.compress(b"\x00\x00\x09\x09" + bytes(64)))
 
 
+class Payload:
+    """Unpickling it would run code (``os.mkdir(target)``): what a safe loader must refuse."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self) -> tuple:
+        return (os.mkdir, (str(self.target),))
+
+
+def _unsafe(path: Path, **content: object) -> Path:
+    """A torch file holding a code-running pickle (it would create ``<path>.ran``) next to ``content``."""
+    torch.save({**content, "payload": Payload(path.with_name(path.name + ".ran"))}, path)
+    return path
+
+
+def _recorded_then_changed(run_dir: Path, save: Callable[[Path], None]) -> None:
+    """A model file with the run record its stage writes, then a few of its weight bytes flipped."""
+    path = run_dir / "model.pt"
+    recorder = RunRecorder(run_dir, "baseline", "train", "tiny", {})
+    save(path)
+    recorder.finish({}, [path])
+    weights = max(artifacts.load_artifact(path)["state_dict"].values(), key=lambda t: t.numel())
+    data = bytearray(path.read_bytes())
+    at = data.find(weights.numpy().tobytes())
+    assert at > 0
+    data[at : at + 4] = bytes(b ^ 0xFF for b in data[at : at + 4])
+    with open(path, "r+b") as fh:  # in place, as a disk error or a careless edit would
+        fh.write(data)
+
+
 def _save_models(models: Path) -> None:
     """Model files of every kind for the 20-class, 3-channel data, plus damaged and foreign ones."""
     models.mkdir()
@@ -114,6 +147,12 @@ def _save_models(models: Path) -> None:
     partition = balanced_partition(topology)
     split = build_split_network(topology, partition, "shared", "preact", dense=dense)
     artifacts.save_split(split, plan, spec, partition, "shared", "preact", models / "split.pt")
+    _recorded_then_changed(models / "changed_dense", lambda path: artifacts.save_dense(dense, path))
+    _recorded_then_changed(
+        models / "changed_split",
+        lambda path: artifacts.save_split(split, plan, spec, partition, "shared", "preact", path),
+    )
+    _unsafe(models / "unsafe.pt", format=artifacts.FORMAT, kind="dense")
     blob = artifacts.load_artifact(models / "dense.pt")
     blob["state_dict"] = {k: v for k, v in list(blob["state_dict"].items())[1:]}  # a weight went missing
     torch.save(blob, models / "damaged.pt")
@@ -175,6 +214,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
             last = fh.read(1)
             fh.seek(-1, os.SEEK_END)
             fh.write(bytes([last[0] ^ 0xFF]))
+    shutil.copytree(data, root / "unsafe_data")  # its manifest vouches for the unsafe test split
+    manifest = json.loads((data / "manifest.json").read_text())
+    test_split = _unsafe(root / "unsafe_data" / "test.pt", images=torch.zeros(1))
+    manifest["splits"]["test"]["sha256"] = hashlib.sha256(test_split.read_bytes()).hexdigest()
+    (root / "unsafe_data" / "manifest.json").write_text(json.dumps(manifest))
     shutil.copytree(data, root / "bad_manifest")
     (root / "bad_manifest" / "manifest.json").write_text("{ not json")
     (root / "empty_dir").mkdir()
@@ -404,7 +448,17 @@ CASES = [
     Case(
         "learn_baseline_not_torch",
         stage("learn-groups", "ssl_1e-3", baseline=model("garbage.pt")),
-        ("--baseline", "garbage.pt", "not a readable torch file"),
+        ("--baseline", "garbage.pt", "not written by this project or damaged"),
+    ),
+    Case(
+        "learn_baseline_unsafe_pickle",
+        stage("learn-groups", "ssl_1e-3", baseline=model("unsafe.pt")),
+        ("--baseline", "unsafe.pt", "refused unsafe content", "delete it and rerun the stage that makes it"),
+    ),
+    Case(
+        "learn_checkpoint_unsafe_pickle",
+        lambda w, t: stage("learn-groups", "shallow", out=lambda w, t: _unsafe_checkpoint(t))(w, t) + ["--resume"],
+        ("checkpoint.pt", "refused unsafe content", "delete it and rerun the stage that makes it"),
     ),
     # ---------------------------------------------------------------- split
     Case(
@@ -425,6 +479,11 @@ CASES = [
     ),
     Case("split_other_spec", stage("split", "deep", source=model("grouping.pt")), ("--source", "split 1-2-2", "2-2-2")),
     Case("split_baseline_row", stage("split", "baseline", source=model("dense.pt")), ("no split stage",)),
+    Case(
+        "split_model_changed_after_written",
+        stage("split", "shallow_random", source=model("changed_dense/model.pt")),
+        ("--source", "changed_dense/model.pt", "does not match the sha256", "changed_dense/run.json", "rerun"),
+    ),
     Case(
         "split_foreign_torch_file",
         stage("split", "shallow", source=model("foreign.pt")),
@@ -468,6 +527,19 @@ CASES = [
         ("--source", "10 classes", "--data"),
     ),
     Case(
+        "finetune_model_changed_after_written",
+        stage("finetune", "shallow", source=model("changed_split/model.pt")),
+        ("--source", "changed_split/model.pt", "does not match the sha256", "changed_split/run.json"),
+    ),
+    Case(
+        "finetune_checkpoint_unsafe_pickle",
+        lambda w, t: (
+            stage("finetune", "shallow", source=model("split.pt"), out=lambda w, t: _unsafe_checkpoint(t))(w, t)
+            + ["--resume"]
+        ),
+        ("checkpoint.pt", "refused unsafe content"),
+    ),
+    Case(
         "finetune_without_data",
         lambda w, t: ["finetune", "--experiment", "shallow", "--source", w.models / "split.pt", "--out", w.finished],
         ("--data",),
@@ -492,6 +564,21 @@ CASES = [
         "evaluate_test_data_tampered",
         stage("evaluate", "baseline", source=model("dense.pt"), data=under_root("tampered_test")),
         ("tampered_test/test.pt",),
+    ),
+    Case(
+        "evaluate_model_changed_after_written",
+        stage("evaluate", "baseline", source=model("changed_dense/model.pt")),
+        ("--source", "changed_dense/model.pt", "does not match the sha256", "changed_dense/run.json"),
+    ),
+    Case(
+        "evaluate_unsafe_model",
+        stage("evaluate", "baseline", source=model("unsafe.pt")),
+        ("--source", "unsafe.pt", "not written by this project", "refused unsafe content"),
+    ),
+    Case(
+        "evaluate_unsafe_data_split",
+        stage("evaluate", "baseline", source=model("dense.pt"), data=under_root("unsafe_data"), out=lambda w, t: t),
+        ("unsafe_data/test.pt", "refused unsafe content", "prepare-data"),
     ),
     Case(
         "evaluate_empty_model_file", stage("evaluate", "baseline", source=model("empty.pt")), ("--source", "empty.pt")
@@ -596,6 +683,14 @@ CASES = [
 ]
 
 
+def _unsafe_checkpoint(tmp: Path) -> Path:
+    """A stage directory (in the case's scratch space) whose checkpoint holds a code-running pickle."""
+    out = tmp / "stage"
+    out.mkdir(exist_ok=True)
+    _unsafe(out / "checkpoint.pt", digest="0" * 64)
+    return out
+
+
 def _experiments_file(tmp: Path, text: str) -> Path:
     (tmp / "experiments.yaml").write_text(text)
     shutil.copy(REPO / "params" / "scales.yaml", tmp / "scales.yaml")
@@ -643,6 +738,7 @@ def test_bad_input_is_one_line_and_touches_nothing(
         assert culprit in err, f"{culprit!r} not named in: {err}"
     assert out == ""
     assert _snapshot(world.root) == before, "a bad input changed what was already there"
+    assert not list(tmp_path.rglob("*.ran")), "an unsafe pickle was unpickled"
 
 
 def _run_cli(*args: object) -> subprocess.CompletedProcess[str]:

@@ -132,7 +132,7 @@ def _agreements(worker: Worker, tmp: Path) -> dict[str, tuple[bool, bool]]:
         own.mkdir(parents=True)
         position = positions[worker.rank]
         if position is not None:
-            torch.save({"epoch": position[0], "step": position[1]}, own / CHECKPOINT)
+            torch.save({"digest": "digest", "epoch": position[0], "step": position[1]}, own / CHECKPOINT)
         start = _agree(worker, own, StageStart("digest", resume=position is not None, restored=worker.is_main))
         agreed[case] = (start.resume, start.restored)
     return agreed

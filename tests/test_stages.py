@@ -26,7 +26,7 @@ import pytest
 import torch
 import yaml
 
-from splitnet import artifacts, stage_run, stages
+from splitnet import artifacts, finished, stage_run, stages
 from splitnet.cli import main
 from splitnet.config import ConfigError, load_registry, resolve
 from splitnet.data import read_manifest, write_planted_cifar
@@ -282,6 +282,11 @@ def test_splitnet_row_learn_split_finetune_evaluate(env, baseline, experiment):
     assert {"reg_disjoint", "reg_weight", "reg_balance"} <= last.keys()
     if experiment == "shallow_overlap":
         assert "frozen_assignments" in last
+    # the record vouches for every file the kept result holds, so it can be restored
+    snapshots = sorted(f"assignments/{p.name}" for p in (out / "learn_groups" / "assignments").glob("step_*.pt"))
+    assert snapshots and sorted(record["sha256"]) == sorted(["model.pt", *snapshots])
+    (kept,) = (out / "learn_groups" / "finished").iterdir()
+    assert finished.restore(out / "learn_groups", kept.name)
     blob = artifacts.load_artifact(out / "learn_groups" / "model.pt")
     assert blob["kind"] == "grouping"
     # convergence is measured for every assignment variable, every epoch and at the end
@@ -736,6 +741,65 @@ def test_resume_restores_the_finished_result_of_identical_inputs(env, tmp_path, 
     )
     assert "reusing the finished result of identical inputs" in capsys.readouterr().out
     assert (out / "model.pt").read_bytes() == first and read_record(out / "run.json")["status"] == "FINISHED"
+
+
+def _train_resume(env, out: Path) -> int:
+    return cli(
+        "train",
+        "--experiment",
+        "baseline",
+        "--scale",
+        "tiny",
+        "--params-dir",
+        env["params"],
+        "--data",
+        env["data"]["tiny"],
+        "--out",
+        out,
+        "--resume",
+    )
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    return artifacts.load_artifact(path)["state_dict"]
+
+
+def test_a_kept_result_that_changed_is_discarded_and_the_stage_retrains(env, baseline, tmp_path, capsys):
+    """finished/<digest>/ whose model was swapped for another: not restored but deleted, and the
+    stage trains again, to the model of a fresh run, which it keeps in its place."""
+    out = tmp_path / "train"
+    shutil.copytree(baseline / "train", out)
+    (kept,) = (out / "finished").iterdir()
+    for name in ("model.pt", "run.json", "checkpoint.pt"):  # Snakemake deletes the outputs; no checkpoint either
+        (out / name).unlink()
+    swapped = artifacts.load_artifact(kept / "model.pt")
+    swapped["state_dict"] = {k: v + 1 if v.is_floating_point() else v for k, v in swapped["state_dict"].items()}
+    (kept / "model.pt").unlink()
+    artifacts.save_like(swapped, kept / "model.pt")
+    capsys.readouterr()
+    assert _train_resume(env, out) == 0
+    said = capsys.readouterr().out
+    assert f"{kept}: model.pt does not match the sha256 in its run record; discarding" in said
+    assert "reusing the finished result" not in said
+    check_run(out, "train", EPOCHS["train"])  # trained again, every epoch
+    got, want = _state(out / "model.pt"), _state(baseline / "train" / "model.pt")
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+    assert (kept / "model.pt").read_bytes() == (out / "model.pt").read_bytes()  # the new result is kept
+
+
+def test_restoring_onto_itself_leaves_no_temporary_file(env, baseline, tmp_path, capsys):
+    """Outputs that are already the kept files (hard links): restoring them leaves no .restore.tmp."""
+    out = tmp_path / "train"
+    shutil.copytree(baseline / "train", out)
+    (kept,) = (out / "finished").iterdir()
+    for name in ("model.pt", "run.json"):
+        (out / name).unlink()
+        os.link(kept / name, out / name)
+    capsys.readouterr()
+    assert _train_resume(env, out) == 0
+    assert "reusing the finished result of identical inputs" in capsys.readouterr().out
+    assert not list(out.rglob("*.tmp"))
+    assert (out / "model.pt").samefile(kept / "model.pt")
 
 
 def test_assignment_lr_scale_speeds_up_only_the_assignments(env, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import subprocess
@@ -17,6 +18,7 @@ from splitnet.records import (
     PROGRESS_RECORD,
     RUN_RECORD,
     RunRecorder,
+    check_recorded,
     provenance_tags,
     read_record,
 )
@@ -112,11 +114,45 @@ def test_recorder_writes_a_complete_record(tmp_path: Path) -> None:
     assert record["history"][1]["metrics"] == {"loss": 0.5, "acc": pytest.approx(1 / 3)}
     assert record["metrics"] == {"test_error": 0.25}
     assert record["artifacts"] == ["weights.txt"]
+    assert record["sha256"] == {"weights.txt": hashlib.sha256(b"deep/train").hexdigest()}
     assert record["status"] == "FINISHED"
     assert record["started"] <= record["finished"]
     assert record["tags"]["origin"] == "test"
     assert set(provenance_tags()) <= set(record["tags"])
     assert sorted(p.name for p in path.parent.iterdir()) == [RUN_RECORD, "weights.txt"]
+
+
+def test_outputs_are_hashed_but_not_artifacts(tmp_path: Path) -> None:
+    rec = RunRecorder(tmp_path, "deep", "learn_groups", "smoke", CONFIG)
+    (tmp_path / "model.pt").write_bytes(b"model")
+    (tmp_path / "steps").mkdir()
+    (tmp_path / "steps" / "step_0.pt").write_bytes(b"snapshot")
+    rec.finish({}, [tmp_path / "model.pt"], outputs=[tmp_path / "steps" / "step_0.pt"])
+    record = read_record(tmp_path / RUN_RECORD)
+    assert record["artifacts"] == ["model.pt"]
+    assert record["sha256"] == {
+        "model.pt": hashlib.sha256(b"model").hexdigest(),
+        "steps/step_0.pt": hashlib.sha256(b"snapshot").hexdigest(),
+    }
+
+
+def test_a_file_is_checked_against_the_record_beside_it(tmp_path: Path) -> None:
+    """Changed after its run wrote it: refused, naming file and record. Without a record, or with
+    a record older than its sha256 key, there is nothing to check against: accepted."""
+    path = record_run(tmp_path / "run", "deep", "train").parent / "weights.txt"
+    assert check_recorded(path) == hashlib.sha256(b"deep/train").hexdigest()
+    path.write_text("deep/trainX")
+    with pytest.raises(ValueError, match=r"weights\.txt does not match the sha256 its stage recorded in .*run\.json"):
+        check_recorded(path)
+    record = json.loads((path.parent / RUN_RECORD).read_text())
+    del record["sha256"]
+    (path.parent / RUN_RECORD).write_text(json.dumps(record))
+    assert check_recorded(path) == hashlib.sha256(b"deep/trainX").hexdigest()
+    (path.parent / RUN_RECORD).write_text("{ damaged")
+    with pytest.raises(ValueError, match=r"weights\.txt cannot be checked: .*run\.json beside it"):
+        check_recorded(path)
+    (path.parent / RUN_RECORD).unlink()
+    assert check_recorded(path) == hashlib.sha256(b"deep/trainX").hexdigest()
 
 
 def test_provenance_names_the_checkout_commit(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,7 +1,8 @@
 """Model files passed between stages: structure as plain data + a state dict, loaded safely.
 
-Every file is written atomically and read with ``torch.load(weights_only=True)`` (no arbitrary
-unpickling).  Kinds:
+Every file is written atomically and read by :func:`splitnet.io.load_torch_file` (no arbitrary
+unpickling).  Whether a model file still holds the bytes its stage wrote is checked against the
+run record beside it (``records.check_recorded``) by the stage that reads it.  Kinds:
 
 * ``dense``: a ``WideResNet`` (baseline, SSL-sparsified, SSL-pruned) — plan + state dict;
 * ``grouping``: a grouping run — the dense net plus its soft assignment matrices;
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from .branches import SplitWideResNet
-from .io import atomic_torch_save
+from .io import atomic_torch_save, load_torch_file
 from .model import StagePlan, WideResNet, WRNPlan
 from .spec import SplitSpec
 from .split import build_split_network
@@ -102,18 +103,14 @@ def save_split(
 
 
 def load_artifact(path: str | Path) -> dict:
+    """The artifact dict of a model file, after checking its format and kind."""
     path = Path(path)
     if not path.is_file():
         what = "is a directory, not a model file" if path.is_dir() else "not found"
         raise FileNotFoundError(
             f"{path} {what}: pass the model.pt written by the stage before, or run that stage first"
         )
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types (and internal messages) for a file it cannot read
-        raise ValueError(
-            f"{path} is not a readable torch file ({type(err).__name__}); re-run the stage that writes it"
-        ) from None
+    blob = load_torch_file(path)
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ValueError(f"{path} is not a splitnet model file ({FORMAT}); pass a model.pt written by a splitnet stage")
     missing = [key for key in REQUIRED_KEYS.get(blob.get("kind"), ()) if key not in blob]
@@ -148,3 +145,11 @@ def save_like(blob: dict, path: Path) -> None:
     if blob.get("format") != FORMAT:
         raise ValueError(f"not a {FORMAT} artifact")
     atomic_torch_save(blob, path)
+
+
+def read_snapshots(folder: Path) -> list[tuple[int, dict[str, torch.Tensor]]]:
+    """The grouping run's assignment snapshots (``step_<n>.pt``), in step order."""
+    files = sorted(Path(folder).glob("step_*.pt"))
+    if not files:
+        raise FileNotFoundError(f"no assignment snapshots under {folder}: run learn-groups first")
+    return [(int(f.stem.split("_")[1]), load_torch_file(f)) for f in files]

@@ -9,8 +9,6 @@ stage says so and records it (``assignment_converged`` < 0.9).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from .partition import fuzzy_fraction
@@ -33,14 +31,6 @@ def convergence_metrics(matrices: dict[str, torch.Tensor], fuzzy_threshold: floa
         row[f"fuzzy/{name}"] = fuzzy_fraction(matrix, fuzzy_threshold)
     row["assignment_converged"] = min(v for k, v in row.items() if k.startswith("sharp/"))
     return row
-
-
-def read_snapshots(folder: Path) -> list[tuple[int, dict[str, torch.Tensor]]]:
-    """The grouping run's assignment snapshots (``step_<n>.pt``), in step order."""
-    files = sorted(Path(folder).glob("step_*.pt"))
-    if not files:
-        raise FileNotFoundError(f"no assignment snapshots under {folder}: run learn-groups first")
-    return [(int(f.stem.split("_")[1]), torch.load(f, weights_only=True)) for f in files]
 
 
 def steps_to_convergence(trace: list[tuple[int, dict[str, float]]]) -> dict[str, int | None]:

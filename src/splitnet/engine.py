@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import Normalizer, random_crop_flip
-from .io import atomic_torch_save
+from .io import REWRITE, atomic_torch_save, load_torch_file
 from .run_control import Progress, sigterm_flag
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again"; SLURM/Snakemake retries resume from the checkpoint
@@ -122,12 +122,20 @@ def default_digest(schedule: Schedule, cfg: EngineConfig) -> str:
     return hashlib.sha256(json.dumps([asdict(schedule), asdict(cfg)], sort_keys=True).encode()).hexdigest()
 
 
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
+    """A checkpoint this engine wrote; anything else is a ValueError naming the file."""
+    state = load_torch_file(path, map_location=map_location)
+    if not isinstance(state, dict) or not isinstance(state.get("digest"), str):
+        raise ValueError(f"{path}: not a checkpoint written by this project; {REWRITE}")
+    return state
+
+
 def checkpoint_digest(run_dir: Path) -> str | None:
     """The input digest a run directory's checkpoint was written with (None: no checkpoint)."""
     path = Path(run_dir) / CHECKPOINT
     if not path.exists():
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)["digest"]
+    return load_checkpoint(path)["digest"]
 
 
 @torch.no_grad()
@@ -210,7 +218,7 @@ class _Run:
 
     def restore(self) -> None:
         """Continue from the checkpoint if it was written from the same inputs."""
-        state = torch.load(self.ckpt_path, map_location=self.device, weights_only=True)
+        state = load_checkpoint(self.ckpt_path, self.device)
         if state["digest"] != self.digest:
             print(
                 f"{self.ckpt_path} was made from other inputs (config, data, source model or code); "

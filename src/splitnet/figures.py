@@ -19,9 +19,8 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import torch
 
-from .artifacts import load_artifact, plan_from_dict
+from .artifacts import load_artifact, plan_from_dict, read_snapshots
 from .assignment import merge_rows
-from .convergence import read_snapshots
 from .spec import SplitSpec
 from .topology import build_topology
 

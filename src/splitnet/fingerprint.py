@@ -23,7 +23,6 @@ from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
-from .io import sha256_file
 
 PACKAGE = "splitnet"
 PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -207,22 +206,7 @@ def code_digest(
     return digest.hexdigest()
 
 
-@cache
-def stage_code_digest(stage: str) -> str:
-    """The code digest of one pipeline stage (its entries in ``config.STAGES``)."""
-    from .config import STAGES
-
-    return code_digest(STAGES[stage].entries)
-
-
-def stage_digest(stage: str, config: dict[str, Any], inputs: Mapping[str, Path | None]) -> str:
-    """Digest of a stage's config sections, its input files' bytes and its code."""
-    for path in inputs.values():
-        if path is not None and not Path(path).is_file():
-            raise FileNotFoundError(f"{path} not found: run the stage that produces it first")
-    payload = {
-        "config": config,
-        "inputs": {name: (sha256_file(path) if path is not None else None) for name, path in sorted(inputs.items())},
-        "code": stage_code_digest(stage),
-    }
+def stage_digest(stage: str, config: dict[str, Any], input_sha256: Mapping[str, str | None]) -> str:
+    """Digest of a stage's config sections, its input files' SHA-256 (by input name) and its code."""
+    payload = {"config": config, "inputs": dict(sorted(input_sha256.items())), "code": stage_code_digest(stage)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()

@@ -19,7 +19,7 @@ from . import artifacts, finished
 from .assignment import GroupAssignments
 from .class_similarity import balanced_spectral_groups, soft_confusion
 from .config import needs_baseline
-from .convergence import convergence_metrics, read_snapshots, steps_to_convergence
+from .convergence import convergence_metrics, steps_to_convergence
 from .data import read_manifest
 from .io import atomic_torch_save
 from .model import WideResNet
@@ -190,7 +190,8 @@ def stage_learn_groups(
         with torch.no_grad():
             matrices = {name: assignments.matrix(name) for name in assignments.names}
         trace = [
-            (step, convergence_metrics(mats, fuzzy_threshold)) for step, mats in read_snapshots(out_dir / SNAPSHOT_DIR)
+            (step, convergence_metrics(mats, fuzzy_threshold))
+            for step, mats in artifacts.read_snapshots(out_dir / SNAPSHOT_DIR)
         ]
         steps = steps_to_convergence(trace)
         final.update({f"steps_to_convergence/{k}": float(v) for k, v in steps.items() if v is not None})
@@ -208,7 +209,7 @@ def stage_learn_groups(
             frozen=[n for n in assignments.names if assignments.is_frozen(n)],
             convergence=convergence,
         )
-        rec.finish(final, [out_dir / MODEL_FILE])
+        rec.finish(final, [out_dir / MODEL_FILE], outputs=sorted((out_dir / SNAPSHOT_DIR).glob("step_*.pt")))
     finished.keep(out_dir, start.digest, KEPT_OUTPUTS)
     return out_dir / MODEL_FILE
 

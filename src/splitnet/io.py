@@ -1,4 +1,4 @@
-"""Atomic file writes and streamed file hashes.
+"""Atomic file writes, streamed file hashes and the one safe reader of torch files.
 
 Every artefact the pipeline writes goes through the ``atomic_*`` helpers: the bytes are written
 to a temporary file in the destination directory, flushed and fsync'ed, then moved over the
@@ -10,6 +10,7 @@ and the temporary file is removed on failure.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -94,6 +95,32 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
 
     with _atomic_file(path) as handle:
         torch.save(obj, handle)
+
+
+REWRITE = "delete it and rerun the stage that makes it"
+
+
+def load_torch_file(
+    path: str | os.PathLike[str], data: bytes | None = None, map_location: Any = "cpu", remedy: str = REWRITE
+) -> Any:
+    """``torch.load(weights_only=True)`` of a file this project wrote (``data``: its bytes, already read).
+
+    Every torch file the project reads comes through here. Unsafe content (a pickle that would
+    run code or build foreign objects) is refused, and that or any other unreadable content is a
+    ValueError of one line naming the file and saying what to do (``remedy``); a missing or
+    unreadable path stays an OSError.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(io.BytesIO(data) if data is not None else path, map_location=map_location, weights_only=True)
+    except OSError:
+        raise
+    except Exception as err:  # torch raises many types (with long texts) for a file it cannot read
+        why = "refused unsafe content" if isinstance(err, pickle.UnpicklingError) else type(err).__name__
+        raise ValueError(f"{path}: not written by this project or damaged ({why}); {remedy}") from None
 
 
 def _hash_file(path: str | os.PathLike[str], make: Callable[[], Any]) -> str:

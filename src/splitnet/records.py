@@ -26,6 +26,7 @@ Both are written atomically on every update and share one format::
       "history":  [{"step": 0, "time": "<ISO>", "metrics": {"train_loss": 2.3, ...}}, ...],
       "metrics":  {"test_error": 0.31, ...},       # final metrics, str -> float
       "artifacts": ["groups.json", ...],           # paths relative to the run directory
+      "sha256":   {"groups.json": "<hex>", ...},   # of every file the run wrote (artifacts + outputs)
       "status":   "RUNNING" | "FINISHED" | "FAILED" | "KILLED",
       "started":  "<ISO time>",
       "finished": "<ISO time>" | null
@@ -33,6 +34,11 @@ Both are written atomically on every update and share one format::
 
 History steps strictly increase. ``time`` (when the step was logged) only feeds MLflow's
 metric timestamps; readers may ignore it.
+
+``sha256`` is the producer's word on the bytes it wrote: a stage reading a model file checks it
+against the record beside it (:func:`check_recorded`), and a finished result kept under its
+digest is checked against its kept record before it is restored (finished.py). Records written
+before this key existed lack it; they are read as before, with nothing to check against.
 """
 
 from __future__ import annotations
@@ -51,12 +57,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from splitnet.io import atomic_write_json
+from splitnet.io import REWRITE, atomic_write_json, sha256_file
 
 RUN_RECORD = "run.json"
 PROGRESS_RECORD = ".run.inprogress.json"
 RECORD_FORMAT = "splitnet-run/1"
 STATUSES = ("RUNNING", "FINISHED", "FAILED", "KILLED")
+SHA256 = "sha256"  # record key: relative path -> SHA-256 of the files the run wrote (not required: older records)
 
 _REQUIRED_KEYS = (
     "format",
@@ -153,6 +160,36 @@ def load_record(path: Path) -> tuple[dict[str, Any], str]:
     return record, hashlib.sha256(data).hexdigest()
 
 
+def check_recorded(path: Path) -> str:
+    """The SHA-256 of the file ``path``, after checking it against the run record beside it.
+
+    The record (``run.json`` in the same directory) is the producer's word on the bytes it
+    wrote; a file that no longer holds them is a ValueError. A file without a record beside it,
+    or whose record keeps no sha256 of it (written before records had one, or not by that run),
+    has nothing to check against and is accepted as it is: the API and ``summary --model`` also
+    read a user's own model files. A record beside it that cannot be read is an error.
+    """
+    sha = sha256_file(path)
+    beside = path.parent / RUN_RECORD
+    if not beside.is_file():
+        return sha
+    try:
+        record = read_record(beside)
+    except (OSError, ValueError) as err:
+        detail = " ".join(str(err).split())
+        raise ValueError(
+            f"{path} cannot be checked: {beside} beside it is not a readable run record ({detail}); "
+            f"delete both and rerun the stage that makes them"
+        ) from None
+    expected = (record.get(SHA256) or {}).get(path.name)
+    if expected is not None and expected != sha:
+        raise ValueError(
+            f"{path} does not match the sha256 its stage recorded in {beside}: it changed after it was written; "
+            f"{REWRITE}"
+        )
+    return sha
+
+
 # --------------------------------------------------------------------------- writing
 
 
@@ -200,6 +237,7 @@ class RunRecorder:
                 "history": [],
                 "metrics": {},
                 "artifacts": [],
+                SHA256: {},
                 "status": "RUNNING",
                 "started": now_iso(),
                 "finished": None,
@@ -216,7 +254,13 @@ class RunRecorder:
             raise ValueError(f"{self.progress_path} belongs to {found}, not {(name, stage, scale)}")
         # The current job's config and provenance describe how the run is being completed.
         record.update(
-            config=config, tags=record["tags"] | tags, metrics={}, artifacts=[], status="RUNNING", finished=None
+            config=config,
+            tags=record["tags"] | tags,
+            metrics={},
+            artifacts=[],
+            sha256={},
+            status="RUNNING",
+            finished=None,
         )
         return record
 
@@ -246,18 +290,28 @@ class RunRecorder:
         self.record["history"] = [h for h in self.record["history"] if h["step"] <= step]
 
     def finish(
-        self, metrics: Mapping[str, float], artifacts: Sequence[str | os.PathLike[str]] = (), status: str = "FINISHED"
+        self,
+        metrics: Mapping[str, float],
+        artifacts: Sequence[str | os.PathLike[str]] = (),
+        status: str = "FINISHED",
+        outputs: Sequence[str | os.PathLike[str]] = (),
     ) -> None:
         """Record the final metrics, the output files and the terminal status.
+
+        The SHA-256 of every file among ``artifacts`` (imported into MLflow) and ``outputs``
+        (further files the run wrote, e.g. the grouping's snapshots) is recorded, so readers can
+        tell a file changed after the run wrote it.
 
         FINISHED replaces ``run.json`` and then drops the progress record; FAILED and KILLED
         stay in the progress record, next to the earlier finished run.
         """
         if status not in STATUSES or status == "RUNNING":
             raise ValueError(f"terminal status expected, got {status!r}")
+        written = [self._relative(path) for path in [*artifacts, *outputs]]
         self.record.update(
             metrics={key: float(value) for key, value in metrics.items()},
-            artifacts=[self._relative(path) for path in artifacts],
+            artifacts=written[: len(artifacts)],
+            sha256={name: sha256_file(self.run_dir / name) for name in written if (self.run_dir / name).is_file()},
             status=status,
             finished=now_iso(),
         )

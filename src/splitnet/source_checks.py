@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import artifacts
 from .config import SPLIT_METHODS
+from .records import check_recorded
 
 
 class InputError(ValueError):
@@ -40,8 +41,12 @@ SOURCE_RULES: dict[tuple[str, str], SourceRule] = {
 
 
 def load_source(path: Path, flag: str, rule: SourceRule, context: str) -> dict:
-    """The artifact at ``path`` after checking its kind and that its weights load."""
+    """The artifact at ``path`` after checking its bytes against the run record beside it
+    (``records.check_recorded``: a user's own file without one is taken as it is), its kind and
+    that its weights load."""
     try:
+        if path.is_file():  # anything else: load_artifact says what is wrong
+            check_recorded(path)
         blob = artifacts.load_artifact(path)
     except (FileNotFoundError, ValueError) as err:
         raise InputError(f"{flag}: {err}") from None

@@ -24,7 +24,7 @@ from .engine import CHECKPOINT, DeviceData, EngineConfig, Schedule, checkpoint_d
 from .fingerprint import stage_digest
 from .io import remove_stale_temp_files
 from .model import WRNPlan, parse_arch, wrn_plan
-from .records import RUN_RECORD, RunRecorder
+from .records import RUN_RECORD, RunRecorder, check_recorded
 
 MODEL_FILE = "model.pt"
 SNAPSHOT_DIR = "assignments"  # the grouping's assignment snapshots (convergence curve, Figure 1)
@@ -42,14 +42,16 @@ class StageStart:
 
 
 def start_stage(cfg: dict, stage: str, out_dir: Path, inputs: Mapping[str, Path | None], resume: bool) -> StageStart:
-    """Clean up after killed writes, digest the stage's inputs, decide what may be reused.
+    """Clean up after killed writes, check and digest the stage's inputs, decide what may be reused.
 
+    Every input file is checked against the sha256 its producer recorded (the run record beside
+    it, ``records.check_recorded``) before anything is computed, and that hash enters the digest.
     With ``resume``, a finished result of exactly these inputs (config sections, input file
     bytes, code) is restored, or else a checkpoint written from them is continued; any other
     checkpoint is ignored and replaced by the fresh run.
     """
     remove_stale_temp_files(out_dir)
-    digest = stage_digest(stage, stage_config(cfg, stage), inputs)
+    digest = stage_digest(stage, stage_config(cfg, stage), {name: _input_sha256(path) for name, path in inputs.items()})
     if resume and finished.restore(out_dir, digest):
         print(f"{out_dir}: reusing the finished result of identical inputs (digest {digest[:12]})", flush=True)
         return StageStart(digest, resume=False, restored=True)
@@ -60,6 +62,14 @@ def start_stage(cfg: dict, stage: str, out_dir: Path, inputs: Mapping[str, Path 
             flush=True,
         )
     return StageStart(digest, resume=found == digest)
+
+
+def _input_sha256(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} not found: run the stage that produces it first")
+    return check_recorded(Path(path))
 
 
 def stage_recorder(cfg: dict, stage: str, out_dir: Path, start: StageStart) -> RunRecorder:

@@ -33,7 +33,8 @@ Configuration (``cfg``, the ``data`` section of a run configuration). Unknown ke
 Output directory:
 
 ``train.pt``, ``val.pt``, ``test.pt``
-    ``torch.save`` of a dict, loadable with ``torch.load(path, weights_only=True)``:
+    ``torch.save`` of a dict, loadable with ``torch.load(path, weights_only=True)`` (what
+    :func:`load_split` does, through :func:`splitnet.io.load_torch_file`):
     ``images`` uint8 ``N x C x H x W``, ``labels`` int64 ``N``, ``class_names`` list[str],
     ``superclass`` int64 ``num_classes`` (class -> superclass), ``superclass_names`` list[str].
 ``manifest.json``
@@ -46,7 +47,6 @@ Output directory:
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 from collections.abc import Mapping
@@ -63,7 +63,7 @@ from splitnet.data.planted import write_planted_cifar
 from splitnet.data.resize import resize_area
 from splitnet.data.source import ImageSet, SourceData
 from splitnet.data.subsets import generator, hold_out, per_class
-from splitnet.io import atomic_torch_save, atomic_write_json, sha256_file
+from splitnet.io import atomic_torch_save, atomic_write_json, load_torch_file, sha256_file
 
 SOURCES = ("cifar100", "fashion_mnist", "planted")
 DEFAULT_ROOTS = {
@@ -278,4 +278,7 @@ def load_split(out_dir: str | Path, split: str) -> dict[str, Any]:
             f"{path} does not match its manifest (sha256 {got}, expected {entry['sha256']}): it was "
             f"modified after preparation; {_RERUN}"
         )
-    return torch.load(io.BytesIO(blob), weights_only=True)
+    try:
+        return load_torch_file(path, blob, remedy=_RERUN)
+    except ValueError as err:  # the data layer's one error type
+        raise DataError(str(err)) from None

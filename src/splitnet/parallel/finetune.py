@@ -20,7 +20,7 @@ import torch.distributed as dist
 from .. import artifacts, finished
 from ..branches import SplitWideResNet
 from ..data import read_manifest
-from ..engine import CHECKPOINT
+from ..engine import CHECKPOINT, load_checkpoint
 from ..stage_run import (
     KEPT_OUTPUTS,
     MODEL_FILE,
@@ -46,7 +46,7 @@ def _position(own: Path, start: StageStart) -> tuple[int, int]:
     """(epoch, step) of this worker's checkpoint, (-1, -1) without one to resume."""
     if not start.resume:
         return -1, -1
-    state = torch.load(own / CHECKPOINT, map_location="cpu", weights_only=True)
+    state = load_checkpoint(own / CHECKPOINT)
     return state["epoch"], state["step"]
 
 
