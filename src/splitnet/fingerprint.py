@@ -23,7 +23,6 @@ from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
-
 PACKAGE = "splitnet"
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
@@ -204,6 +203,14 @@ def code_digest(
         assert path is not None  # code_files lists existing modules only
         digest.update(module.encode() + b"\0" + _parsed(path.read_bytes())[1].encode() + b"\0")
     return digest.hexdigest()
+
+
+@cache
+def stage_code_digest(stage: str) -> str:
+    """The code digest of one pipeline stage (its entries in ``config.STAGES``)."""
+    from .config import STAGES
+
+    return code_digest(STAGES[stage].entries)
 
 
 def stage_digest(stage: str, config: dict[str, Any], input_sha256: Mapping[str, str | None]) -> str:
