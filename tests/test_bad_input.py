@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -259,6 +260,30 @@ def params_with(edit: Callable[[dict, dict], None] | None = None, experiments_te
     return lambda w, tmp: _broken_params(w, tmp, edit, experiments_text)
 
 
+def _milestones_replaced(value: str) -> str:
+    """The repository's experiments.yaml with defaults.train.schedule.milestones set to ``value`` (YAML text)."""
+    text = (REPO / "params" / "experiments.yaml").read_text()
+    assert "milestones: [80, 120, 160]" in text
+    return text.replace("milestones: [80, 120, 160]", f"milestones: {value}", 1)
+
+
+# Billion laughs inside a valid key: 9 levels of 9 aliases each, 9^9 values from ~300 characters.
+ALIAS_BOMB = _milestones_replaced(
+    "[&l0 [1, 1, 1, 1, 1, 1, 1, 1, 1], "
+    + ", ".join(f"&l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9))
+    + ", ["
+    + ", ".join(["*l8"] * 9)
+    + "]]"
+)
+
+
+def _row_named(name: str) -> Callable[[dict, dict], None]:
+    def edit(experiments: dict, scales: dict) -> None:
+        experiments["experiments"][name] = {"method": "baseline"}
+
+    return edit
+
+
 CASES = [
     # ---------------------------------------------------------------- prepare-data
     Case("prepare_unknown_scale", stage("prepare-data", "baseline", "huge"), ("--scale 'huge'", "scales.yaml")),
@@ -376,6 +401,54 @@ CASES = [
         "train_params_not_yaml",
         stage("train", "baseline", params_dir=params_with(experiments_text="defaults: [unclosed\n")),
         ("experiments.yaml", "not valid YAML"),
+    ),
+    Case(
+        "train_params_recursive_alias",
+        stage("train", "baseline", params_dir=params_with(experiments_text=_milestones_replaced("&m [80, *m]"))),
+        ("experiments.yaml", "defaults.train.schedule.milestones", "line 12", "refers to a value that contains it"),
+    ),
+    Case(
+        "train_params_recursive_merge_key",
+        stage(
+            "train",
+            "baseline",
+            params_dir=params_with(
+                experiments_text=_milestones_replaced("[80]").replace("defaults:\n", "defaults: &d\n  <<: *d\n", 1)
+            ),
+        ),
+        ("experiments.yaml", "defaults.<<", "refers to a value that contains it"),
+    ),
+    Case(
+        "train_params_nested_too_deeply",
+        stage(
+            "train", "baseline", params_dir=params_with(experiments_text=_milestones_replaced("[" * 5000 + "]" * 5000))
+        ),
+        ("experiments.yaml", "nested too deeply"),
+    ),
+    # a row named `..` would put its run folders next to runs/, not in it
+    Case(
+        "prepare_row_named_dotdot",
+        stage("prepare-data", "baseline", params_dir=params_with(_row_named(".."))),
+        ("experiments.yaml: experiments", "'..'", "path separators are refused"),
+    ),
+    Case(
+        "prepare_row_name_with_separator",
+        stage("prepare-data", "baseline", params_dir=params_with(_row_named("a/b"))),
+        ("experiments.yaml: experiments", "'a/b'", "rename it"),
+    ),
+    Case(
+        "prepare_preset_named_dot",
+        stage("prepare-data", "baseline", params_dir=params_with(lambda e, s: e["presets"].update({".": {}}))),
+        ("experiments.yaml: presets", "'.'", "rename it"),
+    ),
+    Case(
+        "prepare_scale_named_dotdot",
+        stage(
+            "prepare-data",
+            "baseline",
+            params_dir=params_with(lambda e, s: s["scales"].update({"..": s["scales"]["tiny"]})),
+        ),
+        ("scales.yaml: scales", "'..'", "rename it"),
     ),
     Case("train_unknown_option", lambda w, t: stage("train", "baseline")(w, t) + ["--epochs", "3"], ("--epochs",)),
     # ---------------------------------------------------------------- learn-groups
@@ -645,10 +718,10 @@ def test_bad_input_is_one_line_and_touches_nothing(
     assert _snapshot(world.root) == before, "a bad input changed what was already there"
 
 
-def _run_cli(*args: object) -> subprocess.CompletedProcess[str]:
+def _run_cli(*args: object, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     return subprocess.run(
-        [sys.executable, "-m", "splitnet", *map(str, args)], capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, "-m", "splitnet", *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout
     )
 
 
@@ -722,3 +795,18 @@ def test_unwritable_out_is_refused(world: World, tmp_path: Path, capsys: pytest.
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"--out {locked / 'train'}" in err and "not writable" in err
     assert list(locked.iterdir()) == []
+
+
+def test_alias_bomb_is_refused_in_under_two_seconds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    params = _experiments_file(tmp_path, ALIAS_BOMB)
+    argv = ["summary", "--split", "shallow", "--params-dir", str(params)]
+    try:  # in a process first: a loader that expands the bomb never returns
+        done = _run_cli(*argv, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("an alias bomb in experiments.yaml was expanded instead of refused")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    start = time.perf_counter()
+    assert main(argv) == 2
+    assert time.perf_counter() - start < 2.0
+    err = capsys.readouterr().err
+    assert "experiments.yaml: defaults.train.schedule.milestones" in err and "aliases expand" in err, err
