@@ -634,6 +634,11 @@ CASES = [
         ("--results", "no_results"),
     ),
     Case(
+        "tables_no_finished_runs",
+        lambda w, t: ["tables", "--scale", "tiny", "--params-dir", w.params, "--results", w.root],
+        ("--results", "have no tiny/runs/<row>/seed_<seed>/evaluate/metrics.json", "baseline (seed 0)", "--partial"),
+    ),
+    Case(
         "figures_missing_results",
         lambda w, t: ["figures", "--scale", "tiny", "--params-dir", w.params, "--results", w.root / "no_results"],
         ("--results",),

@@ -201,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", default="cpu")
     p.add_argument("--params-dir", default="params")
     p.add_argument("--results", default="results")
+    p.add_argument(
+        "--partial",
+        action="store_true",
+        help="render even though some rows or seeds have not finished (their cells stay empty); "
+        "without it, missing runs are an error",
+    )
     p.set_defaults(func=cmd_tables)
 
     p = sub.add_parser("figures", help="Fig. 1/2 analogues (assignment dynamics, block structure) as PNG + PDF")

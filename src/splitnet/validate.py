@@ -44,6 +44,7 @@ from .data import DataError, parse_config, read_manifest
 from .data.prepare import MANIFEST
 from .io import sha256_file
 from .model import WRNPlan, parse_arch, wrn_plan
+from .outputs import ScaleOutputs, table_runs
 from .source_checks import SOURCE_RULES, InputError, SourceRule, check_source_matches, load_source
 from .spec import SplitSpec
 from .topology import build_topology, stage_in, stage_out
@@ -345,6 +346,26 @@ def check_results_command(args: argparse.Namespace) -> None:
                 f"--scale {args.scale!r} is not a scale of {Path(params_dir) / SCALES_FILE}; "
                 f"pick one of: {', '.join(registry['scales'])}"
             )
+        if args.command == "tables" and not args.partial:
+            _check_runs_finished(registry, results, args.scale)
     summary_out = getattr(args, "summary_out", None)
     if summary_out:
         check_writable_file(Path(summary_out), "--summary-out")
+
+
+def _check_runs_finished(registry: dict, results: Path, scale: str) -> None:
+    """Every evaluate run the tables read has its metrics: tables of empty rows look like results."""
+    out = ScaleOutputs(results, scale)
+    runs = table_runs(registry, scale)
+    missing: dict[str, list[str]] = {}
+    for exp, seed in runs:
+        if not (out.run_dir(exp, seed, "evaluate") / "metrics.json").is_file():
+            missing.setdefault(exp, []).append(str(seed))
+    if missing:
+        count = sum(len(seeds) for seeds in missing.values())
+        rows = "; ".join(f"{exp} (seed {', '.join(seeds)})" for exp, seeds in missing.items())
+        raise InputError(
+            f"--results {results}: {count} of the {len(runs)} runs the tables read have no "
+            f"{out.run_dir('<row>', '<seed>', 'evaluate').relative_to(results)}/metrics.json: {rows}; "
+            "finish them (snakemake), or pass --partial to render tables with their cells empty"
+        )

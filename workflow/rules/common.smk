@@ -11,7 +11,7 @@ from snakemake.utils import validate
 
 from splitnet.config import (METHOD_STAGES, SPLIT_METHODS, ConfigError, experiment_names, load_registry, method_of, needs_baseline,
                              resolve, stage_config)
-from splitnet.outputs import ScaleOutputs, figure_rows
+from splitnet.outputs import ScaleOutputs, figure_rows, table_runs
 from splitnet.study import evaluate_files as study_inputs
 
 validate(config, "../schemas/config.schema.yaml")
@@ -32,9 +32,7 @@ OUT = ScaleOutputs(RESULTS, SCALE)  # results/<scale>/: the tables, figures and 
 PATTERN = ScaleOutputs(RESULTS, "{scale}")
 PYTHON = sys.executable  # the interpreter running Snakemake (venv-safe)
 
-TABLE_ROWS = sorted({row["experiment"] for t in REGISTRY["tables"].values() for row in t["rows"]})
 FIGURE_ROWS = figure_rows(REGISTRY)
-EXPERIMENTS = sorted(set(TABLE_ROWS) | set(FIGURE_ROWS))
 
 
 def cfg(exp, seed=None, scale=SCALE):
