@@ -15,14 +15,18 @@ no traceback reaches a terminal, and one shows that ``--debug`` does print it.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import os
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +39,7 @@ from splitnet.assignment import GroupAssignments
 from splitnet.cli import main
 from splitnet.data import write_planted_cifar
 from splitnet.data.fashion_mnist import FILES
+from splitnet.io import atomic_torch_save, atomic_write_bytes, os_error_text
 from splitnet.model import WideResNet, wrn_plan
 from splitnet.partition import balanced_partition
 from splitnet.spec import SplitSpec
@@ -277,6 +282,17 @@ ALIAS_BOMB = _milestones_replaced(
 )
 
 
+def symlink_loop(name: str) -> Callable[[World, Path], Path]:
+    """``<scratch>/<name>``, a symlink to ``<name>.2``, which links back: every lookup fails with ELOOP."""
+
+    def make(w: World, tmp: Path) -> Path:
+        (tmp / f"{name}.2").symlink_to(tmp / name)
+        (tmp / name).symlink_to(tmp / f"{name}.2")
+        return tmp / name
+
+    return make
+
+
 def _row_named(name: str) -> Callable[[dict, dict], None]:
     def edit(experiments: dict, scales: dict) -> None:
         experiments["experiments"][name] = {"method": "baseline"}
@@ -303,6 +319,23 @@ CASES = [
         ("--out", "a_file"),
     ),
     Case(
+        "prepare_out_symlink_loop",
+        stage("prepare-data", "baseline", out=symlink_loop("out")),
+        ("--out", "/out:", "symlink loop"),
+    ),
+    Case(
+        "prepare_raw_root_symlink_loop",
+        lambda w, t: stage(
+            "prepare-data",
+            "baseline",
+            "noroot",
+            params_dir=params_with(
+                lambda e, s: s["scales"]["noroot"]["data"].update(root=str(symlink_loop("raw")(w, t)))
+            ),
+        )(w, t),
+        ("scales.noroot.data.root", "/raw:", "symlink loop"),
+    ),
+    Case(
         "prepare_no_out",
         lambda w, t: ["prepare-data", "--experiment", "baseline", "--params-dir", w.params],
         ("--out",),
@@ -327,6 +360,21 @@ CASES = [
         "train_data_missing",
         stage("train", "baseline", data=under_root("never_prepared")),
         ("--data", "never_prepared"),
+    ),
+    Case(
+        "train_data_symlink_loop",
+        stage("train", "baseline", data=symlink_loop("data")),
+        ("--data", "/data:", "symlink loop", "fix or remove the link"),
+    ),
+    Case(
+        "train_data_under_file",
+        stage("train", "baseline", data=lambda w, t: w.root / "a_file" / "data"),
+        ("--data", "a_file is a file, not a directory"),
+    ),
+    Case(
+        "train_out_under_symlink_loop",
+        stage("train", "baseline", out=lambda w, t: symlink_loop("runs")(w, t) / "train"),
+        ("--out", "/runs/train:", "symlink loop"),
     ),
     Case(
         "train_data_not_prepared",
@@ -492,6 +540,16 @@ CASES = [
     ),
     Case("split_missing_source", stage("split", "shallow", source=model("nope.pt")), ("--source", "nope.pt not found")),
     Case(
+        "split_source_symlink_loop",
+        stage("split", "shallow", source=symlink_loop("model.pt")),
+        ("--source", "model.pt:", "symlink loop"),
+    ),
+    Case(
+        "split_source_under_file",
+        stage("split", "shallow", source=lambda w, t: w.root / "a_file" / "model.pt"),
+        ("--source", "a_file is a file, not a directory"),
+    ),
+    Case(
         "split_source_is_directory",
         stage("split", "shallow", source=lambda w, t: w.models),
         ("--source", "is a directory"),
@@ -637,6 +695,26 @@ CASES = [
         "tables_no_finished_runs",
         lambda w, t: ["tables", "--scale", "tiny", "--params-dir", w.params, "--results", w.root],
         ("--results", "have no tiny/runs/<row>/seed_<seed>/evaluate/metrics.json", "baseline (seed 0)", "--partial"),
+    ),
+    Case(
+        "tables_results_symlink_loop",
+        lambda w, t: ["tables", "--scale", "tiny", "--params-dir", w.params, "--results", symlink_loop("res")(w, t)],
+        ("--results", "/res:", "symlink loop"),
+    ),
+    Case(
+        "track_summary_out_symlink_loop",  # written through os.replace, it would replace the link
+        lambda w, t: [
+            "track",
+            "--scale",
+            "tiny",
+            "--params-dir",
+            w.params,
+            "--results",
+            w.root,
+            "--summary-out",
+            symlink_loop("summary.json")(w, t),
+        ],
+        ("--summary-out", "summary.json:", "symlink loop"),
     ),
     Case(
         "figures_missing_results",
@@ -815,3 +893,103 @@ def test_alias_bomb_is_refused_in_under_two_seconds(tmp_path: Path, capsys: pyte
     assert time.perf_counter() - start < 2.0
     err = capsys.readouterr().err
     assert "experiments.yaml: defaults.train.schedule.milestones" in err and "aliases expand" in err, err
+
+
+# ---------------------------------------------------------------- the OS refuses a write
+
+
+@contextmanager
+def _tmpfs(where: Path, options: str) -> Iterator[Path]:
+    """A small tmpfs mounted at ``where``: a real full disk or read-only file system (needs root)."""
+    where.mkdir()
+    mount = shutil.which("mount")
+    done = (
+        subprocess.run([mount, "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
+        if mount
+        else None
+    )
+    if done is None or done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root and mount)")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+def _one_error_line(err: str, command: str) -> None:
+    assert err.startswith(f"splitnet {command}: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_full_disk_names_the_file_and_leaves_no_partial_file(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = _snapshot(world.root)
+    with _tmpfs(tmp_path / "disk", "size=64k") as disk:
+        argv = stage("train", "baseline", out=disk / "train")(world, tmp_path)
+        assert main([str(a) for a in argv]) == 2
+        err = capsys.readouterr().err
+        _one_error_line(err, "train")
+        # torch.save reported this as "RuntimeError: [enforce fail at inline_container.cc] unexpected pos"
+        assert f"{disk / 'train'}/" in err and "no space left on device" in err and "--out" in err, err
+        assert not list(disk.rglob("*.tmp")), "a partial file was left behind"
+    assert _snapshot(world.root) == before
+
+
+def test_full_disk_keeps_the_finished_file(tmp_path: Path) -> None:
+    with _tmpfs(tmp_path / "disk", "size=64k") as disk:
+        target = disk / "model.pt"
+        atomic_torch_save({"done": torch.zeros(4)}, target)
+        finished = target.read_bytes()
+        for write in (
+            lambda: atomic_torch_save({"w": torch.zeros(100_000)}, target),
+            lambda: atomic_write_bytes(target, bytes(100_000)),
+        ):
+            with pytest.raises(OSError) as raised:
+                write()
+            assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(target)
+            assert target.read_bytes() == finished and [p.name for p in disk.iterdir()] == ["model.pt"]
+
+
+def test_read_only_file_system_is_named(world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with _tmpfs(tmp_path / "ro", "ro,size=64k") as ro:
+        argv = stage("train", "baseline", out=ro / "train")(world, tmp_path)
+        assert main([str(a) for a in argv]) == 2
+        err = capsys.readouterr().err
+        _one_error_line(err, "train")
+        assert f"--out {ro / 'train'}" in err and "is not writable: read-only file system" in err, err
+        argv = ["tables", "--scale", "tiny", "--params-dir", world.params, "--results", ro, "--partial"]
+        assert main([str(a) for a in argv]) == 2  # refused before the tables are computed
+        err = capsys.readouterr().err
+        _one_error_line(err, "tables")
+        assert f"--results {ro / 'tiny'}" in err and "read-only file system" in err, err
+        # a write that the OS refuses (the file system turned read-only after the checks)
+        with pytest.raises(OSError) as raised:
+            atomic_write_bytes(ro / "tiny" / "table1.md", b"x")
+        assert raised.value.errno == errno.EROFS and raised.value.filename == str(ro / "tiny" / "table1.md")
+        assert os_error_text(raised.value, "--results") == (
+            "read-only file system; choose another --results on a writable file system"
+        )
+
+
+def test_file_size_limit_is_named(world: World, tmp_path: Path) -> None:
+    """A real EFBIG without root: ``ulimit -f`` on the process (SIGXFSZ ignored, so write fails)."""
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    argv = stage("train", "baseline", out=tmp_path / "train")(world, tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    done = subprocess.run(
+        [sys.executable, "-m", "splitnet", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        preexec_fn=limit_file_size,
+    )
+    assert done.returncode == 2, done.stderr
+    err = done.stderr.splitlines()[-1]  # training prints progress first
+    assert "Traceback" not in done.stderr and err.startswith("splitnet train: error: "), done.stderr
+    assert f"{tmp_path / 'train'}/" in err and "file too large" in err, err
+    assert not list((tmp_path / "train").rglob("*.tmp"))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import artifacts
 from .config import SPLIT_METHODS
+from .io import path_problem
 
 
 class InputError(ValueError):
@@ -41,6 +42,9 @@ SOURCE_RULES: dict[tuple[str, str], SourceRule] = {
 
 def load_source(path: Path, flag: str, rule: SourceRule, context: str) -> dict:
     """The artifact at ``path`` after checking its kind and that its weights load."""
+    problem = path_problem(path)
+    if problem is not None:  # a symlink loop or a file on the way is not "not found"
+        raise InputError(f"{flag} {path}: {problem}")
     try:
         blob = artifacts.load_artifact(path)
     except (FileNotFoundError, ValueError) as err:
