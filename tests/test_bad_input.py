@@ -680,6 +680,11 @@ CASES = [
         ],
         ("experiments.yaml", "not valid YAML"),
     ),
+    Case(
+        "summary_params_not_utf8",
+        lambda w, t: ["summary", "--split", "shallow", "--params-dir", _experiments_file(t, b"defaults: \xff\n")],
+        ("experiments.yaml", "not UTF-8"),
+    ),
     # ---------------------------------------------------------------- tables, figures, track
     Case(
         "tables_unknown_scale",
@@ -752,8 +757,8 @@ CASES = [
 ]
 
 
-def _experiments_file(tmp: Path, text: str) -> Path:
-    (tmp / "experiments.yaml").write_text(text)
+def _experiments_file(tmp: Path, text: str | bytes) -> Path:
+    (tmp / "experiments.yaml").write_bytes(text.encode() if isinstance(text, str) else text)
     shutil.copy(REPO / "params" / "scales.yaml", tmp / "scales.yaml")
     return tmp
 

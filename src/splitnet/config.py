@@ -50,7 +50,11 @@ def read_yaml(path: Path) -> dict:
     """
     if not path.is_file():
         raise ConfigError(f"{path} not found (expected in the params directory)")
-    loader = yaml.SafeLoader(path.read_text())
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
+    loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
         if node is not None:
@@ -84,8 +88,9 @@ def _check_aliases(path: Path, root: yaml.Node) -> None:
             size[id(node)] = 1 + sum(size[id(child)] for child, *_ in children)
             if size[id(node)] > MAX_YAML_VALUES:
                 raise ConfigError(
-                    f"{path}: {key} (line {node.start_mark.line + 1}): its aliases expand to more than {MAX_YAML_VALUES:,} values, "
-                    "far beyond what params need; write the values out instead of nesting aliases"
+                    f"{path}: {key} (line {node.start_mark.line + 1}): its aliases expand to more than "
+                    f"{MAX_YAML_VALUES:,} values, far beyond what params need; write the values out instead "
+                    "of nesting aliases"
                 )
         elif id(node) in open_nodes:
             raise ConfigError(
