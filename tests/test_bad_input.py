@@ -15,14 +15,19 @@ no traceback reaches a terminal, and one shows that ``--debug`` does print it.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import json
 import os
+import resource
 import shutil
+import signal
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +40,7 @@ from splitnet.assignment import GroupAssignments
 from splitnet.cli import main
 from splitnet.data import write_planted_cifar
 from splitnet.data.fashion_mnist import FILES
+from splitnet.io import atomic_torch_save, atomic_write_bytes, os_error_text
 from splitnet.model import WideResNet, wrn_plan
 from splitnet.partition import balanced_partition
 from splitnet.records import RunRecorder
@@ -303,6 +309,41 @@ def params_with(edit: Callable[[dict, dict], None] | None = None, experiments_te
     return lambda w, tmp: _broken_params(w, tmp, edit, experiments_text)
 
 
+def _milestones_replaced(value: str) -> str:
+    """The repository's experiments.yaml with defaults.train.schedule.milestones set to ``value`` (YAML text)."""
+    text = (REPO / "params" / "experiments.yaml").read_text()
+    assert "milestones: [80, 120, 160]" in text
+    return text.replace("milestones: [80, 120, 160]", f"milestones: {value}", 1)
+
+
+# Billion laughs inside a valid key: 9 levels of 9 aliases each, 9^9 values from ~300 characters.
+ALIAS_BOMB = _milestones_replaced(
+    "[&l0 [1, 1, 1, 1, 1, 1, 1, 1, 1], "
+    + ", ".join(f"&l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9))
+    + ", ["
+    + ", ".join(["*l8"] * 9)
+    + "]]"
+)
+
+
+def symlink_loop(name: str) -> Callable[[World, Path], Path]:
+    """``<scratch>/<name>``, a symlink to ``<name>.2``, which links back: every lookup fails with ELOOP."""
+
+    def make(w: World, tmp: Path) -> Path:
+        (tmp / f"{name}.2").symlink_to(tmp / name)
+        (tmp / name).symlink_to(tmp / f"{name}.2")
+        return tmp / name
+
+    return make
+
+
+def _row_named(name: str) -> Callable[[dict, dict], None]:
+    def edit(experiments: dict, scales: dict) -> None:
+        experiments["experiments"][name] = {"method": "baseline"}
+
+    return edit
+
+
 CASES = [
     # ---------------------------------------------------------------- prepare-data
     Case("prepare_unknown_scale", stage("prepare-data", "baseline", "huge"), ("--scale 'huge'", "scales.yaml")),
@@ -320,6 +361,23 @@ CASES = [
         "prepare_out_under_file",
         stage("prepare-data", "baseline", out=lambda w, t: w.root / "a_file" / "sub"),
         ("--out", "a_file"),
+    ),
+    Case(
+        "prepare_out_symlink_loop",
+        stage("prepare-data", "baseline", out=symlink_loop("out")),
+        ("--out", "/out:", "symlink loop"),
+    ),
+    Case(
+        "prepare_raw_root_symlink_loop",
+        lambda w, t: stage(
+            "prepare-data",
+            "baseline",
+            "noroot",
+            params_dir=params_with(
+                lambda e, s: s["scales"]["noroot"]["data"].update(root=str(symlink_loop("raw")(w, t)))
+            ),
+        )(w, t),
+        ("scales.noroot.data.root", "/raw:", "symlink loop"),
     ),
     Case(
         "prepare_no_out",
@@ -346,6 +404,21 @@ CASES = [
         "train_data_missing",
         stage("train", "baseline", data=under_root("never_prepared")),
         ("--data", "never_prepared"),
+    ),
+    Case(
+        "train_data_symlink_loop",
+        stage("train", "baseline", data=symlink_loop("data")),
+        ("--data", "/data:", "symlink loop", "fix or remove the link"),
+    ),
+    Case(
+        "train_data_under_file",
+        stage("train", "baseline", data=lambda w, t: w.root / "a_file" / "data"),
+        ("--data", "a_file is a file, not a directory"),
+    ),
+    Case(
+        "train_out_under_symlink_loop",
+        stage("train", "baseline", out=lambda w, t: symlink_loop("runs")(w, t) / "train"),
+        ("--out", "/runs/train:", "symlink loop"),
     ),
     Case(
         "train_data_not_prepared",
@@ -421,6 +494,54 @@ CASES = [
         stage("train", "baseline", params_dir=params_with(experiments_text="defaults: [unclosed\n")),
         ("experiments.yaml", "not valid YAML"),
     ),
+    Case(
+        "train_params_recursive_alias",
+        stage("train", "baseline", params_dir=params_with(experiments_text=_milestones_replaced("&m [80, *m]"))),
+        ("experiments.yaml", "defaults.train.schedule.milestones", "line 12", "refers to a value that contains it"),
+    ),
+    Case(
+        "train_params_recursive_merge_key",
+        stage(
+            "train",
+            "baseline",
+            params_dir=params_with(
+                experiments_text=_milestones_replaced("[80]").replace("defaults:\n", "defaults: &d\n  <<: *d\n", 1)
+            ),
+        ),
+        ("experiments.yaml", "defaults.<<", "refers to a value that contains it"),
+    ),
+    Case(
+        "train_params_nested_too_deeply",
+        stage(
+            "train", "baseline", params_dir=params_with(experiments_text=_milestones_replaced("[" * 5000 + "]" * 5000))
+        ),
+        ("experiments.yaml", "nested too deeply"),
+    ),
+    # a row named `..` would put its run folders next to runs/, not in it
+    Case(
+        "prepare_row_named_dotdot",
+        stage("prepare-data", "baseline", params_dir=params_with(_row_named(".."))),
+        ("experiments.yaml: experiments", "'..'", "path separators are refused"),
+    ),
+    Case(
+        "prepare_row_name_with_separator",
+        stage("prepare-data", "baseline", params_dir=params_with(_row_named("a/b"))),
+        ("experiments.yaml: experiments", "'a/b'", "rename it"),
+    ),
+    Case(
+        "prepare_preset_named_dot",
+        stage("prepare-data", "baseline", params_dir=params_with(lambda e, s: e["presets"].update({".": {}}))),
+        ("experiments.yaml: presets", "'.'", "rename it"),
+    ),
+    Case(
+        "prepare_scale_named_dotdot",
+        stage(
+            "prepare-data",
+            "baseline",
+            params_dir=params_with(lambda e, s: s["scales"].update({"..": s["scales"]["tiny"]})),
+        ),
+        ("scales.yaml: scales", "'..'", "rename it"),
+    ),
     Case("train_unknown_option", lambda w, t: stage("train", "baseline")(w, t) + ["--epochs", "3"], ("--epochs",)),
     # ---------------------------------------------------------------- learn-groups
     Case(
@@ -472,6 +593,16 @@ CASES = [
         ("--source", "grouping.pt", "grouping model", "dense"),
     ),
     Case("split_missing_source", stage("split", "shallow", source=model("nope.pt")), ("--source", "nope.pt not found")),
+    Case(
+        "split_source_symlink_loop",
+        stage("split", "shallow", source=symlink_loop("model.pt")),
+        ("--source", "model.pt:", "symlink loop"),
+    ),
+    Case(
+        "split_source_under_file",
+        stage("split", "shallow", source=lambda w, t: w.root / "a_file" / "model.pt"),
+        ("--source", "a_file is a file, not a directory"),
+    ),
     Case(
         "split_source_is_directory",
         stage("split", "shallow", source=lambda w, t: w.models),
@@ -636,6 +767,11 @@ CASES = [
         ],
         ("experiments.yaml", "not valid YAML"),
     ),
+    Case(
+        "summary_params_not_utf8",
+        lambda w, t: ["summary", "--split", "shallow", "--params-dir", _experiments_file(t, b"defaults: \xff\n")],
+        ("experiments.yaml", "not UTF-8"),
+    ),
     # ---------------------------------------------------------------- tables, figures, track
     Case(
         "tables_unknown_scale",
@@ -646,6 +782,31 @@ CASES = [
         "tables_missing_results",
         lambda w, t: ["tables", "--scale", "tiny", "--params-dir", w.params, "--results", w.root / "no_results"],
         ("--results", "no_results"),
+    ),
+    Case(
+        "tables_no_finished_runs",
+        lambda w, t: ["tables", "--scale", "tiny", "--params-dir", w.params, "--results", w.root],
+        ("--results", "have no tiny/runs/<row>/seed_<seed>/evaluate/metrics.json", "baseline (seed 0)", "--partial"),
+    ),
+    Case(
+        "tables_results_symlink_loop",
+        lambda w, t: ["tables", "--scale", "tiny", "--params-dir", w.params, "--results", symlink_loop("res")(w, t)],
+        ("--results", "/res:", "symlink loop"),
+    ),
+    Case(
+        "track_summary_out_symlink_loop",  # written through os.replace, it would replace the link
+        lambda w, t: [
+            "track",
+            "--scale",
+            "tiny",
+            "--params-dir",
+            w.params,
+            "--results",
+            w.root,
+            "--summary-out",
+            symlink_loop("summary.json")(w, t),
+        ],
+        ("--summary-out", "summary.json:", "symlink loop"),
     ),
     Case(
         "figures_missing_results",
@@ -691,8 +852,8 @@ def _unsafe_checkpoint(tmp: Path) -> Path:
     return out
 
 
-def _experiments_file(tmp: Path, text: str) -> Path:
-    (tmp / "experiments.yaml").write_text(text)
+def _experiments_file(tmp: Path, text: str | bytes) -> Path:
+    (tmp / "experiments.yaml").write_bytes(text.encode() if isinstance(text, str) else text)
     shutil.copy(REPO / "params" / "scales.yaml", tmp / "scales.yaml")
     return tmp
 
@@ -741,10 +902,10 @@ def test_bad_input_is_one_line_and_touches_nothing(
     assert not list(tmp_path.rglob("*.ran")), "an unsafe pickle was unpickled"
 
 
-def _run_cli(*args: object) -> subprocess.CompletedProcess[str]:
+def _run_cli(*args: object, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     return subprocess.run(
-        [sys.executable, "-m", "splitnet", *map(str, args)], capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, "-m", "splitnet", *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout
     )
 
 
@@ -818,3 +979,118 @@ def test_unwritable_out_is_refused(world: World, tmp_path: Path, capsys: pytest.
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"--out {locked / 'train'}" in err and "not writable" in err
     assert list(locked.iterdir()) == []
+
+
+def test_alias_bomb_is_refused_in_under_two_seconds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    params = _experiments_file(tmp_path, ALIAS_BOMB)
+    argv = ["summary", "--split", "shallow", "--params-dir", str(params)]
+    try:  # in a process first: a loader that expands the bomb never returns
+        done = _run_cli(*argv, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("an alias bomb in experiments.yaml was expanded instead of refused")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    start = time.perf_counter()
+    assert main(argv) == 2
+    assert time.perf_counter() - start < 2.0
+    err = capsys.readouterr().err
+    assert "experiments.yaml: defaults.train.schedule.milestones" in err and "aliases expand" in err, err
+
+
+# ---------------------------------------------------------------- the OS refuses a write
+
+
+@contextmanager
+def _tmpfs(where: Path, options: str) -> Iterator[Path]:
+    """A small tmpfs mounted at ``where``: a real full disk or read-only file system (needs root)."""
+    where.mkdir()
+    mount = shutil.which("mount")
+    done = (
+        subprocess.run([mount, "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
+        if mount
+        else None
+    )
+    if done is None or done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root and mount)")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+def _one_error_line(err: str, command: str) -> None:
+    assert err.startswith(f"splitnet {command}: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_full_disk_names_the_file_and_leaves_no_partial_file(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = _snapshot(world.root)
+    with _tmpfs(tmp_path / "disk", "size=64k") as disk:
+        argv = stage("train", "baseline", out=disk / "train")(world, tmp_path)
+        assert main([str(a) for a in argv]) == 2
+        err = capsys.readouterr().err
+        _one_error_line(err, "train")
+        # torch.save reported this as "RuntimeError: [enforce fail at inline_container.cc] unexpected pos"
+        assert f"{disk / 'train'}/" in err and "no space left on device" in err and "--out" in err, err
+        assert not list(disk.rglob("*.tmp")), "a partial file was left behind"
+    assert _snapshot(world.root) == before
+
+
+def test_full_disk_keeps_the_finished_file(tmp_path: Path) -> None:
+    with _tmpfs(tmp_path / "disk", "size=64k") as disk:
+        target = disk / "model.pt"
+        atomic_torch_save({"done": torch.zeros(4)}, target)
+        finished = target.read_bytes()
+        for write in (
+            lambda: atomic_torch_save({"w": torch.zeros(100_000)}, target),
+            lambda: atomic_write_bytes(target, bytes(100_000)),
+        ):
+            with pytest.raises(OSError) as raised:
+                write()
+            assert raised.value.errno == errno.ENOSPC and raised.value.filename == str(target)
+            assert target.read_bytes() == finished and [p.name for p in disk.iterdir()] == ["model.pt"]
+
+
+def test_read_only_file_system_is_named(world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with _tmpfs(tmp_path / "ro", "ro,size=64k") as ro:
+        argv = stage("train", "baseline", out=ro / "train")(world, tmp_path)
+        assert main([str(a) for a in argv]) == 2
+        err = capsys.readouterr().err
+        _one_error_line(err, "train")
+        assert f"--out {ro / 'train'}" in err and "is not writable: read-only file system" in err, err
+        argv = ["tables", "--scale", "tiny", "--params-dir", world.params, "--results", ro, "--partial"]
+        assert main([str(a) for a in argv]) == 2  # refused before the tables are computed
+        err = capsys.readouterr().err
+        _one_error_line(err, "tables")
+        assert f"--results {ro / 'tiny'}" in err and "read-only file system" in err, err
+        # a write that the OS refuses (the file system turned read-only after the checks)
+        with pytest.raises(OSError) as raised:
+            atomic_write_bytes(ro / "tiny" / "table1.md", b"x")
+        assert raised.value.errno == errno.EROFS and raised.value.filename == str(ro / "tiny" / "table1.md")
+        assert os_error_text(raised.value, "--results") == (
+            "read-only file system; choose another --results on a writable file system"
+        )
+
+
+def test_file_size_limit_is_named(world: World, tmp_path: Path) -> None:
+    """A real EFBIG without root: ``ulimit -f`` on the process (SIGXFSZ ignored, so write fails)."""
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    argv = stage("train", "baseline", out=tmp_path / "train")(world, tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    done = subprocess.run(
+        [sys.executable, "-m", "splitnet", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        preexec_fn=limit_file_size,
+    )
+    assert done.returncode == 2, done.stderr
+    err = done.stderr.splitlines()[-1]  # training prints progress first
+    assert "Traceback" not in done.stderr and err.startswith("splitnet train: error: "), done.stderr
+    assert f"{tmp_path / 'train'}/" in err and "file too large" in err, err
+    assert not list((tmp_path / "train").rglob("*.tmp"))

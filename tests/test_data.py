@@ -451,6 +451,15 @@ def test_fashion_missing_directory_names_path(tmp_path: Path) -> None:
         prepare_data({"source": "fashion_mnist", "root": str(missing)}, tmp_path / "out")
 
 
+def test_fashion_root_that_is_no_directory_says_why(tmp_path: Path) -> None:
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(DataError, match=f"{tmp_path / 'a_file'} is a file, not a directory"):
+        prepare_data({"source": "fashion_mnist", "root": str(tmp_path / "a_file")}, tmp_path / "out")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")  # not "does not exist": it does, and loops
+    with pytest.raises(DataError, match=f"{tmp_path / 'loop'}: symlink loop"):
+        prepare_data({"source": "fashion_mnist", "root": str(tmp_path / "loop")}, tmp_path / "out")
+
+
 def test_resize_area_averages_blocks() -> None:
     images = torch.tensor([[0, 2, 4, 6], [2, 4, 6, 9]] * 2, dtype=torch.uint8).reshape(1, 1, 4, 4)
     assert resize_area(images, 2).tolist() == [[[[2, 6], [2, 6]]]]  # 6.25 rounds to 6

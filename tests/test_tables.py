@@ -3,8 +3,11 @@ import json
 import yaml
 
 from splitnet.arch_check import arch_check_rows
+from splitnet.cli import build_parser, main
 from splitnet.config import load_registry
+from splitnet.outputs import ScaleOutputs, table_runs
 from splitnet.tables import build_rows, render_csv, render_latex, render_markdown, write_tables
+from splitnet.validate import check_results_command
 
 
 def _metrics(params, flops, error):
@@ -115,3 +118,27 @@ def test_only_the_paper_setting_is_compared_with_the_paper():
 
     registry = load_registry("params")
     assert {s for s in registry["scales"] if compares_to_paper(registry, s)} == {"paper", "paper_fp32"}
+
+
+def test_tables_command_refuses_missing_runs_unless_partial(tmp_path, capsys):
+    registry = load_registry("params")
+    runs = table_runs(registry, "smoke")
+    out = ScaleOutputs(tmp_path, "smoke")
+    for exp, seed in runs[1:]:  # every run the tables read but the first
+        path = out.run_dir(exp, seed, "evaluate") / "metrics.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(_metrics(7_435_364, 2_642_416_840, 24.5)))
+    argv = ["tables", "--scale", "smoke", "--results", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    first, seed = runs[0]
+    assert err.count("\n") == 1 and f"1 of the {len(runs)} runs" in err and f"{first} (seed {seed})" in err, err
+    assert "--partial" in err and not out.tables.exists()  # refused before anything is written
+    assert main([*argv, "--partial"]) == 0
+    assert "missing" in (out.tables / "table1.md").read_text()
+    # with every run finished (the Snakemake rule's inputs), the check passes without the flag
+    # (checked alone: rendering, ~20 s of architecture check, was shown above)
+    path = out.run_dir(first, seed, "evaluate") / "metrics.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(_metrics(7_435_364, 2_642_416_840, 24.5)))
+    check_results_command(build_parser().parse_args(argv))

@@ -6,9 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .config import SPLIT_METHODS
+from .config import SPLIT_METHODS, read_yaml
 from .io import atomic_write_text
 from .model import wide_resnet
 from .spec import SplitSpec
@@ -103,7 +101,7 @@ def render(rows: list[dict]) -> tuple[str, str]:
 
 
 def write_arch_check(registry: dict, paper_file: Path, out_dir: Path) -> list[dict]:
-    rows = arch_check_rows(registry, yaml.safe_load(Path(paper_file).read_text()))
+    rows = arch_check_rows(registry, read_yaml(Path(paper_file)))
     md, csv = render(rows)
     atomic_write_text(Path(out_dir) / "arch_check.md", md)
     atomic_write_text(Path(out_dir) / "arch_check.csv", csv)

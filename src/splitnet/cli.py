@@ -10,11 +10,13 @@ from typing import NoReturn
 
 from .config import EXPERIMENTS_FILE, SPLIT_METHODS, STAGES, TRAINING_STAGES, command_name, load_registry
 from .data.errors import DataError
+from .io import os_error_text
 from .reports import cmd_figures, cmd_study, cmd_tables, cmd_track
 from .spec import SpecError, SplitSpec
 
 EXIT_BAD_INPUT = 2
 EXIT_UNEXPECTED = 1
+RESULTS_COMMANDS = ("tables", "figures", "track", "study")  # they read and write under --results
 
 
 def resolve_split(text: str, params_dir: Path) -> SplitSpec:
@@ -201,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", default="cpu")
     p.add_argument("--params-dir", default="params")
     p.add_argument("--results", default="results")
+    p.add_argument(
+        "--partial",
+        action="store_true",
+        help="render even though some rows or seeds have not finished (their cells stay empty); "
+        "without it, missing runs are an error",
+    )
     p.set_defaults(func=cmd_tables)
 
     p = sub.add_parser("figures", help="Fig. 1/2 analogues (assignment dynamics, block structure) as PNG + PDF")
@@ -249,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return EXIT_BAD_INPUT
     try:
-        if args.command in ("tables", "figures", "track", "study"):
+        if args.command in RESULTS_COMMANDS:
             from .validate import check_results_command
 
             check_results_command(args)
@@ -263,9 +271,10 @@ def main(argv: list[str] | None = None) -> int:
         # missing, unreadable and unwritable files; an empty group is a grouping that cannot be cut.
         if isinstance(err, (ValueError, OSError, DataError, EmptyGroupError)):
             message = _one_line(err)
-            if isinstance(err, OSError) and err.filename is not None and err.strerror:
-                # "[Errno 13] Permission denied: 'x'" says what failed but not what to do
-                message = f"{err.filename}: {err.strerror.lower()}; check the path and its permissions"
+            if isinstance(err, OSError) and err.filename is not None and err.errno is not None:
+                # "[Errno 28] No space left on device: 'x'" says what failed but not what to do
+                out = "--results" if args.command in RESULTS_COMMANDS else "--out"
+                message = f"{err.filename}: {os_error_text(err, out)}"
             if isinstance(err, DataError) and args.command == "prepare-data" and message.startswith("data."):
                 # the data layer names its keys "data.<key>": say which params file and scale hold them
                 message = f"{Path(args.params_dir) / 'scales.yaml'}: scales.{args.scale}.{message}"

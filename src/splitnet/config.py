@@ -37,17 +37,84 @@ class ConfigError(ValueError):
     """A params file that cannot be used; the message names the file and key."""
 
 
-def _read_yaml(path: Path) -> dict:
+# The params files hold ~500 values each; aliases (`<<: *paper`) may repeat a few of them, but
+# never this many: more is an alias bomb, refused before anything walks (or copies) the values.
+MAX_YAML_VALUES = 100_000
+
+
+def read_yaml(path: Path) -> dict:
+    """A params YAML file as a mapping; one :class:`ConfigError` naming the file for anything else.
+
+    Like ``yaml.safe_load``, but aliases that contain themselves, or expand to more than
+    :data:`MAX_YAML_VALUES` values, are refused from the node graph, before a value is built.
+    """
     if not path.is_file():
-        raise ConfigError(f"{path} not found (expected the experiment registry in the params directory)")
-    with path.open() as fh:
-        try:
-            data = yaml.safe_load(fh)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{path} not found (expected in the params directory)")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None:
+            _check_aliases(path, node)
+        data = None if node is None else loader.construct_document(node)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    except RecursionError:  # the parser recurses once per nesting level
+        raise ConfigError(f"{path}: nested too deeply to read; write it with fewer nesting levels") from None
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data
+
+
+def _check_aliases(path: Path, root: yaml.Node) -> None:
+    """Refuse a node graph that refers to itself or expands beyond :data:`MAX_YAML_VALUES`.
+
+    Walked without recursion (an alias chain may be deeper than Python's stack); each node's
+    expanded size is counted once, so a billion-laughs file costs as much as its text.
+    """
+    size: dict[int, int] = {}  # id(node) -> values it expands to, once its children are counted
+    open_nodes: set[int] = set()  # the nodes on the path from the root: reaching one again is a cycle
+    stack: list[tuple[yaml.Node, str, int, bool]] = [(root, "(top level)", root.start_mark.line + 1, False)]
+    while stack:
+        node, key, line, children_done = stack.pop()
+        children = _child_nodes(node, key, line)
+        if children_done:
+            open_nodes.discard(id(node))
+            size[id(node)] = 1 + sum(size[id(child)] for child, *_ in children)
+            if size[id(node)] > MAX_YAML_VALUES:
+                raise ConfigError(
+                    f"{path}: {key} (line {node.start_mark.line + 1}): its aliases expand to more than "
+                    f"{MAX_YAML_VALUES:,} values, far beyond what params need; write the values out instead "
+                    "of nesting aliases"
+                )
+        elif id(node) in open_nodes:
+            raise ConfigError(
+                f"{path}: {key} (line {line}): an alias refers to a value that contains it, which never ends; "
+                "replace the alias by the values it stands for"
+            )
+        elif id(node) not in size:
+            open_nodes.add(id(node))
+            stack.append((node, key, line, True))
+            stack.extend((child, *where, False) for child, *where in reversed(children))  # first child first
+
+
+def _child_nodes(node: yaml.Node, key: str, line: int) -> list[tuple[yaml.Node, str, int]]:
+    """A node's children with their dotted key and line (a mapping value: its key's line)."""
+    prefix = "" if key == "(top level)" else f"{key}."
+    if isinstance(node, yaml.SequenceNode):
+        return [(item, f"{key}[{i}]", line) for i, item in enumerate(node.value)]
+    if isinstance(node, yaml.MappingNode):
+        pairs = []
+        for k, v in node.value:
+            name = k.value if isinstance(k, yaml.ScalarNode) else "(key)"
+            pairs += [(k, f"{prefix}{name}", k.start_mark.line + 1), (v, f"{prefix}{name}", k.start_mark.line + 1)]
+        return pairs
+    return []
 
 
 def _schema() -> dict:
@@ -60,8 +127,8 @@ def load_registry(params_dir: str | Path = "params") -> dict:
     params_dir = Path(params_dir)
     schema = _schema()
     files = {
-        EXPERIMENTS_FILE: _read_yaml(params_dir / EXPERIMENTS_FILE),
-        SCALES_FILE: _read_yaml(params_dir / SCALES_FILE),
+        EXPERIMENTS_FILE: read_yaml(params_dir / EXPERIMENTS_FILE),
+        SCALES_FILE: read_yaml(params_dir / SCALES_FILE),
     }
     top_level = {
         SCALES_FILE: SCALES_FILE_KEYS,
@@ -115,6 +182,11 @@ def _schema_hint(err: jsonschema.ValidationError) -> str:
         except ValueError:
             return ""
         return "; YAML reads a number without a decimal point and with an exponent (1e-3) as text: write 1.0e-3"
+    if err.validator == "pattern" and "propertyNames" in err.relative_schema_path:
+        return (
+            "; a name is letters, digits, _ and - (starting with a letter or digit): it names folders and files, "
+            "so `.`, `..` and path separators are refused; rename it"
+        )
     if err.validator == "required":  # defaults and scales hold every key once (no default in the code)
         return "; add it (the repository's params/ files show every key with its value)"
     return ""

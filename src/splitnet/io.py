@@ -9,6 +9,7 @@ and the temporary file is removed on failure.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -17,23 +18,106 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 _CHUNK = 1 << 20  # 1 MiB: large enough for throughput, small enough for memory
 
 
+# errno -> (what happened, what to do), for a failed read or write of a named path. Causes that
+# only writing meets (a full disk, a read-only file system) say to write elsewhere: ``{out}``
+# is the command's output flag (cli.main fills it in).
+OS_ERROR_CAUSES: dict[int, tuple[str, str]] = {
+    errno.ENOSPC: ("no space left on device", "free space there or choose another {out}"),
+    errno.EDQUOT: ("disk quota exceeded", "free space there or choose another {out}"),
+    errno.EFBIG: ("file too large (a file-size limit: the file system's or `ulimit -f`)", "choose another {out}"),
+    errno.EROFS: ("read-only file system", "choose another {out} on a writable file system"),
+    errno.EACCES: ("permission denied", "fix its permissions or use another path"),
+    errno.EPERM: ("operation not permitted", "fix its permissions or use another path"),
+    errno.ELOOP: ("symlink loop (too many levels of symbolic links)", "fix or remove the link"),
+    errno.ENOTDIR: ("not a directory (a part of the path is a file)", "fix the path"),
+    errno.ENOENT: ("no such file or directory", "check the path"),
+    errno.EISDIR: ("is a directory", "pass a file path"),
+    errno.ENAMETOOLONG: ("file name too long", "use a shorter path"),
+}
+
+
+def os_error_text(err: OSError, out: str = "output path") -> str:
+    """``<cause>; <what to do>`` for ``err`` (its errno), without the path."""
+    cause, todo = OS_ERROR_CAUSES.get(err.errno or 0, ((err.strerror or str(err)).lower(), "check the path"))
+    return f"{cause}; {todo.format(out=out)}"
+
+
+def path_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be looked up, with what to do; None when it exists or is plainly missing
+    (the caller knows what a missing input needs). A symlink loop, a file where a directory should
+    be, a dangling symlink or a denied permission is not "missing" and must not be told so."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return f"a symlink to {os.readlink(path)}, which does not exist; fix or remove the link"
+        return None
+    except NotADirectoryError as err:
+        for parent in reversed(path.parents):  # from the root down: the first file on the way
+            if parent.exists() and not parent.is_dir():
+                return f"{parent} is a file, not a directory; fix the path"
+        return os_error_text(err)
+    except OSError as err:
+        return os_error_text(err)
+    return None
+
+
+def _naming(err: OSError, target: Path) -> OSError:
+    """``err`` (errno and message kept) naming ``target``: the file the caller asked to write,
+    not a temporary file or a directory on the way."""
+    return type(err)(err.errno, err.strerror or str(err), str(target))
+
+
+class _KeepOSError:
+    """A file's ``write``/``flush`` that keeps the OSError they raise: torch.save reports a failed
+    write as a RuntimeError without errno (``[enforce fail at inline_container.cc] unexpected pos``)."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.handle.flush()
+        except OSError as err:
+            self.error = err
+            raise
+
+
 @contextmanager
 def _atomic_file(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
-    """Yield a binary temp file that replaces ``path`` only if the ``with`` body succeeds."""
+    """Yield a binary temp file that replaces ``path`` only if the ``with`` body succeeds.
+
+    An OSError (full disk, read-only file system, ...) is raised naming ``path``; the temporary
+    file is removed whatever failed.
+    """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as err:
+        raise _naming(err, target) from err
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
+    except OSError as err:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise _naming(err, target) from err
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
@@ -94,7 +178,13 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
     import torch  # imported here so tracking/IO users do not pay torch's import time
 
     with _atomic_file(path) as handle:
-        torch.save(obj, handle)
+        writer = _KeepOSError(handle)
+        try:
+            torch.save(obj, cast(IO[bytes], writer))  # torch.save calls only write and flush
+        except RuntimeError as err:
+            if writer.error is None:  # not a failed write: torch's own error
+                raise
+            raise writer.error from err
 
 
 REWRITE = "delete it and rerun the stage that makes it"

@@ -59,3 +59,12 @@ def run_dir(runs: Path, experiment: str, seed: int | str, stage: str) -> Path:
 def figure_rows(registry: dict) -> list[str]:
     """The experiments whose grouping runs the figures read."""
     return sorted({exp for runs in registry["figures"].values() for exp in runs.values()})
+
+
+def table_runs(registry: dict, scale: str) -> list[tuple[str, int]]:
+    """(row, seed) of every evaluate run ``splitnet tables`` reads: the rows of the tables and
+    figures (the claims compare them all), every seed of the scale."""
+    rows = {row["experiment"] for table in registry["tables"].values() for row in table["rows"]}
+    return [
+        (exp, seed) for exp in sorted(rows | set(figure_rows(registry))) for seed in registry["scales"][scale]["seeds"]
+    ]

@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import yaml
-
 
 def cmd_track(args: argparse.Namespace) -> int:
     """Import the scale's run records into MLflow (one store for every scale)."""
@@ -64,7 +62,7 @@ def cmd_track(args: argparse.Namespace) -> int:
 def cmd_tables(args: argparse.Namespace) -> int:
     from .arch_check import write_arch_check
     from .claims import write_claims
-    from .config import load_registry
+    from .config import load_registry, read_yaml
     from .outputs import ScaleOutputs
     from .tables import dataset_text, write_tables
 
@@ -74,7 +72,7 @@ def cmd_tables(args: argparse.Namespace) -> int:
     write_tables(registry, paper, out.runs, out.tables, out.summary, args.scale)
     write_claims(
         registry,
-        yaml.safe_load(paper.read_text()),
+        read_yaml(paper),
         out.runs,
         out.tables,
         args.scale,

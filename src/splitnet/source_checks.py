@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import artifacts
 from .config import SPLIT_METHODS
+from .io import path_problem
 from .records import check_recorded
 
 
@@ -44,6 +45,9 @@ def load_source(path: Path, flag: str, rule: SourceRule, context: str) -> dict:
     """The artifact at ``path`` after checking its bytes against the run record beside it
     (``records.check_recorded``: a user's own file without one is taken as it is), its kind and
     that its weights load."""
+    problem = path_problem(path)
+    if problem is not None:  # a symlink loop or a file on the way is not "not found"
+        raise InputError(f"{flag} {path}: {problem}")
     try:
         if path.is_file():  # anything else: load_artifact says what is wrong
             check_recorded(path)

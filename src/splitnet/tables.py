@@ -19,8 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
+from .config import read_yaml
 from .convergence import CONVERGED
 from .io import atomic_write_json, atomic_write_text
 from .latex import TEX_PACKAGES, tex_cell, tex_text
@@ -345,7 +344,7 @@ def write_tables(
     registry: dict, paper_file: Path, runs_dir: Path, out_dir: Path, metrics_file: Path, scale: str
 ) -> None:
     """Write table1/table2 .md/.tex/.csv, class_groups.md and the DVC metrics summary."""
-    paper = yaml.safe_load(Path(paper_file).read_text())
+    paper = read_yaml(Path(paper_file))
     dataset, arch = dataset_text(registry, scale), registry["scales"][scale]["model"]["arch"].upper()
     summary: dict[str, dict] = {}
     group_rows: dict[str, dict] = {}

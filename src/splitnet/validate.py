@@ -42,8 +42,9 @@ from .config import (
 )
 from .data import DataError, parse_config, read_manifest
 from .data.prepare import MANIFEST
-from .io import sha256_file
+from .io import path_problem, sha256_file
 from .model import WRNPlan, parse_arch, wrn_plan
+from .outputs import ScaleOutputs, table_runs
 from .source_checks import SOURCE_RULES, InputError, SourceRule, check_source_matches, load_source
 from .spec import SplitSpec
 from .topology import build_topology, stage_in, stage_out
@@ -67,33 +68,41 @@ def check_names(registry: dict, params_dir: Path, experiment: str, scale: str) -
         )
 
 
+def _exists(path: Path, flag: str) -> bool:
+    """Whether ``path`` exists; a symlink loop, a file on the way, a dangling symlink or a denied
+    permission is an error that says so (``Path.exists`` reads them all as missing)."""
+    problem = path_problem(path)
+    if problem is not None:
+        raise InputError(f"{flag} {path}: {problem}")
+    return path.exists()
+
+
 def check_writable_dir(path: Path, flag: str) -> None:
     """``path`` is a writable directory, or can be created as one."""
-    if path.exists() and not path.is_dir():
+    if _exists(path, flag) and not path.is_dir():
         raise InputError(f"{flag} {path} is a file, not a directory; pass a directory path (it is created if missing)")
     existing = path
-    while not existing.exists():  # the nearest ancestor that exists decides whether mkdir can work
+    while not _exists(existing, flag):  # the nearest ancestor that exists decides whether mkdir can work
         existing = existing.parent
-    if not existing.is_dir():
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
         raise InputError(
-            f"{flag} {path}: {existing} is a file, so no directory can be created under it; pass another path"
+            f"{flag} {path}: {existing} is not writable: read-only file system; pass a directory on a writable one"
         )
-    if not os.access(existing, os.W_OK | os.X_OK) or os.statvfs(existing).f_flag & os.ST_RDONLY:
+    if not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(
-            f"{flag} {path}: {existing} is not writable (permissions or a read-only file system); "
-            "pass a directory you can write to"
+            f"{flag} {path}: {existing} is not writable: permission denied; pass a directory you can write to"
         )
 
 
 def check_writable_file(path: Path, flag: str) -> None:
     """``path`` can be written as a file (its directory is created if missing)."""
-    if path.is_dir():
+    if _exists(path, flag) and path.is_dir():
         raise InputError(f"{flag} {path} is a directory; pass a file path")
     check_writable_dir(path.parent, f"{flag} {path}:")
 
 
 def check_input_dir(path: Path, flag: str, what_to_do: str) -> None:
-    if not path.exists():
+    if not _exists(path, flag):
         raise InputError(f"{flag} {path} does not exist; {what_to_do}")
     if not path.is_dir():
         raise InputError(f"{flag} {path} is a file, not a directory; {what_to_do}")
@@ -310,7 +319,8 @@ def _check_data_settings(data_cfg: dict, where: str) -> None:
         raise InputError(
             f"{where.rsplit('.data', 1)[0]}.{message}" if message.startswith("data") else f"{where}: {message}"
         ) from None
-    if not settings.download and settings.source != "planted" and not settings.root.exists():  # planted: written here
+    # the root of planted data is written here, that of downloaded data may be created
+    if not settings.download and settings.source != "planted" and not _exists(settings.root, f"{where}.root:"):
         raise InputError(
             f"{where}.root: {settings.root} does not exist; point it at the raw {settings.source} "
             "files, or set download: true"
@@ -334,7 +344,9 @@ def check_summary(args: argparse.Namespace) -> None:
 
 
 def check_results_command(args: argparse.Namespace) -> None:
-    """``tables``, ``figures``, ``track``: the results directory exists; the scale is known."""
+    """``tables``, ``figures``, ``study``, ``track``: the results directory exists and (but for
+    ``track``, whose MLflow store may be elsewhere) can be written; the scale is known; ``tables``:
+    every run it reads has finished, unless ``--partial``."""
     results = Path(args.results)
     check_input_dir(results, "--results", "run the pipeline first (snakemake) or pass the results directory")
     params_dir = getattr(args, "params_dir", None)
@@ -345,6 +357,28 @@ def check_results_command(args: argparse.Namespace) -> None:
                 f"--scale {args.scale!r} is not a scale of {Path(params_dir) / SCALES_FILE}; "
                 f"pick one of: {', '.join(registry['scales'])}"
             )
+        if args.command == "tables" and not args.partial:
+            _check_runs_finished(registry, results, args.scale)
+        if args.command in ("tables", "figures", "study"):  # they write under <results>/<scale>/
+            check_writable_dir(ScaleOutputs(results, args.scale).root, "--results")
     summary_out = getattr(args, "summary_out", None)
     if summary_out:
         check_writable_file(Path(summary_out), "--summary-out")
+
+
+def _check_runs_finished(registry: dict, results: Path, scale: str) -> None:
+    """Every evaluate run the tables read has its metrics: tables of empty rows look like results."""
+    out = ScaleOutputs(results, scale)
+    runs = table_runs(registry, scale)
+    missing: dict[str, list[str]] = {}
+    for exp, seed in runs:
+        if not (out.run_dir(exp, seed, "evaluate") / "metrics.json").is_file():
+            missing.setdefault(exp, []).append(str(seed))
+    if missing:
+        count = sum(len(seeds) for seeds in missing.values())
+        rows = "; ".join(f"{exp} (seed {', '.join(seeds)})" for exp, seeds in missing.items())
+        raise InputError(
+            f"--results {results}: {count} of the {len(runs)} runs the tables read have no "
+            f"{out.run_dir('<row>', '<seed>', 'evaluate').relative_to(results)}/metrics.json: {rows}; "
+            "finish them (snakemake), or pass --partial to render tables with their cells empty"
+        )

@@ -12,7 +12,7 @@ from snakemake.utils import validate
 from splitnet.config import (METHOD_STAGES, REPORTS, SPLIT_METHODS, STAGES, ConfigError, experiment_names, load_registry,
                              method_of, needs_baseline, resolve, stage_config)
 from splitnet.fingerprint import code_digest, stage_code_digest
-from splitnet.outputs import ScaleOutputs, figure_rows
+from splitnet.outputs import ScaleOutputs, figure_rows, table_runs
 from splitnet.study import evaluate_files as study_inputs
 
 validate(config, "../schemas/config.schema.yaml")
@@ -38,9 +38,7 @@ PYTHON = sys.executable  # the interpreter running Snakemake (venv-safe)
 STAGE_CODE = {stage: stage_code_digest(stage) for stage in STAGES}
 REPORT_CODE = {name: code_digest([entry], exclude=()) for name, entry in REPORTS.items()}
 
-TABLE_ROWS = sorted({row["experiment"] for t in REGISTRY["tables"].values() for row in t["rows"]})
 FIGURE_ROWS = figure_rows(REGISTRY)
-EXPERIMENTS = sorted(set(TABLE_ROWS) | set(FIGURE_ROWS))
 
 
 def cfg(exp, seed=None, scale=SCALE):

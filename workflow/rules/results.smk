@@ -17,8 +17,8 @@ HAS_STUDY = REGISTRY["grouping_study"]["scale"] == SCALE  # the study belongs to
 
 rule tables:
     input:
-        # every row of the grid (tables and figures), every seed: the claims compare them all
-        metrics=[run_dir(exp, seed, "evaluate", SCALE) + "/metrics.json" for exp in EXPERIMENTS for seed in SEEDS],
+        # every row of the grid (tables and figures), every seed: what `splitnet tables` checks for
+        metrics=[run_dir(exp, seed, "evaluate", SCALE) + "/metrics.json" for exp, seed in table_runs(REGISTRY, SCALE)],
         paper=f"{PARAMS}/paper_results.yaml",
     output:
         [report(f, caption="../report/tables.rst", category="Tables") if f.endswith(".md") else f for f in TABLE_FILES],

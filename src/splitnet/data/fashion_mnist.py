@@ -31,6 +31,7 @@ import torch
 
 from splitnet.data.errors import DataError
 from splitnet.data.source import ImageSet, SourceData
+from splitnet.io import path_problem
 
 DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")
 FILES: dict[str, tuple[str, str]] = {  # split -> (images, labels)
@@ -64,8 +65,11 @@ def locate_fashion_mnist(root: Path, download: bool = False) -> Path:
     if root.is_dir():
         missing = [name for name in _all_files() if not (root / name).is_file()]
         problem = f"{root} lacks {', '.join(missing)}"
-    else:
-        problem = f"directory {root} does not exist"
+    elif root.exists():
+        problem = f"{root} is a file, not a directory"
+    else:  # a symlink loop or a file on the way is not "does not exist"
+        unreachable = path_problem(root)
+        problem = f"{root}: {unreachable}" if unreachable else f"directory {root} does not exist"
     raise DataError(
         f"Fashion-MNIST not found: {problem}; install it with "
         f"`apt-get install dataset-fashion-mnist` (files go to {DEFAULT_ROOT}/), set data.root to a "
