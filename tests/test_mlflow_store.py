@@ -212,6 +212,8 @@ def test_import_survives_kill_9_at_any_moment(tmp_path: Path) -> None:
     with sqlite3.connect(db) as con:
         assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         assert con.execute("SELECT name FROM sqlite_master WHERE name LIKE '_alembic_tmp%'").fetchall() == []
+        # Runs the kills interrupted were ended before going to the bin: none shows as running.
+        assert con.execute("SELECT run_uuid FROM runs WHERE status = 'RUNNING'").fetchall() == []
     client = MlflowClient(uri)
     for table, table_rows in KILL_TABLES.items():
         experiment = client.get_experiment_by_name(f"splitnet/{SCALE}/{table}")

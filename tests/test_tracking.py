@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import os
+import shutil
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+import traceback
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -508,6 +516,173 @@ def test_track_command_reads_the_scale_layout_and_writes_a_portable_summary(
     err = capsys.readouterr().err
     assert err.startswith("splitnet track: error: tracking store nosuchscheme://x")
     assert len(err.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- kill at the N-th write
+
+
+def on_store_writes(patch: Callable[[Any, str, Any], None], before: Callable[[], None]) -> None:
+    """Call ``before()`` ahead of every write to the tracking store or its artifact repository;
+    the writes themselves stay the real ones."""
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    writes = {
+        SqlAlchemyStore: (
+            "create_experiment",
+            "restore_experiment",
+            "create_run",
+            "update_run_info",
+            "log_batch",
+            "set_tag",
+            "delete_run",
+        ),
+        LocalArtifactRepository: ("log_artifact", "log_artifacts"),
+    }
+
+    def preceded(method: Callable[..., Any]) -> Callable[..., Any]:
+        def write(*args: Any, **kwargs: Any) -> Any:
+            before()
+            return method(*args, **kwargs)
+
+        return write
+
+    for cls, names in writes.items():
+        for name in names:
+            patch(cls, name, preceded(getattr(cls, name)))
+
+
+def import_in_child(uri: str, job: dict[str, Any], kill_before: int | None = None) -> int:
+    """``import_runs(uri, **job)`` in a forked process; its exit status. With ``kill_before`` it
+    dies just before that write, the way ``kill -9`` kills (``os._exit``: no cleanup at all)."""
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            if kill_before is not None:
+                count = itertools.count(1)
+
+                def maybe_die() -> None:
+                    if next(count) == kill_before:
+                        os._exit(137)
+
+                on_store_writes(setattr, maybe_die)
+            import_runs(uri, **job)
+            status = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(status)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def store_snapshot(uri: str) -> tuple[dict[tuple, dict[str, Any]], Counter[tuple]]:
+    """The active runs by identity, with everything they hold but their ids, and the runs in the
+    bin as (identity, status, marked complete); fails on an identity active twice."""
+    from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+
+    client = MlflowClient(uri)
+    active: dict[tuple, dict[str, Any]] = {}
+    binned: Counter[tuple] = Counter()
+    for experiment in client.search_experiments():
+        runs = client.search_runs([experiment.experiment_id], run_view_type=ViewType.ALL, max_results=1000)
+        row_of = {run.info.run_id: run.data.tags.get("splitnet.row") for run in runs}
+        for run in runs:
+            tags = run.data.tags
+            kind = tags["splitnet.kind"]
+            identity = (experiment.name, kind, tags.get("splitnet.row"), tags.get("splitnet.stage"), run.info.run_name)
+            if run.info.lifecycle_stage == "deleted":
+                binned[(identity, run.info.status, "splitnet.record_sha256" in tags)] += 1
+                continue
+            assert identity not in active, f"{identity} is in the store twice"
+            parent = tags.get("mlflow.parentRunId")
+            active[identity] = {
+                "status": run.info.status,
+                "times": None if kind == "files" else (run.info.start_time, run.info.end_time),  # files: import time
+                "params": run.data.params,
+                "tags": {key: value for key, value in tags.items() if key != "mlflow.parentRunId"},
+                "parent": None if parent is None else (row_of[parent], client.get_run(parent).info.lifecycle_stage),
+                "history": {
+                    key: sorted((m.step, m.timestamp, m.value) for m in client.get_metric_history(run.info.run_id, key))
+                    for key in run.data.metrics
+                },
+                "artifacts": sorted(artifact.path for artifact in client.list_artifacts(run.info.run_id)),
+            }
+    return active, binned
+
+
+def kill_points(writes: int) -> list[int]:
+    """Kill before the first write, every few writes, before the last, and after all of them."""
+    return sorted({1, *range(2, writes, max(1, writes // 10)), writes, writes + 1})
+
+
+@pytest.mark.parametrize("update", [False, True], ids=["fresh", "update"])
+def test_an_import_killed_at_the_nth_write_is_completed_exactly_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, update: bool
+) -> None:
+    """Kill the import before its N-th write, for N spread over all of it, then import again:
+    the store holds what a clean import makes (each run once, the same params, metrics and
+    artifacts) and at most the one run the kill interrupted, in the bin, ended and unmarked.
+    ``update``: the store already holds an earlier import, whose changed runs are replaced."""
+    assert threading.active_count() == 1  # a fork copies only this thread: no lock is held elsewhere
+    old, new = tmp_path / "old", tmp_path / "new"
+    for row in ("fc", "deep"):
+        for stage in STAGES:
+            record_run(old / row / stage, row, stage, config=ROW_CONFIG)
+    record_run(new / "deep" / "evaluate", "deep", "evaluate", offset=0.5, config=ROW_CONFIG)  # the stage re-ran
+    rerun = {**ROW_CONFIG, "group": {**ROW_CONFIG["group"], "gamma_balance": 5.0}}
+    for stage in STAGES:  # fc re-ran with other settings: a new parent
+        record_run(new / "fc" / stage, "fc", stage, config=rerun)
+    for folder, text in ((old, "claims v1"), (new, "claims v2")):
+        (folder / "claims.md").write_text(text)
+
+    def job(runs: Path) -> dict[str, Any]:
+        table1 = [
+            TrackEntry("table1", "fc", [runs / "fc" / stage / RUN_RECORD for stage in STAGES]),
+            TrackEntry(
+                "table1", "deep", [old / "deep" / "train" / RUN_RECORD, runs / "deep" / "evaluate" / RUN_RECORD]
+            ),
+        ]
+        table2 = [TrackEntry("table2", "deep", [old / "deep" / "train" / RUN_RECORD], "splitnet/table2")]
+        return {"entries": table1 + table2, "files": {"splitnet/claims": [runs / "claims.md"]}}
+
+    before, after = job(old), job(new)
+    empty = tmp_path / "empty" / "mlflow.db"
+    import_runs(f"sqlite:///{empty}", [])  # a fresh schema, copied for each trial
+
+    def prepared(name: str) -> str:
+        (tmp_path / name).mkdir()
+        shutil.copy(empty, tmp_path / name / "mlflow.db")
+        uri = f"sqlite:///{tmp_path / name / 'mlflow.db'}"
+        if update:
+            assert import_in_child(uri, before) == 0
+        return uri
+
+    clean = prepared("clean")
+    writes: list[None] = []
+    with monkeypatch.context() as patch:
+        on_store_writes(patch.setattr, lambda: writes.append(None))
+        import_runs(clean, **after)
+    total = len(writes)
+    expected, expected_bin = store_snapshot(clean)
+    assert len(expected) == 9  # 2 parents and 4 children in table1, 1 and 1 in table2, the claims run
+    assert {run["status"] for run in expected.values()} == {"FINISHED"}
+    # Replaced: deep/evaluate, fc with its 2 children, the claims run.
+    assert sum(expected_bin.values()) == (5 if update else 0)
+
+    points = kill_points(total)
+    assert len(points) >= 10
+    for n in points:
+        uri = prepared(f"killed_{n}")
+        assert import_in_child(uri, after, kill_before=n) == (137 if n <= total else 0), n
+        import_runs(uri, **after)
+        active, binned = store_snapshot(uri)
+        assert active == expected, f"killed before write {n} of {total}"
+        assert not expected_bin - binned, n  # what the clean import replaced is replaced
+        interrupted = binned - expected_bin
+        assert sum(interrupted.values()) <= 1, (n, interrupted)
+        assert all(status != "RUNNING" and not complete for _, status, complete in interrupted), (n, interrupted)
 
 
 # --------------------------------------------------------------------------- concurrency

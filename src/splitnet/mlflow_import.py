@@ -6,9 +6,11 @@ metrics: its final results, for comparing rows in the runs table), and one neste
 stage record (tags ``splitnet.stage`` and ``splitnet.record_sha256``; params: the stage's whole
 config; metrics: its history).
 
-An import killed at any moment (``kill -9``) leaves a store the next import completes: a new
-SQLite database appears only whole, a parent run is created together with its identifying tags,
-and a child is marked complete (sha tag) by its last write, so the next import replaces it.
+An import killed at any moment (``kill -9``) leaves a store the next import completes, each
+run once: a new SQLite database appears only whole; every run is created together with its
+identifying tags (one transaction), so the next import finds it; a parent is completed in place;
+a child or 'files' run is marked complete (sha tag) by its last write, and one without the mark
+is ended KILLED and moved to the bin before its replacement is made.
 """
 
 from __future__ import annotations
@@ -128,15 +130,24 @@ def _sync_files(client: MlflowClient, experiment_id: str, name: str, paths: Sequ
     sha = digest.hexdigest()
     existing = [run for run in _active_runs(client, experiment_id) if run.data.tags.get(TAG_KIND) == "files"]
     keep = next((run for run in existing if run.data.tags.get(TAG_SHA) == sha), None)
+    for run in existing:
+        if run is not keep:
+            _discard(client, run)
     if keep is None:
         run = client.create_run(experiment_id, run_name=name.rsplit("/", 1)[-1], tags={TAG_KIND: "files"})
         for path in paths:
             client.log_artifact(run.info.run_id, str(path))
         client.set_terminated(run.info.run_id, "FINISHED")
         client.set_tag(run.info.run_id, TAG_SHA, sha)  # last: marks the upload as complete
-    for run in existing:
-        if run is not keep:
-            client.delete_run(run.info.run_id)
+
+
+def _discard(client: MlflowClient, run: Run) -> None:
+    """Move a run to the bin, ended KILLED first if still RUNNING (an import killed before its
+    last write, or a parent before its status): the bin never shows a run as running."""
+    if run.info.status == "RUNNING":
+        # A kill before the delete leaves an active KILLED run, which the next import discards.
+        client.set_terminated(run.info.run_id, "KILLED")
+    client.delete_run(run.info.run_id)
 
 
 def _group_by_table(entries: Sequence[TrackEntry]) -> dict[str, list[TrackEntry]]:
@@ -231,8 +242,8 @@ def _row_parent(
             continue
         for child in runs:
             if child.data.tags.get(TAG_PARENT) == run.info.run_id:
-                client.delete_run(child.info.run_id)
-        client.delete_run(run.info.run_id)
+                _discard(client, child)
+        _discard(client, run)
     if keep is None:
         tags = {
             TAG_KIND: "row",
@@ -267,15 +278,15 @@ def _sync_child(
     existing = [
         run for run in runs if run.data.tags.get(TAG_PARENT) == parent_id and run.data.tags.get(TAG_STAGE) == stage
     ]
-    keep = next((run.info.run_id for run in existing if run.data.tags.get(TAG_SHA) == sha), None)
-    if keep is None:
-        _log_child(client, experiment_id, parent_id, entry, path, record, sha)
-    # Replaced runs, duplicates, and runs of an import killed before its last write go to the bin.
+    keep = next((run for run in existing if run.data.tags.get(TAG_SHA) == sha), None)
+    # Replaced runs, duplicates, and runs of an import killed before its last write go to the
+    # bin before a new run is made, so the stage never has two active runs.
     for run in existing:
-        if run.info.run_id != keep:
-            client.delete_run(run.info.run_id)
+        if run is not keep:
+            _discard(client, run)
     if keep is not None:
         return "unchanged"
+    _log_child(client, experiment_id, parent_id, entry, path, record, sha)
     return "updated" if existing else "created"
 
 
