@@ -722,23 +722,7 @@ def test_resume_restores_the_finished_result_of_identical_inputs(env, tmp_path, 
     (out / "model.pt").unlink()  # what Snakemake does to a job's outputs before rerunning it
     (out / "run.json").unlink()
     capsys.readouterr()
-    assert (
-        cli(
-            "train",
-            "--experiment",
-            "baseline",
-            "--scale",
-            "tiny",
-            "--params-dir",
-            env["params"],
-            "--data",
-            env["data"]["tiny"],
-            "--out",
-            out,
-            "--resume",
-        )
-        == 0
-    )
+    assert _train_resume(env, out) == 0
     assert "reusing the finished result of identical inputs" in capsys.readouterr().out
     assert (out / "model.pt").read_bytes() == first and read_record(out / "run.json")["status"] == "FINISHED"
 
