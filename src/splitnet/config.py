@@ -228,6 +228,14 @@ def _cross_check(registry: dict, params_dir: Path) -> None:
                     f"{params_dir / SCALES_FILE}: scales.{scale}.overrides.{key}: a scale cannot change a "
                     "row's identity; set it on the row in experiments.yaml"
                 )
+        for i, group in enumerate(entry.get("seed_groups", [])):
+            for exp in group["rows"]:
+                try:
+                    split_experiment(registry, exp)
+                except ConfigError as err:
+                    raise ConfigError(
+                        f"{params_dir / SCALES_FILE}: scales.{scale}.seed_groups[{i}].rows: {err}"
+                    ) from None
     where = params_dir / EXPERIMENTS_FILE
     for name, preset in registry["presets"].items():
         for key in ("method", "group.split"):
@@ -325,6 +333,18 @@ def needs_baseline(cfg: dict[str, Any]) -> bool:
         return True
     group = cfg["group"]
     return cfg["method"] == "splitnet" and (group["init"] == "baseline" or group["class_init"] == "confusion")
+
+
+def row_seeds(registry: dict, experiment: str, scale: str, extra_seeds: bool = False) -> list[int]:
+    """The seeds a row runs at a scale: the scale's ``seeds``, and with ``extra_seeds`` also
+    0..n-1 for the rows of the scale's ``seed_groups`` (n: the group's ``seeds``), in order."""
+    sc = registry["scales"][scale]
+    seeds = list(sc["seeds"])
+    if extra_seeds:
+        for group in sc.get("seed_groups", []):
+            if experiment in group["rows"]:
+                seeds += [s for s in range(group["seeds"]) if s not in seeds]
+    return seeds
 
 
 def study_experiment(row: str, preset: str) -> str:
