@@ -15,8 +15,11 @@ import yaml
 from pipeline_helpers import BIN, ENV, ROOT, check, fresh_clone, job_counts, snakemake
 from slurm_cluster import slurm_cluster  # noqa: F401  (pytest fixture)
 
-from splitnet.claims import CLAIMS
-from splitnet.config import METHOD_STAGES, load_registry, method_of
+from splitnet.claims import claim_experiments, load_claims
+from splitnet.config import METHOD_STAGES, load_registry, method_of, read_yaml
+
+REGISTRY = load_registry(ROOT / "params")
+CLAIMS = load_claims(ROOT / "params", REGISTRY, read_yaml(ROOT / "params" / "paper_results.yaml"))["claims"]
 
 TABLE_FILES = [f"{t}.{e}" for t in ("table1", "table2") for e in ("md", "tex", "csv")] + [
     "class_groups.md",
@@ -24,6 +27,7 @@ TABLE_FILES = [f"{t}.{e}" for t in ("table1", "table2") for e in ("md", "tex", "
     "claims.md",
     "claims.csv",
 ]
+PER_SEED = "metrics/per_seed.csv"
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +39,8 @@ def test_paper_scale_dag_builds_for_every_row(scale):
     registry = yaml.safe_load((ROOT / "params" / "experiments.yaml").read_text())
     seeds = yaml.safe_load((ROOT / "params" / "scales.yaml").read_text())["scales"][scale]["seeds"]
     rows = {r["experiment"] for t in registry["tables"].values() for r in t["rows"]}
-    rows |= {exp for runs in registry["figures"].values() for exp in runs.values()}  # the claims read them too
+    rows |= {exp for runs in registry["figures"].values() for exp in runs.values()}
+    rows |= claim_experiments({"claims": CLAIMS})  # the claims' own rows (random split, weight decay, dropout)
     assert counts["evaluate"] == len(rows) * len(seeds)
     assert counts["train_baseline"] == len(seeds) and counts["prepare_data"] == 1  # the baseline is shared
     assert counts["tables"] == 1 and counts["figures"] == 1 and counts["track"] == 1
@@ -112,6 +117,10 @@ def test_ci_grid_produces_both_tables_figures_and_mlflow(main_run):
     assert 0 <= summary["table1"]["deep"]["assignment_converged"] <= 1  # grouping rows say how far they converged
     assert "assignment_converged" not in summary["table1"]["baseline"]
     claims = list(csv.DictReader((tables / "claims.csv").open()))
+    per_seed = list(csv.DictReader((out / PER_SEED).open()))
+    assert {r["experiment"] for r in per_seed} == claim_experiments({"claims": CLAIMS}) | {
+        r["experiment"] for t in REGISTRY["tables"].values() for r in t["rows"]
+    }
     assert len(claims) == len(CLAIMS) and {c["verdict"] for c in claims} <= {"holds", "contradicted", "inconclusive"}
     assert summary["table1"]["hier"]["params_m"] < summary["table1"]["baseline"]["params_m"]
     for fig in ("fig1_assignment_dynamics", "fig2_block_structure"):

@@ -1,10 +1,12 @@
 import json
+from pathlib import Path
 
 import yaml
 
 from splitnet.arch_check import arch_check_rows
+from splitnet.claims import claim_experiments, load_claims
 from splitnet.cli import build_parser, main
-from splitnet.config import load_registry
+from splitnet.config import load_registry, read_yaml
 from splitnet.outputs import ScaleOutputs, table_runs
 from splitnet.tables import build_rows, render_csv, render_latex, render_markdown, write_tables
 from splitnet.validate import check_results_command
@@ -122,7 +124,8 @@ def test_only_the_paper_setting_is_compared_with_the_paper():
 
 def test_tables_command_refuses_missing_runs_unless_partial(tmp_path, capsys):
     registry = load_registry("params")
-    runs = table_runs(registry, "smoke")
+    claims = load_claims("params", registry, read_yaml(Path("params/paper_results.yaml")))
+    runs = table_runs(registry, "smoke", claim_experiments(claims))  # the tables', figures' and claims' rows
     out = ScaleOutputs(tmp_path, "smoke")
     for exp, seed in runs[1:]:  # every run the tables read but the first
         path = out.run_dir(exp, seed, "evaluate") / "metrics.json"
@@ -142,3 +145,43 @@ def test_tables_command_refuses_missing_runs_unless_partial(tmp_path, capsys):
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(_metrics(7_435_364, 2_642_416_840, 24.5)))
     check_results_command(build_parser().parse_args(argv))
+
+
+def test_extra_seeds_add_the_seed_groups_rows_and_only_with_the_flag(tmp_path, capsys):
+    from splitnet.config import row_seeds
+
+    registry = load_registry("params")
+    (group,) = registry["scales"]["cpu"]["seed_groups"]
+    assert row_seeds(registry, "shallow", "cpu") == [0, 1, 2]
+    assert row_seeds(registry, "shallow", "cpu", extra_seeds=True) == list(range(group["seeds"]))
+    assert row_seeds(registry, "hier", "cpu", extra_seeds=True) == [0, 1, 2]  # not in a group
+    plain, extra = table_runs(registry, "cpu"), table_runs(registry, "cpu", extra_seeds=True)
+    assert len(extra) - len(plain) == len(group["rows"]) * (group["seeds"] - 3)
+    # the tables command with --extra-seeds requires them (and names the missing seeds)
+    out = ScaleOutputs(tmp_path, "cpu")
+    claims = load_claims("params", registry, read_yaml(Path("params/paper_results.yaml")))
+    for exp, seed in table_runs(registry, "cpu", claim_experiments(claims)):
+        path = out.run_dir(exp, seed, "evaluate") / "metrics.json"
+        path.parent.mkdir(parents=True)
+        path.write_text("{}")
+    args = build_parser().parse_args(["tables", "--scale", "cpu", "--results", str(tmp_path)])
+    check_results_command(args)  # the plain seeds are there
+    assert main(["tables", "--scale", "cpu", "--results", str(tmp_path), "--extra-seeds"]) == 2
+    err = capsys.readouterr().err
+    assert "baseline (seed 3, 4, 5, 6, 7)" in err and err.count("\n") == 1
+
+
+def test_a_seed_group_names_known_rows(tmp_path):
+    import shutil
+
+    from splitnet.config import ConfigError
+
+    shutil.copytree("params", tmp_path / "params")
+    scales = tmp_path / "params" / "scales.yaml"
+    scales.write_text(scales.read_text().replace("- rows: [baseline,", "- rows: [baselin,"))
+    try:
+        load_registry(tmp_path / "params")
+    except ConfigError as err:
+        assert "scales.cpu.seed_groups[0].rows: unknown experiment 'baselin'" in str(err)
+    else:
+        raise AssertionError("a seed group with an unknown row was accepted")

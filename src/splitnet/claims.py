@@ -1,12 +1,12 @@
-"""The supplement's qualitative claims, each checked against this scale's runs (``claims.md/.csv``).
+"""The supplement's claims (``params/claims.yaml``), each judged on a scale's per-seed numbers.
 
-Every claim compares rows over their seeds with Welch's t statistics (unequal variances): a
-difference of two rows' means counts when its 95 % confidence interval excludes 0 (two-sided
-Welch t-test, p < 0.05); with fewer than two seeds on a side nothing counts.  A claim ``holds``
-when every comparison it makes goes its way by that rule, is ``contradicted`` when one goes
-significantly the other way, and is ``inconclusive`` otherwise (within seed noise, or rows
-missing).  The paper's evidence quotes the supplement (``../shared/reference/supplement.txt``;
-tests check every quote) and ``params/paper_results.yaml``.
+The registry holds every claim's quote, the paper's cells, its tests and the rules (margins,
+confidence, power), fixed before the runs that judge them.  Each test compares rows over their
+seeds with Welch's t (unequal variances) at 95 %; ``claims.yaml`` states each kind's rule.  Next
+to every verdict: n, the minimum detectable effect (MDE) at 80 % power for that comparison, and
+the paper's effect; a test whose MDE exceeds the paper's effect is "untestable at n = …".
+Verdicts are computed from ``per_seed.csv`` rows only, so they can be recomputed from the
+committed table (tests/test_committed_artifacts.py).
 """
 
 from __future__ import annotations
@@ -16,25 +16,70 @@ import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
+import jsonschema
+import yaml
 from scipy import stats as scipy_stats
 
+from .config import ConfigError, read_yaml, split_experiment
 from .io import atomic_write_text
-from .metrics import semantic_ari
-from .tables import mean_std, seed_metrics
+from .tables import mean_std
 
+CLAIMS_FILE = "claims.yaml"
 HOLDS, CONTRADICTED, INCONCLUSIVE = "holds", "contradicted", "inconclusive"
-CONFIDENCE = 0.95
-RULE = (
-    "Two rows differ when the 95 % confidence interval of the difference of their means (Welch, unequal "
-    "variances, over seeds; n ≥ 2 per row) excludes 0, i.e. a two-sided Welch t-test at p < 0.05. holds: every "
-    "comparison of the claim goes its way by that rule; contradicted: one goes significantly the other way; "
-    "inconclusive: otherwise (within seed noise, or rows missing)."
-)
-MATCH_PT = 1.0  # "matches" (non-inferiority): the 95 % interval of the error increase stays below 1 point
-PARAMS_THIRD = (23.0, 43.0)  # "about 1/3 fewer params": the paper's 32.5 % ± 10 points
-SEMANTIC_ARI = 0.5  # "semantic": ARI against the superclasses clearly above 0.5 (0 = chance)
+VERDICT = {1: HOLDS, -1: CONTRADICTED, 0: INCONCLUSIVE}
+CSV_COLUMNS = ("id", "statement", "verdict", "n", "mde_80pct", "paper_effect", "paper_evidence", "our_evidence")
+
+
+def load_claims(params_dir: str | Path, registry: dict, paper: dict) -> dict:
+    """``params/claims.yaml``, validated: schema, known rows and presets, existing paper cells."""
+    path = Path(params_dir) / CLAIMS_FILE
+    doc = read_yaml(path)
+    schema = yaml.safe_load(resources.files("splitnet").joinpath("schemas/claims.schema.yaml").read_text())
+    err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(doc))
+    if err is not None:
+        key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise ConfigError(f"{path}: {key}: {err.message}")
+    for i, claim in enumerate(doc["claims"]):
+        where = f"{path}: claims[{i}] ({claim['id']})"
+        for cell in claim["paper"]:
+            table, row, metric = cell.split(".")
+            if paper.get(table, {}).get(row, {}).get(metric) is None:
+                raise ConfigError(f"{where}.paper: {cell} is not a cell of params/paper_results.yaml")
+        for j, test in enumerate(claim["tests"]):
+            for exp in tested_rows(test):
+                try:
+                    split_experiment(registry, exp)
+                except ConfigError as e:
+                    raise ConfigError(f"{where}.tests[{j}]: {e}") from None
+            ref = test.get("reference")
+            if isinstance(ref, str) and ref not in doc["rules"]:
+                raise ConfigError(f"{where}.tests[{j}].reference: {ref!r} is not a number or a key of rules")
+    ids = [c["id"] for c in doc["claims"]]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{path}: claims: an id appears twice")
+    return doc
+
+
+def tested_rows(test: dict) -> list[str]:
+    """The experiments a test reads (gap_shrinks: also each row at the wide preset)."""
+    rows = [test["a"], *([test["b"]] if "b" in test else [])]
+    if test["kind"] == "gap_shrinks":
+        rows += [f"{r}@{test['wide']}" for r in rows]
+    return rows
+
+
+def claim_experiments(doc: dict, gap_study: bool = False) -> set[str]:
+    """Every experiment some claim reads; the gap study's wide rows only with ``gap_study``
+    (they are its own target, not the main run's)."""
+    rows = {exp for claim in doc["claims"] for test in claim["tests"] for exp in tested_rows(test)}
+    return rows if gap_study else {exp for exp in rows if not exp.endswith(tuple(_wide_presets(doc)))}
+
+
+def _wide_presets(doc: dict) -> set[str]:
+    return {f"@{t['wide']}" for claim in doc["claims"] for t in claim["tests"] if "wide" in t}
 
 
 @dataclass(frozen=True)
@@ -51,278 +96,249 @@ def stat(values: list[float]) -> Stat | None:
     return Stat(*mean_std(values), len(values)) if values else None
 
 
-def interval(a: Stat, b: Stat | None = None, reference: float = 0.0) -> tuple[float, float] | None:
-    """95 % confidence interval of ``a.mean - b.mean`` (Welch), or of ``a.mean - reference``
-    without ``b``; None when a side has fewer than two seeds."""
+def _welch(a: Stat, b: Stat | None) -> tuple[float, float] | None:
+    """(standard error, degrees of freedom) of ``a.mean - b.mean`` (or of ``a.mean`` alone);
+    None when a side has fewer than two seeds."""
     sides = [a] if b is None else [a, b]
     if any(side.n < 2 for side in sides):
         return None
-    d = a.mean - (reference if b is None else b.mean)
     parts = [side.std**2 / side.n for side in sides]
     se = math.sqrt(sum(parts))
-    if se == 0:  # identical seeds on both sides (e.g. deterministic step counts): the difference is exact
-        return d, d
+    if se == 0:
+        return 0.0, math.inf
     df = sum(parts) ** 2 / sum(p**2 / (side.n - 1) for p, side in zip(parts, sides))  # Welch-Satterthwaite
-    half = float(scipy_stats.t.ppf(0.5 + CONFIDENCE / 2, df)) * se
+    return se, df
+
+
+def interval(
+    a: Stat, b: Stat | None = None, reference: float = 0.0, confidence: float = 0.95
+) -> tuple[float, float] | None:
+    """Confidence interval of ``a.mean - b.mean`` (Welch), or of ``a.mean - reference``."""
+    w = _welch(a, b)
+    if w is None:
+        return None
+    d = a.mean - (reference if b is None else b.mean)
+    if w[0] == 0:  # identical seeds (e.g. deterministic step counts): the difference is exact
+        return d, d
+    half = float(scipy_stats.t.ppf(0.5 + confidence / 2, w[1])) * w[0]
     return d - half, d + half
 
 
-def compare(a: Stat | None, b: Stat | None) -> int:
-    """+1: a is significantly larger than b, -1: significantly smaller, 0: neither (or unknown)."""
-    ci = None if a is None or b is None else interval(a, b)
-    if ci is None:
-        return 0
-    return 1 if ci[0] > 0 else -1 if ci[1] < 0 else 0
-
-
-def combine(outcomes: list[int]) -> str:
-    """Each outcome: +1 the claim's way, -1 significantly against it, 0 within noise."""
-    if any(o < 0 for o in outcomes):
-        return CONTRADICTED
-    return HOLDS if outcomes and all(o > 0 for o in outcomes) else INCONCLUSIVE
-
-
-class Runs:
-    """Per-seed metrics of every row at one scale, and the statistics the claims read."""
-
-    def __init__(self, runs_dir: Path, seeds: list[int]) -> None:
-        self.runs_dir, self.seeds = Path(runs_dir), seeds
-        self._cache: dict[str, list[dict]] = {}
-
-    def metrics(self, exp: str) -> list[dict]:
-        if exp not in self._cache:
-            self._cache[exp] = seed_metrics(self.runs_dir, exp, self.seeds)
-        return self._cache[exp]
-
-    def error(self, exp: str) -> Stat | None:
-        return stat([m["test_error"] for m in self.metrics(exp)])
-
-    def params_reduced(self, exp: str) -> Stat | None:
-        return stat([m["params_reduced_pct"] for m in self.metrics(exp)])
-
-    def convergence_steps(self, exp: str) -> Stat | None:
-        """Steps until every assignment variable converged; None if a seed never converged."""
-        steps = [m.get("grouping", {}).get("steps_to_convergence", {}).get("all") for m in self.metrics(exp)]
-        return None if None in steps else stat([float(s) for s in steps])
-
-    def ari(self, exp: str) -> Stat | None:
-        """ARI of the class groups against the superclasses (their best merge, with fewer groups)."""
-        scores = [semantic_ari(m.get("groups", {})) for m in self.metrics(exp)]
-        return stat([s for s in scores if s is not None])
-
-
-def _fmt(name: str, value: Stat | None, unit: str = "") -> str:
-    return f"{name} {value}{unit}" if value is not None else f"{name} missing"
+def mde(a: Stat, b: Stat | None = None, confidence: float = 0.95, power: float = 0.8) -> float | None:
+    """The smallest true difference this comparison detects with probability ``power`` (two-sided
+    Welch test at 1 - ``confidence``): (t_{1-α/2} + t_{power}) x standard error, at Welch's df."""
+    w = _welch(a, b)
+    if w is None:
+        return None
+    se, df = w
+    return 0.0 if se == 0 else (float(scipy_stats.t.ppf(0.5 + confidence / 2, df) + scipy_stats.t.ppf(power, df))) * se
 
 
 @dataclass(frozen=True)
-class Claim:
-    key: str
-    statement: str
-    paper: Callable[[dict], str]  # paper_results.yaml -> the paper's evidence
-    check: Callable[[Runs], tuple[str, str]]  # -> (our evidence, verdict)
-    quote: str = ""  # verbatim from the supplement (whitespace-normalised), checked by a test
+class Outcome:
+    """One test of a claim: our evidence, its sign (+1 the claim's way, -1 against, 0 neither)."""
+
+    text: str
+    sign: int
+    n: str = ""
+    mde: float | None = None
+    paper_effect: float | None = None
 
 
-def _shallow_matches_baseline(runs: Runs) -> tuple[str, str]:
-    e_s, e_b, red = runs.error("shallow"), runs.error("baseline"), runs.params_reduced("shallow")
-    text = f"{_fmt('error Shallow', e_s, ' %')}; {_fmt('baseline', e_b, ' %')}; {_fmt('params reduced', red, ' %')}"
-    ci = None if e_s is None or e_b is None else interval(e_s, e_b)
-    if ci is None or red is None:
-        return text, INCONCLUSIVE
-    text += f"; error difference (Shallow − baseline) 95 % CI [{ci[0]:+.2f}, {ci[1]:+.2f}]"
-    third = PARAMS_THIRD[0] <= red.mean <= PARAMS_THIRD[1]
-    if ci[1] <= MATCH_PT and third:  # non-inferior: at worst MATCH_PT worse, perhaps better
-        return text, HOLDS
-    if ci[0] > MATCH_PT or not third:
-        return text, CONTRADICTED
-    return text, INCONCLUSIVE
+class Samples:
+    """Per-seed values of every row (``per_seed.csv`` rows), by experiment and metric."""
+
+    def __init__(self, rows: list[dict]) -> None:
+        self.rows = rows
+
+    def values(self, experiment: str, metric: str) -> list[float]:
+        return [r[metric] for r in self.rows if r["experiment"] == experiment and r[metric] is not None]
+
+    def stat(self, experiment: str, metric: str) -> Stat | None:
+        if metric == "steps_to_convergence":  # a seed that never converged has no step count: no statistic
+            seeds = [r for r in self.rows if r["experiment"] == experiment]
+            if any(r[metric] is None for r in seeds):
+                return None
+        return stat(self.values(experiment, metric))
 
 
-def _higher(
-    runs: Runs, pairs: list[tuple[str, str]], value: Callable[[str], Stat | None], what: str, unit: str = " %"
-) -> tuple[str, str]:
-    """Each pair (a, b) claims value(a) > value(b)."""
-    parts, outcomes = [], []
-    for a, b in pairs:
-        va, vb = value(a), value(b)
-        parts.append(f"{what} {_fmt(a, va, unit)} vs {_fmt(b, vb, unit)}")
-        outcomes.append(compare(va, vb))
-    return "; ".join(parts), combine(outcomes)
+def _fmt(name: str, value: Stat | None) -> str:
+    return f"{name} {value}" if value is not None else f"{name} missing"
 
 
-def _overlap(runs: Runs) -> tuple[str, str]:
-    pairs = [("fc", "fc_overlap"), ("shallow", "shallow_overlap"), ("deep", "deep_overlap")]
-    err_text, err = _higher(runs, pairs, runs.error, "error")
-    red_text, red = _higher(runs, pairs, runs.params_reduced, "params reduced")
-    return f"{err_text}; {red_text}", combine([{HOLDS: 1, CONTRADICTED: -1}.get(v, 0) for v in (err, red)])
+def _ci_text(ci: tuple[float, float]) -> str:
+    return f"95 % CI [{ci[0]:+.2f}, {ci[1]:+.2f}]"
 
 
-def _shallow_beats_ssl(runs: Runs) -> tuple[str, str]:
-    err_text, err = _higher(runs, [("ssl_1e-3", "shallow")], runs.error, "error")
-    red_text, red = _higher(runs, [("shallow", "ssl_1e-3")], runs.params_reduced, "params reduced")
-    return f"{err_text}; {red_text}", combine([{HOLDS: 1, CONTRADICTED: -1}.get(v, 0) for v in (err, red)])
+def _paper_diff(claim: dict, test: dict, paper: dict) -> float | None:
+    """The paper's ``a - b`` for the test's metric, from a table that reports both (claim's cells)."""
+    cells = set(claim["paper"])
+    for table in ("table1", "table2"):
+        if {f"{table}.{test['a']}.{test['metric']}", f"{table}.{test.get('b')}.{test['metric']}"} <= cells:
+            return paper[table][test["a"]][test["metric"]] - paper[table][test["b"]][test["metric"]]
+    return None
 
 
-def _ssl_trend(runs: Runs) -> tuple[str, str]:
-    pairs = [("ssl_3e-3", "ssl_1e-3"), ("ssl_5e-3", "ssl_3e-3")]
-    red_text, red = _higher(runs, pairs, runs.params_reduced, "params reduced")
-    err_text, err = _higher(runs, pairs, runs.error, "error")
-    return f"{red_text}; {err_text}", combine([{HOLDS: 1, CONTRADICTED: -1}.get(v, 0) for v in (red, err)])
+def _pairwise(test: dict, samples: Samples, rules: dict, paper_diff: float | None) -> Outcome:
+    a, b = samples.stat(test["a"], test["metric"]), samples.stat(test["b"], test["metric"])
+    text = f"{test['metric']} {_fmt(test['a'], a)} vs {_fmt(test['b'], b)}"
+    kind, conf, margin = test["kind"], rules["confidence"], rules["close_margin_pt"]
+    effect = None
+    if paper_diff is not None:
+        effect = {"lower": -paper_diff, "higher": paper_diff, "not_worse": margin - paper_diff}[kind]
+    if a is None or b is None:
+        return Outcome(text, 0, paper_effect=effect)
+    n = f"{a.n} vs {b.n}"
+    ci = interval(a, b, confidence=conf)
+    detectable = mde(a, b, conf, rules["power"])
+    if ci is None:
+        return Outcome(text + " (n < 2 on a side)", 0, n, detectable, effect)
+    text += f"; {test['a']} − {test['b']} {_ci_text(ci)}"
+    if kind == "lower":
+        sign = 1 if ci[1] < 0 else -1 if ci[0] > 0 else 0
+    elif kind == "higher":
+        sign = 1 if ci[0] > 0 else -1 if ci[1] < 0 else 0
+    else:  # not_worse
+        text += f" against the margin +{margin:.2f}"
+        sign = 1 if ci[1] <= margin else -1 if ci[0] > margin else 0
+    return Outcome(text, sign, n, detectable, effect)
 
 
-def _reduced_gradient_faster(runs: Runs) -> tuple[str, str]:
-    soft, simplex = runs.convergence_steps("shallow"), runs.convergence_steps("shallow_simplex")
+def _above(test: dict, samples: Samples, rules: dict) -> Outcome:
+    ref = test["reference"]
+    value = float(rules[ref] if isinstance(ref, str) else ref)
+    a = samples.stat(test["a"], test["metric"])
+    text = f"{test['metric']} {_fmt(test['a'], a)} against {value:g}"
+    if a is None:
+        return Outcome(text, 0)
+    ci = interval(a, reference=value, confidence=rules["confidence"])
+    if ci is None:
+        return Outcome(text + " (n < 2)", 0, str(a.n))
+    text += f"; mean − {value:g} {_ci_text(ci)}"
+    return Outcome(text, 1 if ci[0] > 0 else -1 if ci[1] < 0 else 0, str(a.n), mde(a, None, rules["confidence"]))
+
+
+def _matches_architecture(test: dict, samples: Samples, rules: dict) -> Outcome:
+    a = samples.stat(test["a"], test["metric"])
+    exact = samples.values(test["a"], "balanced_params_reduced_pct")
+    tol = rules["architecture_tolerance_pt"]
+    if a is None or not exact:
+        return Outcome(f"{test['metric']} {_fmt(test['a'], a)}; balanced figure missing", 0)
+    figure = exact[0]
     text = (
-        f"{_fmt('steps to convergence softmax (shallow)', soft)} vs "
-        f"{_fmt('reduced gradient (shallow_simplex)', simplex)}"
+        f"{test['metric']} {_fmt(test['a'], a)} vs {figure:.2f} for a balanced {test['a']} split of this "
+        f"network (tolerance ±{tol:.2f})"
     )
-    return text, combine([compare(soft, simplex)])
+    return Outcome(text, 1 if abs(a.mean - figure) <= tol else -1, str(a.n))
 
 
-def _semantic(runs: Runs, rows: tuple[str, ...]) -> tuple[str, str]:
-    parts, outcomes = [], []
-    for exp in rows:
-        ari = runs.ari(exp)
-        ci = None if ari is None else interval(ari, reference=SEMANTIC_ARI)
-        parts.append(_fmt(f"ARI {exp}", ari))
-        outcomes.append(0 if ci is None else 1 if ci[0] > 0 else -1 if ci[1] < 0 else 0)
-    return "; ".join(parts) + f" (against {SEMANTIC_ARI}; 0 = chance)", combine(outcomes)
+def _gap_shrinks(test: dict, samples: Samples, rules: dict) -> Outcome:
+    """(a − b) at the wide preset minus (a − b) as the row runs: below 0 when the gap shrinks."""
+    wide = test["wide"]
+    names = [test["a"], test["b"], f"{test['a']}@{wide}", f"{test['b']}@{wide}"]
+    found = [samples.stat(name, test["metric"]) for name in names]
+    stats = [s for s in found if s is not None and s.n >= 2]
+    if len(stats) < len(names):
+        missing = [name for name, s in zip(names, found) if s is None or s.n < 2]
+        return Outcome(f"rows missing: {', '.join(missing)} (the gap study: `snakemake gap_study`)", 0)
+    a, b, a_wide, b_wide = stats
+    gap, gap_wide = a.mean - b.mean, a_wide.mean - b_wide.mean
+    parts = [s.std**2 / s.n for s in stats]
+    se = math.sqrt(sum(parts))
+    half = 0.0
+    if se > 0:
+        df = sum(parts) ** 2 / sum(p**2 / (s.n - 1) for p, s in zip(parts, stats))
+        half = float(scipy_stats.t.ppf(0.5 + rules["confidence"] / 2, df)) * se
+    ci = (gap_wide - gap - half, gap_wide - gap + half)
+    text = f"{test['a']} − {test['b']}: {gap:+.2f} as run, {gap_wide:+.2f} at {wide}; change {_ci_text(ci)}"
+    n = "/".join(str(s.n) for s in stats)
+    return Outcome(text, 1 if ci[1] < 0 else -1 if ci[0] > 0 else 0, n)
 
 
-def _p(paper: dict, table: str, exp: str, key: str) -> float:
-    return paper[table][exp][key]
+def judge(claim: dict, test: dict, samples: Samples, rules: dict, paper: dict) -> Outcome:
+    kind = test["kind"]
+    if kind in ("lower", "higher", "not_worse"):
+        return _pairwise(test, samples, rules, _paper_diff(claim, test, paper))
+    checks: dict[str, Callable[[dict, Samples, dict], Outcome]] = {
+        "above": _above,
+        "matches_architecture": _matches_architecture,
+        "gap_shrinks": _gap_shrinks,
+    }
+    return checks[kind](test, samples, rules)
 
 
-CLAIMS = [
-    Claim(
-        "shallow_matches_baseline",
-        f"Shallow Split matches the baseline's error (is at most {MATCH_PT} pt worse: upper end of the 95 % CI of the "
-        f"difference) with about 1/3 fewer "
-        f"params ({PARAMS_THIRD[0]:.0f}–{PARAMS_THIRD[1]:.0f} %)",
-        lambda p: (
-            f"Table 1: Shallow {_p(p, 'table1', 'shallow', 'test_error')} % vs baseline "
-            f"{_p(p, 'table1', 'baseline', 'test_error')} %, params reduced "
-            f"{_p(p, 'table1', 'shallow', 'params_reduced_pct')} %"
-        ),
-        _shallow_matches_baseline,
-    ),
-    Claim(
-        "deeper_splits_cost_accuracy",
-        "Deeper splits (Deep, Hier) have a higher error than Shallow",
-        lambda p: (
-            f"Table 1: Shallow {_p(p, 'table1', 'shallow', 'test_error')} %, Deep "
-            f"{_p(p, 'table1', 'deep', 'test_error')} %, Hier {_p(p, 'table1', 'hier', 'test_error')} %"
-        ),
-        lambda r: _higher(r, [("deep", "shallow"), ("hier", "shallow")], r.error, "error"),
-        quote="We hypothesize that the degradation of the deep split is due to insufficient capacity",
-    ),
-    Claim(
-        "overlap_lowers_error_adds_params",
-        "Overlap lowers each split's error (FC, Shallow, Deep) while adding params (smaller reduction)",
-        lambda p: "; ".join(
-            f"{e}: {_p(p, 'table1', e, 'test_error')} → {_p(p, 'table1', e + '_overlap', 'test_error')} %, "
-            f"reduced {_p(p, 'table1', e, 'params_reduced_pct')} → "
-            f"{_p(p, 'table1', e + '_overlap', 'params_reduced_pct')} %"
-            for e in ("fc", "shallow", "deep")
-        ),
-        _overlap,
-        quote="In the case of all three splits, the error rate is reduced while increasing the parameter and FLOPs.",
-    ),
-    Claim(
-        "shallow_beats_ssl",
-        "Shallow Split has a lower error than SSL(1e-3) while reducing far more params",
-        lambda p: (
-            f"Table 1: Shallow {_p(p, 'table1', 'shallow', 'test_error')} % / "
-            f"{_p(p, 'table1', 'shallow', 'params_reduced_pct')} % reduced vs SSL(1e-3) "
-            f"{_p(p, 'table1', 'ssl_1e-3', 'test_error')} % / {_p(p, 'table1', 'ssl_1e-3', 'params_reduced_pct')} %"
-        ),
-        _shallow_beats_ssl,
-        quote="Our Shallow Split (23.96%) outperforms SSL(1e-3) (24.15%), while significantly reducing the number "
-        "of parameters (32.54%) as opposed to 9.40% of SSL.",
-    ),
-    Claim(
-        "ssl_grows_with_strength",
-        "SSL's params reduction and error grow with its strength (1e-3 < 3e-3 < 5e-3)",
-        lambda p: (
-            "Table 1: reduced "
-            + " / ".join(f"{_p(p, 'table1', e, 'params_reduced_pct')}" for e in ("ssl_1e-3", "ssl_3e-3", "ssl_5e-3"))
-            + " %, error "
-            + " / ".join(f"{_p(p, 'table1', e, 'test_error')}" for e in ("ssl_1e-3", "ssl_3e-3", "ssl_5e-3"))
-            + " %"
-        ),
-        _ssl_trend,
-    ),
-    Claim(
-        "g2_lowest_g4_beats_g3",
-        "Table 2: G = 2 has the lowest error, and G = 4 beats G = 3",
-        lambda p: (
-            "Table 2: error G=2/3/4 "
-            + " / ".join(f"{_p(p, 'table2', e, 'test_error')}" for e in ("shallow", "shallow_g3", "shallow_g4"))
-            + " %"
-        ),
-        lambda r: _higher(
-            r, [("shallow_g3", "shallow"), ("shallow_g4", "shallow"), ("shallow_g3", "shallow_g4")], r.error, "error"
-        ),
-        quote="Setting G = 2 produces the lowest test error. Interestingly, the test error is lower with G = 4 than "
-        "G = 3, even with less parameters.",
-    ),
-    Claim(
-        "reduced_gradient_converges_faster",
-        "The reduced gradient (simplex, official rule) converges in fewer steps than softmax",
-        lambda p: "Supp. §1.1 and Fig. 1 (distribution plots; no step counts given)",
-        _reduced_gradient_faster,
-        quote="the direct optimization of group assignment variables with reduced gradients yields faster "
-        "convergence than optimization via softmax reparametrization.",
-    ),
-    Claim(
-        "class_groups_semantic",
-        f"Class groups are semantic: ARI against the superclasses (G = 2: their best 2-merge) above {SEMANTIC_ARI}",
-        lambda p: "The title; the supplement gives no grouping score for CIFAR-100",
-        lambda r: _semantic(r, ("shallow", "shallow_g3")),
-        quote="Learning to Semantically Split Deep Networks",
-    ),
-    Claim(
-        "class_groups_semantic_with_preset",
-        f"With our `semantic` preset (not the paper's setting; docs/studies/semantic-groups.md) the class groups "
-        f"are semantic: ARI above {SEMANTIC_ARI}",
-        lambda p: "The title; the supplement gives no grouping score for CIFAR-100",
-        lambda r: _semantic(r, ("shallow@semantic", "shallow_g3@semantic")),
-    ),
-]
+def untestable(outcome: Outcome) -> bool:
+    """The comparison could not have detected an effect of the paper's size at this n."""
+    return outcome.mde is not None and outcome.paper_effect is not None and outcome.mde > outcome.paper_effect
 
 
-def claim_rows(runs: Runs, paper: dict) -> list[dict[str, str]]:
+def combine(signs: list[int]) -> str:
+    if any(s < 0 for s in signs):
+        return CONTRADICTED
+    return HOLDS if signs and all(s > 0 for s in signs) else INCONCLUSIVE
+
+
+def paper_evidence(claim: dict, paper: dict) -> str:
+    cells = [f"{c.replace('table', 'Table ', 1)} {paper[c.split('.')[0]][c.split('.')[1]][c.split('.')[2]]}"
+             for c in claim["paper"]]  # fmt: skip
+    quote = f"“{claim['quote']}”" if claim.get("quote") else ""
+    return "; ".join(filter(None, [quote, ", ".join(cells)])) or "no number in the supplement"
+
+
+def _num(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def claim_rows(doc: dict, samples: Samples, paper: dict) -> list[dict[str, str]]:
     rows = []
-    for claim in CLAIMS:
-        ours, verdict = claim.check(runs)
+    for claim in doc["claims"]:
+        outcomes = [judge(claim, test, samples, doc["rules"], paper) for test in claim["tests"]]
+        texts = [
+            o.text + (f" [untestable at n = {o.n}: MDE {o.mde:.2f} > the paper's effect {o.paper_effect:.2f}]"
+                      if untestable(o) else "")
+            for o in outcomes
+        ]  # fmt: skip
         rows.append(
             {
-                "claim": claim.key,
-                "statement": claim.statement,
-                "paper_evidence": claim.paper(paper),
-                "our_evidence": ours,
-                "verdict": verdict,
+                "id": claim["id"],
+                "statement": claim["statement"],
+                "verdict": combine([o.sign for o in outcomes]),
+                "n": "; ".join(o.n or "–" for o in outcomes),
+                "mde_80pct": "; ".join(_num(o.mde) for o in outcomes),
+                "paper_effect": "; ".join(_num(o.paper_effect) for o in outcomes),
+                "paper_evidence": paper_evidence(claim, paper),
+                "our_evidence": "; ".join(texts),
             }
         )
     return rows
 
 
-def render_markdown(rows: list[dict[str, str]], caption: str) -> str:
+def rule_text(rules: dict) -> str:
+    return (
+        f"Each test compares rows over seeds with Welch's t ({rules['confidence']:.0%} two-sided CI): lower/higher "
+        f"hold when the CI of the difference excludes 0 the claim's way; not_worse holds when its upper end is ≤ "
+        f"+{rules['close_margin_pt']:.2f} pt; above holds when the CI of the mean is above the reference; a claim "
+        "holds when all its tests hold, is contradicted when one goes significantly against it, inconclusive "
+        f"otherwise. MDE: the difference detectable at {rules['power']:.0%} power at this n. Rules fixed before "
+        "the runs (params/claims.yaml, git history)."
+    )
+
+
+def render_markdown(rows: list[dict[str, str]], caption: str, rules: dict) -> str:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
     lines = [
         f"**{caption}**",
         "",
-        f"Rule: {RULE}",
+        f"Rule: {rule_text(rules)}",
         "",
-        "| Claim | Paper's evidence | Our evidence | Verdict |",
-        "|---|---|---|---|",
+        "| Claim | Paper's evidence | Our evidence | n | MDE (80 %) | Paper's effect | Verdict |",
+        "|---|---|---|---|---|---|---|",
     ]
-
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|")  # "|Δ|" must not end the cell
-
     lines += [
-        f"| {cell(r['statement'])} | {cell(r['paper_evidence'])} | {cell(r['our_evidence'])} | **{r['verdict']}** |"
+        f"| `{r['id']}`: {cell(r['statement'])} | {cell(r['paper_evidence'])} | {cell(r['our_evidence'])} | "
+        f"{r['n']} | {r['mde_80pct']} | {r['paper_effect']} | **{r['verdict']}** |"
         for r in rows
     ]
     return "\n".join(lines) + "\n"
@@ -330,22 +346,15 @@ def render_markdown(rows: list[dict[str, str]], caption: str) -> str:
 
 def render_csv(rows: list[dict[str, str]], scale: str) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(
-        buf, ["claim", "statement", "paper_evidence", "our_evidence", "verdict", "scale"], lineterminator="\n"
-    )
+    writer = csv.DictWriter(buf, [*CSV_COLUMNS, "scale"], lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({**row, "scale": scale})
     return buf.getvalue()
 
 
-def write_claims(registry: dict, paper: dict, runs_dir: Path, out_dir: Path, scale: str, dataset: str) -> list[dict]:
-    rows = claim_rows(Runs(runs_dir, registry["scales"][scale]["seeds"]), paper)
-    caption = (
-        f"The supplement's claims at scale '{scale}' ({registry['scales'][scale]['model']['arch'].upper()}, "
-        f"{dataset}; seeds {', '.join(map(str, registry['scales'][scale]['seeds']))}). Our numbers are "
-        "test error (%), params reduced (%), steps and ARI, mean ± sample std over seeds."
-    )
-    atomic_write_text(Path(out_dir) / "claims.md", render_markdown(rows, caption))
+def write_claims(doc: dict, paper: dict, per_seed_rows: list[dict], out_dir: Path, caption: str, scale: str) -> list:
+    rows = claim_rows(doc, Samples(per_seed_rows), paper)
+    atomic_write_text(Path(out_dir) / "claims.md", render_markdown(rows, caption, doc["rules"]))
     atomic_write_text(Path(out_dir) / "claims.csv", render_csv(rows, scale))
     return rows

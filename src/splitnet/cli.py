@@ -19,6 +19,14 @@ EXIT_UNEXPECTED = 1
 RESULTS_COMMANDS = ("tables", "figures", "track", "study")  # they read and write under --results
 
 
+def _add_extra_seeds(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--extra-seeds",
+        action="store_true",
+        help="also read the extra seeds of the rows in the scale's seed_groups (params/scales.yaml)",
+    )
+
+
 def resolve_split(text: str, params_dir: Path) -> SplitSpec:
     """A G3-G2-G1 string, or the name of a split row in ``params/experiments.yaml`` (its group.split)."""
     if any(ch.isdigit() for ch in text) and "-" in text:
@@ -203,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", default="cpu")
     p.add_argument("--params-dir", default="params")
     p.add_argument("--results", default="results")
+    _add_extra_seeds(p)
     p.add_argument(
         "--partial",
         action="store_true",
@@ -235,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--summary-out", default=None, help="also write the import counts (and the URI as given) to this JSON file"
     )
+    _add_extra_seeds(p)
     p.set_defaults(func=cmd_track)
     return parser
 

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from .artifacts import load_artifact, plan_from_dict, read_snapshots
-from .assignment import merge_rows
+from .block_weights import vector_matrix
 from .spec import SplitSpec
 from .topology import build_topology
 
@@ -115,7 +115,6 @@ def fig2_block_structure(grouping_model: Path, out_base: Path) -> list[Path]:
     plan = plan_from_dict(blob["plan"])
     topology = build_topology(plan, SplitSpec.parse(blob["split"]))
     state = blob["state_dict"]
-    merged = {v.name: v for v in topology.vectors.values()}
     layers = [topology.layers[0], topology.layers[len(topology.layers) // 2], topology.layers[-1]]
     ncols = max(len(mats), len(layers))
     fig, axes = plt.subplots(2, ncols, figsize=(2.8 * ncols, 5.6), squeeze=False, layout="constrained")
@@ -132,16 +131,11 @@ def fig2_block_structure(grouping_model: Path, out_base: Path) -> list[Path]:
     for ax in axes[0][len(mats) :]:
         ax.axis("off")
 
-    def full(name: str) -> torch.Tensor:
-        v = merged[name]
-        if v.source is None:
-            return mats[name]
-        return merge_rows(mats[v.source], v.groups)
-
     for ax, layer in zip(axes[1], layers):
         w = state[f"{layer.path}.weight"].float()
         w = w.abs().mean((2, 3)) if w.dim() == 4 else w.abs()
-        out_order, in_order = _order(full(layer.output)), _order(full(layer.input))
+        out_order = _order(vector_matrix(topology, mats, layer.output))
+        in_order = _order(vector_matrix(topology, mats, layer.input))
         image = ax.imshow(w[out_order][:, in_order].numpy(), aspect="auto", cmap="magma", interpolation="nearest")
         fig.colorbar(image, ax=ax, fraction=0.08, pad=0.03, label="mean |w|")
         ax.set_title(f"|W| {layer.path}\n({layer.output} x {layer.input})", fontsize=6)

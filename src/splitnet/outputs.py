@@ -6,7 +6,10 @@ those files (``splitnet tables | figures | track``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+
+from .config import row_seeds
 
 TABLE_FORMATS = ("md", "tex", "csv")
 FIGURE_FORMATS = ("png", "pdf")
@@ -21,6 +24,7 @@ class ScaleOutputs:
         self.tables = self.root / "tables"
         self.figures = self.root / "figures"
         self.summary = self.root / "metrics" / "summary.json"  # the DVC metrics file: every table cell
+        self.per_seed = self.root / "metrics" / "per_seed.csv"  # every number the claims read, per seed
         self.tracking = self.root / "tracking.json"  # counts of the last MLflow import
 
     def run_dir(self, experiment: str, seed: int | str, stage: str) -> Path:
@@ -34,6 +38,7 @@ class ScaleOutputs:
             self.tables / "arch_check.md",
             self.tables / "arch_check.csv",
             self.summary,
+            self.per_seed,
         ]
 
     def claims_files(self) -> list[Path]:
@@ -61,10 +66,11 @@ def figure_rows(registry: dict) -> list[str]:
     return sorted({exp for runs in registry["figures"].values() for exp in runs.values()})
 
 
-def table_runs(registry: dict, scale: str) -> list[tuple[str, int]]:
-    """(row, seed) of every evaluate run ``splitnet tables`` reads: the rows of the tables and
-    figures (the claims compare them all), every seed of the scale."""
+def table_runs(
+    registry: dict, scale: str, claim_rows: Iterable[str] = (), extra_seeds: bool = False
+) -> list[tuple[str, int]]:
+    """(row, seed) of every evaluate run ``splitnet tables`` reads: the rows of the tables, figures
+    and claims, each over its seeds (``config.row_seeds``)."""
     rows = {row["experiment"] for table in registry["tables"].values() for row in table["rows"]}
-    return [
-        (exp, seed) for exp in sorted(rows | set(figure_rows(registry))) for seed in registry["scales"][scale]["seeds"]
-    ]
+    rows |= set(figure_rows(registry)) | set(claim_rows)
+    return [(exp, seed) for exp in sorted(rows) for seed in row_seeds(registry, exp, scale, extra_seeds)]

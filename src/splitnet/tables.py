@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import read_yaml
+from .config import read_yaml, row_seeds
 from .convergence import CONVERGED
 from .io import atomic_write_json, atomic_write_text
 from .latex import TEX_PACKAGES, tex_cell, tex_text
@@ -104,16 +104,17 @@ def fmt_delta(key: str, delta: float | None, default: int) -> str:
     return "–" if delta is None else f"{delta:+.{_decimals(key, delta, default)}f}"
 
 
-def build_rows(table: str, registry: dict, paper: dict, runs_dir: Path, scale: str) -> list[dict]:
+def build_rows(
+    table: str, registry: dict, paper: dict, runs_dir: Path, scale: str, extra_seeds: bool = False
+) -> list[dict]:
     """One dict per table row: label, experiment, per-column Cell (mean ± std over the seeds),
     the per-seed metrics (empty when no seed finished) and the grouping's convergence."""
     tol = paper["tolerance"]
-    seeds = registry["scales"][scale]["seeds"]
     comparable = compares_to_paper(registry, scale)
     out = []
     for row in registry["tables"][table]["rows"]:
         exp = row["experiment"]
-        metrics = seed_metrics(runs_dir, exp, seeds)
+        metrics = seed_metrics(runs_dir, exp, row_seeds(registry, exp, scale, extra_seeds))
         per_seed = [reproduced_values(m) for m in metrics]
         reported = paper.get(table, {}).get(exp, {})
         cells = {}
@@ -155,7 +156,7 @@ def seeds_text(row: dict) -> str:
     return str(len(row["metrics"]))
 
 
-def caption(table: str, registry: dict, scale: str, dataset: str, arch: str) -> str:
+def caption(table: str, registry: dict, scale: str, dataset: str, arch: str, extra_seeds: bool = False) -> str:
     title = registry["tables"][table]["title"]
     note = (
         ""
@@ -163,11 +164,19 @@ def caption(table: str, registry: dict, scale: str, dataset: str, arch: str) -> 
         else f" NOT CIFAR-100 numbers: scale '{scale}' runs {arch} on {dataset}; Paper columns are the "
         f"supplement's WRN-16-8/CIFAR-100 values, shown for reference only (✓ column: n/c = not comparable)."
     )
+    return f"{title}. Reproduced at scale '{scale}' ({arch}, {dataset}); {seeds_caption(registry, scale, extra_seeds)}.{note}"
+
+
+def seeds_caption(registry: dict, scale: str, extra_seeds: bool) -> str:
+    """Which seeds the numbers are over (rows of the scale's seed groups run more with extra seeds)."""
     seeds = registry["scales"][scale]["seeds"]
-    return (
-        f"{title}. Reproduced at scale '{scale}' ({arch}, {dataset}); mean ± sample std over seeds "
-        f"{', '.join(map(str, seeds))} (n per row).{note}"
-    )
+    text = f"mean ± sample std over seeds {', '.join(map(str, seeds))} (n per row)"
+    if extra_seeds:
+        text += "; " + "; ".join(
+            f"{', '.join(g['rows'])}: seeds 0–{g['seeds'] - 1}"
+            for g in registry["scales"][scale].get("seed_groups", [])
+        )
+    return text
 
 
 def column_cells(row: dict) -> Iterator[tuple[str, int, Cell]]:
@@ -341,7 +350,13 @@ def summary_entry(row: dict) -> dict | None:
 
 
 def write_tables(
-    registry: dict, paper_file: Path, runs_dir: Path, out_dir: Path, metrics_file: Path, scale: str
+    registry: dict,
+    paper_file: Path,
+    runs_dir: Path,
+    out_dir: Path,
+    metrics_file: Path,
+    scale: str,
+    extra_seeds: bool = False,
 ) -> None:
     """Write table1/table2 .md/.tex/.csv, class_groups.md and the DVC metrics summary."""
     paper = read_yaml(Path(paper_file))
@@ -349,8 +364,8 @@ def write_tables(
     summary: dict[str, dict] = {}
     group_rows: dict[str, dict] = {}
     for table in registry["tables"]:
-        rows = build_rows(table, registry, paper, runs_dir, scale)
-        cap = caption(table, registry, scale, dataset, arch)
+        rows = build_rows(table, registry, paper, runs_dir, scale, extra_seeds)
+        cap = caption(table, registry, scale, dataset, arch, extra_seeds)
         atomic_write_text(out_dir / f"{table}.md", render_markdown(rows, cap))
         atomic_write_text(out_dir / f"{table}.tex", render_latex(rows, cap, f"tab:{table}"))
         atomic_write_text(out_dir / f"{table}.csv", render_csv(rows, table, scale, dataset))

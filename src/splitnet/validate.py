@@ -38,6 +38,7 @@ from .config import (
     key_location,
     load_registry,
     needs_baseline,
+    read_yaml,
     split_experiment,
 )
 from .data import DataError, parse_config, read_manifest
@@ -358,7 +359,7 @@ def check_results_command(args: argparse.Namespace) -> None:
                 f"pick one of: {', '.join(registry['scales'])}"
             )
         if args.command == "tables" and not args.partial:
-            _check_runs_finished(registry, results, args.scale)
+            _check_runs_finished(registry, Path(params_dir), results, args.scale, args.extra_seeds)
         if args.command in ("tables", "figures", "study"):  # they write under <results>/<scale>/
             check_writable_dir(ScaleOutputs(results, args.scale).root, "--results")
     summary_out = getattr(args, "summary_out", None)
@@ -366,10 +367,13 @@ def check_results_command(args: argparse.Namespace) -> None:
         check_writable_file(Path(summary_out), "--summary-out")
 
 
-def _check_runs_finished(registry: dict, results: Path, scale: str) -> None:
-    """Every evaluate run the tables read has its metrics: tables of empty rows look like results."""
+def _check_runs_finished(registry: dict, params_dir: Path, results: Path, scale: str, extra_seeds: bool) -> None:
+    """Every evaluate run the tables and claims read has its metrics: tables of empty rows look like results."""
+    from .claims import claim_experiments, load_claims  # scipy: only for this command
+
+    claims = load_claims(params_dir, registry, read_yaml(params_dir / "paper_results.yaml"))
     out = ScaleOutputs(results, scale)
-    runs = table_runs(registry, scale)
+    runs = table_runs(registry, scale, claim_experiments(claims), extra_seeds)
     missing: dict[str, list[str]] = {}
     for exp, seed in runs:
         if not (out.run_dir(exp, seed, "evaluate") / "metrics.json").is_file():

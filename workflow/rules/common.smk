@@ -5,12 +5,14 @@
 import json
 import re
 import sys
+from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from splitnet.claims import claim_experiments, load_claims
 from splitnet.config import (METHOD_STAGES, REPORTS, SPLIT_METHODS, STAGES, ConfigError, experiment_names, load_registry,
-                             method_of, needs_baseline, resolve, stage_config)
+                             method_of, needs_baseline, read_yaml, resolve, stage_config)
 from splitnet.fingerprint import code_digest, stage_code_digest
 from splitnet.outputs import ScaleOutputs, figure_rows, table_runs
 from splitnet.study import evaluate_files as study_inputs
@@ -22,6 +24,7 @@ PARAMS = config["params_dir"]
 RESULTS = config["results"]
 try:
     REGISTRY = load_registry(PARAMS)  # validates params/*.yaml before any job starts
+    CLAIMS = load_claims(PARAMS, REGISTRY, read_yaml(Path(PARAMS) / "paper_results.yaml"))
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 if SCALE not in REGISTRY["scales"]:

@@ -13,13 +13,21 @@ FIGURE_FILES = [str(p) for p in OUT.figure_files(REGISTRY)]
 TRACKING_FILE = str(OUT.tracking)
 STUDY_FILES = [str(p) for p in OUT.study_files()]
 HAS_STUDY = REGISTRY["grouping_study"]["scale"] == SCALE  # the study belongs to one scale's pipeline
+# `--config extra_seeds=true`: the rows of the scale's seed_groups run their extra seeds, and the
+# tables, claims and MLflow read them (a constant flag, never a config value, reaches the shell)
+EXTRA_SEEDS = "--extra-seeds" if config["extra_seeds"] else ""
+TABLE_RUNS = table_runs(REGISTRY, SCALE, claim_experiments(CLAIMS), config["extra_seeds"])
 
 
 rule tables:
     input:
-        # every row of the grid (tables and figures), every seed: what `splitnet tables` checks for
-        metrics=[run_dir(exp, seed, "evaluate", SCALE) + "/metrics.json" for exp, seed in table_runs(REGISTRY, SCALE)],
+        # every row of the tables, figures and claims, over its seeds: what `splitnet tables` checks for
+        metrics=[run_dir(exp, seed, "evaluate", SCALE) + "/metrics.json" for exp, seed in TABLE_RUNS],
+        # the claims' block-weight measure reads the groupings themselves
+        groupings=[run_dir(exp, seed, "learn_groups", SCALE) + "/model.pt" for exp, seed in TABLE_RUNS
+                   if method(exp) == "splitnet"],
         paper=f"{PARAMS}/paper_results.yaml",
+        claims=f"{PARAMS}/claims.yaml",
     output:
         [report(f, caption="../report/tables.rst", category="Tables") if f.endswith(".md") else f for f in TABLE_FILES],
         [report(f, caption="../report/claims.rst", category="Claims") if f.endswith(".md") else f
@@ -30,7 +38,8 @@ rule tables:
     log:
         f"{OUT.logs}/tables.log",
     shell:
-        "{PYTHON:q} -m splitnet tables --scale {SCALE:q} --params-dir {PARAMS:q} --results {RESULTS:q} > {log:q} 2>&1"
+        "{PYTHON:q} -m splitnet tables --scale {SCALE:q} --params-dir {PARAMS:q} --results {RESULTS:q} {EXTRA_SEEDS}"
+        " > {log:q} 2>&1"
 
 
 rule figures:
@@ -61,7 +70,7 @@ rule track:
         f"{OUT.logs}/track.log",
     shell:
         "MLFLOW_DISABLE_TELEMETRY=true {PYTHON:q} -m splitnet track --scale {SCALE:q} --params-dir {PARAMS:q}"
-        " --results {RESULTS:q} --summary-out {output:q} > {log:q} 2>&1"
+        " --results {RESULTS:q} --summary-out {output:q} {EXTRA_SEEDS} > {log:q} 2>&1"
 
 
 rule grouping_study:
