@@ -220,3 +220,12 @@ def test_a_bad_registry_is_one_line_naming_the_claim(tmp_path, edit, message):
     with pytest.raises(ConfigError) as err:
         load_claims(tmp_path / "params", REGISTRY, PAPER)
     assert message in str(err.value) and "claims.yaml" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_verdict_one_seed_can_flip_is_not_stable():
+    clear = _rows({"deep": [14.5, 14.6, 14.4, 14.5], "baseline": [14.0, 14.1, 13.9, 14.0]})
+    assert _judge("deep_close_to_baseline", clear)["stable"] == "yes"
+    # three seeds put the upper end of the CI below the margin; with any one left out, n = 2 does not
+    edge = _rows({"deep": [14.3, 14.7, 14.5], "baseline": [14.0, 14.1, 13.9, 14.0]})
+    row = _judge("deep_close_to_baseline", edge)
+    assert row["verdict"] == HOLDS and row["stable"] == "no"

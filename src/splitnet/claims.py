@@ -30,7 +30,17 @@ from .tables import mean_std
 CLAIMS_FILE = "claims.yaml"
 HOLDS, CONTRADICTED, INCONCLUSIVE = "holds", "contradicted", "inconclusive"
 VERDICT = {1: HOLDS, -1: CONTRADICTED, 0: INCONCLUSIVE}
-CSV_COLUMNS = ("id", "statement", "verdict", "n", "mde_80pct", "paper_effect", "paper_evidence", "our_evidence")
+CSV_COLUMNS = (
+    "id",
+    "statement",
+    "verdict",
+    "stable",
+    "n",
+    "mde_80pct",
+    "paper_effect",
+    "paper_evidence",
+    "our_evidence",
+)
 
 
 def load_claims(params_dir: str | Path, registry: dict, paper: dict) -> dict:
@@ -289,6 +299,21 @@ def _num(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
+def verdict(claim: dict, samples: Samples, rules: dict, paper: dict) -> str:
+    return combine([judge(claim, test, samples, rules, paper).sign for test in claim["tests"]])
+
+
+def stable(claim: dict, samples: Samples, rules: dict, paper: dict) -> bool:
+    """Does the verdict survive leaving out any one seed of any row the claim reads?"""
+    full = verdict(claim, samples, rules, paper)
+    rows = {exp for test in claim["tests"] for exp in tested_rows(test)}
+    return all(
+        verdict(claim, Samples([r for r in samples.rows if r is not left_out]), rules, paper) == full
+        for left_out in samples.rows
+        if left_out["experiment"] in rows
+    )
+
+
 def claim_rows(doc: dict, samples: Samples, paper: dict) -> list[dict[str, str]]:
     rows = []
     for claim in doc["claims"]:
@@ -303,6 +328,7 @@ def claim_rows(doc: dict, samples: Samples, paper: dict) -> list[dict[str, str]]
                 "id": claim["id"],
                 "statement": claim["statement"],
                 "verdict": combine([o.sign for o in outcomes]),
+                "stable": "yes" if stable(claim, samples, doc["rules"], paper) else "no",
                 "n": "; ".join(o.n or "–" for o in outcomes),
                 "mde_80pct": "; ".join(_num(o.mde) for o in outcomes),
                 "paper_effect": "; ".join(_num(o.paper_effect) for o in outcomes),
@@ -319,8 +345,9 @@ def rule_text(rules: dict) -> str:
         f"hold when the CI of the difference excludes 0 the claim's way; not_worse holds when its upper end is ≤ "
         f"+{rules['close_margin_pt']:.2f} pt; above holds when the CI of the mean is above the reference; a claim "
         "holds when all its tests hold, is contradicted when one goes significantly against it, inconclusive "
-        f"otherwise. MDE: the difference detectable at {rules['power']:.0%} power at this n. Rules fixed before "
-        "the runs (params/claims.yaml, git history)."
+        f"otherwise. MDE: the difference detectable at {rules['power']:.0%} power at this n. Stable: the verdict "
+        "is the same with any one seed of any row left out. Rules fixed before the runs (params/claims.yaml, "
+        "git history)."
     )
 
 
@@ -333,12 +360,12 @@ def render_markdown(rows: list[dict[str, str]], caption: str, rules: dict) -> st
         "",
         f"Rule: {rule_text(rules)}",
         "",
-        "| Claim | Paper's evidence | Our evidence | n | MDE (80 %) | Paper's effect | Verdict |",
-        "|---|---|---|---|---|---|---|",
+        "| Claim | Paper's evidence | Our evidence | n | MDE (80 %) | Paper's effect | Verdict | Stable |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     lines += [
         f"| `{r['id']}`: {cell(r['statement'])} | {cell(r['paper_evidence'])} | {cell(r['our_evidence'])} | "
-        f"{r['n']} | {r['mde_80pct']} | {r['paper_effect']} | **{r['verdict']}** |"
+        f"{r['n']} | {r['mde_80pct']} | {r['paper_effect']} | **{r['verdict']}** | {r['stable']} |"
         for r in rows
     ]
     return "\n".join(lines) + "\n"
