@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -21,6 +22,8 @@ import torch
 
 from .artifacts import load_artifact, plan_from_dict, read_snapshots
 from .block_weights import vector_matrix
+from .convergence import CONVERGED, SHARP
+from .records import RUN_RECORD
 from .spec import SplitSpec
 from .topology import build_topology
 
@@ -89,7 +92,8 @@ def fig1_assignment_dynamics(runs: dict[str, Path], out_base: Path, vector: str 
                 fontsize=7,
                 color="tab:red",
             )
-        ax.set_title(title)
+        lr_scale = json.loads((run_dir / RUN_RECORD).read_text())["config"]["group"]["assignment_lr_scale"]
+        ax.set_title(f"{title}\nassignment lr = weight lr × {lr_scale:g}", fontsize=8)
         ax.set_xscale("symlog", linthresh=100)  # linear over the first 100 steps, where the assignments move
         ax.set_xlim(0, steps[-1])
         ax.set_xlabel("step (linear to 100, then log)")
@@ -97,6 +101,14 @@ def fig1_assignment_dynamics(runs: dict[str, Path], out_base: Path, vector: str 
     axes[0][0].set_ylabel(f"largest assignment of each class ({vector})")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", ncol=3, fontsize=7, bbox_to_anchor=(0.5, -0.04))
+    fig.text(
+        0.5,
+        -0.2,
+        f"A node is sharp when its largest group probability exceeds {SHARP:g}; a variable has converged when "
+        f"≥ {CONVERGED:.0%} of its nodes are sharp. The paper's assignment lr is the weights' (× 1).",
+        ha="center",
+        fontsize=7,
+    )
     fig.suptitle("Class-to-group assignments during grouping", y=1.04)
     return _save(fig, out_base)
 
