@@ -17,7 +17,7 @@ from splitnet.figures import fig_class_groups
 from splitnet.metrics import adjusted_rand_index, best_merge_ari, class_group_table, merges, semantic_ari
 from splitnet.outputs import ScaleOutputs
 from splitnet.regularizers import RegularizerConfig, warmed_up
-from splitnet.study import COLUMNS, goal_verdicts, study_cells, write_study
+from splitnet.study import COLUMNS, INIT_SNAPSHOT, goal_verdicts, study_cells, write_study
 
 FASHION_SUPER = [0, 2, 0, 0, 0, 1, 0, 1, 2, 1]  # tops / footwear / other (splitnet.data.fashion_mnist)
 
@@ -124,8 +124,24 @@ def test_study_table_scores_every_dataset_and_preset(tmp_path):
             path = ScaleOutputs(tmp_path, cell.scale).run_dir(cell.experiment, seed, "evaluate") / "metrics.json"
             path.parent.mkdir(parents=True)
             path.write_text(json.dumps(metrics))
+    # the semantic cell's seed 0 started from the superclasses already (its step-0 snapshot), the
+    # paper cell's from the noise grouping; the manifest gives the steps per epoch
+    for preset, start in (("semantic", perfect), ("paper", noise)):
+        cell = next(c for c in cells if (c.dataset, c.preset) == ("fashion_g2", preset))
+        snapshot = ScaleOutputs(tmp_path, cell.scale).run_dir(cell.experiment, 0, "learn_groups") / INIT_SNAPSHOT
+        snapshot.parent.mkdir(parents=True)
+        torch.save({"head_out": torch.nn.functional.one_hot(torch.tensor(start), 2).T.float()}, snapshot)
+    manifest = ScaleOutputs(tmp_path, "cpu").data / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(json.dumps({"splits": {"train": {"count": 30_000}}}))
     rows = write_study(registry, tmp_path, tmp_path / "tables")
     table = list(csv.DictReader(open(tmp_path / "tables" / "grouping_study.csv")))
+    by = {(r["dataset"], r["preset"]): r for r in table}
+    assert float(by[("fashion_g2", "semantic")]["init_ari_mean"]) == 1.0
+    assert float(by[("fashion_g2", "paper")]["init_ari_mean"]) < 0.5
+    # 333 steps per epoch: the paper cell's grouping + finetune (8 + 4), the semantic cell's also the baseline's 12
+    assert by[("fashion_g2", "paper")]["sgd_steps"] == str(333 * 12)
+    assert by[("fashion_g2", "semantic")]["sgd_steps"] == str(333 * 24)
     assert tuple(table[0]) == COLUMNS and len(table) == len(cells)
     by = {(r["dataset"], r["preset"]): r for r in table}
     seeds = len(registry["grouping_study"]["seeds"])

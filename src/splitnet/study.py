@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-from .config import PAPER_PRESET, study_experiment
+from .config import PAPER_PRESET, needs_baseline, resolve, study_experiment
 from .convergence import CONVERGED
-from .io import atomic_write_text
-from .metrics import semantic_ari
+from .io import atomic_write_text, load_torch_file
+from .metrics import adjusted_rand_index, best_merge_ari, semantic_ari
 from .outputs import ScaleOutputs
 from .tables import mean_std, seed_metrics
 
@@ -35,6 +36,9 @@ COLUMNS = (
     "purity_mean",
     "purity_std",
     "steps_to_convergence_mean",
+    "init_ari_mean",
+    "init_ari_std",
+    "sgd_steps",
     "test_error_mean",
     "test_error_std",
     "experiment",
@@ -90,6 +94,37 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return mean_std(values) if values else (None, None)
 
 
+INIT_SNAPSHOT = "assignments/step_0000000.pt"  # learn-groups' snapshot before the first step
+
+
+def init_ari(grouping_run: Path, groups: dict) -> float | None:
+    """The ARI of the class groups the grouping *started* from (its step-0 snapshot), scored as the
+    final groups are: what the initialisation alone (noise, or HD-CNN's confusion clustering) gives."""
+    snapshot = grouping_run / INIT_SNAPSHOT
+    if not snapshot.is_file() or "superclasses" not in groups:
+        return None
+    start = load_torch_file(snapshot)["head_out"].argmax(0).tolist()  # class -> group
+    names = list(groups["class_to_group"])
+    superclass_of = {name: i for i, members in enumerate(groups["superclasses"].values()) for name in members}
+    supers = [superclass_of[name] for name in names]
+    blocks = len(groups["groups"])
+    if blocks < len(set(supers)):
+        return best_merge_ari(start, supers, blocks)
+    return adjusted_rand_index(start, supers)
+
+
+def sgd_steps(registry: dict, cell: StudyCell, results: str | Path) -> int | None:
+    """SGD steps behind one seed of the cell: grouping + finetune, plus the baseline's training
+    when the grouping starts from it (its weights or its confusions): the budget to compare at."""
+    manifest = ScaleOutputs(results, cell.scale).data / "manifest.json"
+    if not manifest.is_file():
+        return None
+    cfg = resolve(registry, cell.experiment, cell.scale)
+    per_epoch = json.loads(manifest.read_text())["splits"]["train"]["count"] // cfg["engine"]["batch_size"]
+    stages = ["group", "finetune", *(["train"] if needs_baseline(cfg) else [])]
+    return per_epoch * sum(cfg[stage]["schedule"]["epochs"] for stage in stages)
+
+
 def study_rows(registry: dict, results: str | Path) -> list[dict]:
     """One row per (dataset, preset) with the statistics of its finished seeds."""
     rows = []
@@ -101,6 +136,9 @@ def study_rows(registry: dict, results: str | Path) -> list[dict]:
         ari_mean, ari_std = _mean_std(cast(list[float], aris))  # study datasets have superclasses: no None
         purity_mean, purity_std = _mean_std([m["groups"]["superclass_purity"] for m in metrics])
         error_mean, error_std = _mean_std([m["test_error"] for m in metrics])
+        runs = ScaleOutputs(results, cell.scale)
+        starts = [init_ari(runs.run_dir(cell.experiment, m["seed"], "learn_groups"), m["groups"]) for m in metrics]
+        init_mean, init_std = _mean_std([a for a in starts if a is not None])
         rows.append(
             {
                 "dataset": cell.dataset,
@@ -115,6 +153,9 @@ def study_rows(registry: dict, results: str | Path) -> list[dict]:
                 "steps_to_convergence_mean": None
                 if None in steps or not steps
                 else mean_std([float(s) for s in steps])[0],
+                "init_ari_mean": init_mean,
+                "init_ari_std": init_std,
+                "sgd_steps": sgd_steps(registry, cell, results),
                 "test_error_mean": error_mean,
                 "test_error_std": error_std,
                 "experiment": cell.experiment,
@@ -174,21 +215,26 @@ def render_markdown(rows: list[dict]) -> str:
         "**Grouping study.** ARI of the learned class groups against the dataset's superclasses (against their "
         "best merge when the split has fewer groups than superclasses; 0 = chance, 1 = exact), mean ± std over "
         "seeds; converged: seeds whose every assignment variable ended with ≥ 90 % sharp nodes; steps: to "
-        "convergence (mean); test error of the finetuned split network (%).",
+        "convergence (mean); ARI at init: of the groups the grouping started from (its step-0 assignments; for "
+        "`confusion_init` and `semantic` that is HD-CNN's spectral clustering of the baseline's confusions, Yan et al. "
+        "2015, before any SplitNet training); SGD steps: grouping + finetune, plus the baseline's training when the "
+        "grouping starts from it (compare cells at equal budgets); test error of the finetuned split network (%).",
         "",
-        "| dataset | preset | ARI | ARI per seed | purity | converged | steps | test error |",
-        "|---|---|---|---|---|---|---|---|",
+        "| dataset | preset | ARI | ARI per seed | ARI at init | purity | converged | steps | SGD steps | test error |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if not r["seeds"]:
-            lines.append(f"| {r['dataset']} | {r['preset']} | (no finished runs) | | | | | |")
+            lines.append(f"| {r['dataset']} | {r['preset']} | (no finished runs) | | | | | | | |")
             continue
         per_seed = ", ".join(f"{a:.2f}" for a in r["ari_per_seed"])
         steps = "never (a seed)" if r["steps_to_convergence_mean"] is None else f"{r['steps_to_convergence_mean']:.0f}"
+        start = "–" if r["init_ari_mean"] is None else f"{r['init_ari_mean']:.3f} ± {r['init_ari_std']:.3f}"
+        budget = "–" if r["sgd_steps"] is None else f"{r['sgd_steps']:,}"
         lines.append(
-            f"| {r['dataset']} | {r['preset']} | {r['ari_mean']:.3f} ± {r['ari_std']:.3f} | {per_seed} | "
+            f"| {r['dataset']} | {r['preset']} | {r['ari_mean']:.3f} ± {r['ari_std']:.3f} | {per_seed} | {start} | "
             f"{r['purity_mean']:.3f} ± {r['purity_std']:.3f} | {r['converged_seeds']}/{r['seeds']} | {steps} | "
-            f"{r['test_error_mean']:.2f} ± {r['test_error_std']:.2f} |"
+            f"{budget} | {r['test_error_mean']:.2f} ± {r['test_error_std']:.2f} |"
         )
     lines += [
         "",
