@@ -1,6 +1,7 @@
 # SplitNet reproduction: data -> baseline -> grouping -> split -> finetune -> evaluate -> tables.
 #   snakemake --cores all                        # cpu scale (default), local; also runs the grouping study
 #   snakemake --cores all grouping_study         # only the grouping study (results/cpu/tables/grouping_study.csv)
+#   snakemake --cores all --config extra_seeds=True gap_study=True   # the reference results: more seeds, gap study
 #   snakemake --cores all --config scale=paper --profile workflow/profiles/slurm
 # Experiments, scales and paper numbers live in params/; the rules live in workflow/rules/.
 
@@ -24,3 +25,4 @@ rule all:
         FIGURE_FILES,
         TRACKING_FILE,
         STUDY_FILES if HAS_STUDY else [],
+        GAP_FILES if config["gap_study"] else [],

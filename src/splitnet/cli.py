@@ -11,12 +11,12 @@ from typing import NoReturn
 from .config import EXPERIMENTS_FILE, SPLIT_METHODS, STAGES, TRAINING_STAGES, command_name, load_registry
 from .data.errors import DataError
 from .io import os_error_text
-from .reports import cmd_figures, cmd_study, cmd_tables, cmd_track
+from .reports import cmd_figures, cmd_gap_study, cmd_study, cmd_tables, cmd_track
 from .spec import SpecError, SplitSpec
 
 EXIT_BAD_INPUT = 2
 EXIT_UNEXPECTED = 1
-RESULTS_COMMANDS = ("tables", "figures", "track", "study")  # they read and write under --results
+RESULTS_COMMANDS = ("tables", "figures", "track", "study", "gap-study")  # they read and write under --results
 
 
 def _add_extra_seeds(p: argparse.ArgumentParser) -> None:
@@ -213,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results")
     _add_extra_seeds(p)
     p.add_argument(
+        "--gap-study",
+        action="store_true",
+        help="the claims also read the gap study's runs (params/experiments.yaml: gap_study)",
+    )
+    p.add_argument(
         "--partial",
         action="store_true",
         help="render even though some rows or seeds have not finished (their cells stay empty); "
@@ -231,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params-dir", default="params")
     p.add_argument("--results", default="results", help="reads <results>/<dataset's scale>/runs/<row@preset>/...")
     p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("gap-study", help="the gap study: the split penalty over the baseline per width (gap_study.csv)")
+    p.add_argument("--scale", default="cpu", help="whose tables/ and figures/ directories receive the study")
+    p.add_argument("--params-dir", default="params")
+    p.add_argument("--results", default="results", help="reads <results>/<gap_study.scale>/runs/<row@width>/...")
+    p.set_defaults(func=cmd_gap_study)
 
     p = sub.add_parser("track", help="import every run record into MLflow (serial, idempotent)")
     p.add_argument("--scale", default="cpu")

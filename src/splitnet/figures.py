@@ -202,3 +202,40 @@ def fig_class_groups(panels: dict[str, list[dict]], out_base: Path) -> list[Path
     paths = _save(fig, out_base)
     plt.close(fig)
     return paths
+
+
+def fig_gap_study(rows: list[dict], widths: list[str], out_base: Path) -> list[Path]:
+    """The gap study: each split's error penalty over the baseline (95 % CI) per width preset;
+    the confounder arms (no dropout, longer finetuning) beside the narrowest width."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.2), layout="constrained")
+    by_row: dict[str, list[dict]] = {}
+    arms = []
+    for r in rows:
+        if r["penalty_mean"] is None:
+            continue
+        if r["kind"] == "confounder":
+            arms.append(r)
+        else:
+            by_row.setdefault(r["row"], []).append(r)
+    for i, (row, found) in enumerate(sorted(by_row.items())):
+        x = [widths.index(r["width"]) + (i - len(by_row) / 2) * 0.06 for r in found]
+        y = [r["penalty_mean"] for r in found]
+        err = [
+            [r["penalty_mean"] - r["penalty_ci_low"] for r in found],
+            [r["penalty_ci_high"] - r["penalty_mean"] for r in found],
+        ]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=row)
+    for j, r in enumerate(arms):
+        err = [[r["penalty_mean"] - r["penalty_ci_low"]], [r["penalty_ci_high"] - r["penalty_mean"]]]
+        ax.errorbar(
+            [-0.45 + 0.08 * j], [r["penalty_mean"]], yerr=err, marker="s", capsize=3, linestyle="none", label=r["arm"]
+        )
+    ax.axhline(0.0, color="gray", linewidth=1, linestyle=":")
+    ax.set_xticks(range(len(widths)), widths)
+    ax.set_xlabel("width preset (paper = the scale's network)")
+    ax.set_ylabel("error − baseline at that width (pt)")
+    ax.legend(fontsize=6, ncol=2)
+    if not by_row and not arms:
+        ax.text(0.5, 0.5, "no finished runs", transform=ax.transAxes, ha="center")
+    fig.suptitle("Does the split penalty shrink with width? (gap study)")
+    return _save(fig, out_base)

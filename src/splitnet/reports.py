@@ -74,7 +74,8 @@ def cmd_tables(args: argparse.Namespace) -> int:
     claims = load_claims(args.params_dir, registry, paper)
     write_tables(registry, paper_file, out.runs, out.tables, out.summary, args.scale, args.extra_seeds)
     # The claims read the per-seed table only, so committing it lets anyone recompute every verdict.
-    rows = per_seed.collect(out.runs, table_runs(registry, args.scale, claim_experiments(claims), args.extra_seeds))
+    runs = table_runs(registry, args.scale, claim_experiments(claims, args.gap_study), args.extra_seeds)
+    rows = per_seed.collect(out.runs, runs)
     per_seed.write_csv(out.per_seed, rows)
     dataset, arch = dataset_text(registry, args.scale), registry["scales"][args.scale]["model"]["arch"].upper()
     caption = (
@@ -130,5 +131,20 @@ def cmd_study(args: argparse.Namespace) -> int:
     print(
         f"wrote {', '.join(str(p) for p in out.study_files())}: "
         f"{sum(r['seeds'] for r in rows)} runs in {len(rows)} (dataset, preset) cells"
+    )
+    return 0
+
+
+def cmd_gap_study(args: argparse.Namespace) -> int:
+    from .config import load_registry
+    from .gap_study import write_gap_study
+    from .outputs import ScaleOutputs
+
+    registry = load_registry(args.params_dir)
+    out = ScaleOutputs(args.results, args.scale)
+    rows = write_gap_study(registry, args.results, out)
+    print(
+        f"wrote {out.tables}/gap_study.(csv|md), {out.figures}/gap_study.(png|pdf): "
+        f"{sum(r['seeds'] for r in rows)} runs in {len(rows)} arms"
     )
     return 0

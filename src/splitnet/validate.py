@@ -359,21 +359,23 @@ def check_results_command(args: argparse.Namespace) -> None:
                 f"pick one of: {', '.join(registry['scales'])}"
             )
         if args.command == "tables" and not args.partial:
-            _check_runs_finished(registry, Path(params_dir), results, args.scale, args.extra_seeds)
-        if args.command in ("tables", "figures", "study"):  # they write under <results>/<scale>/
+            _check_runs_finished(registry, Path(params_dir), results, args.scale, args.extra_seeds, args.gap_study)
+        if args.command in ("tables", "figures", "study", "gap-study"):  # they write under <results>/<scale>/
             check_writable_dir(ScaleOutputs(results, args.scale).root, "--results")
     summary_out = getattr(args, "summary_out", None)
     if summary_out:
         check_writable_file(Path(summary_out), "--summary-out")
 
 
-def _check_runs_finished(registry: dict, params_dir: Path, results: Path, scale: str, extra_seeds: bool) -> None:
+def _check_runs_finished(
+    registry: dict, params_dir: Path, results: Path, scale: str, extra_seeds: bool, gap_study: bool
+) -> None:
     """Every evaluate run the tables and claims read has its metrics: tables of empty rows look like results."""
     from .claims import claim_experiments, load_claims  # scipy: only for this command
 
     claims = load_claims(params_dir, registry, read_yaml(params_dir / "paper_results.yaml"))
     out = ScaleOutputs(results, scale)
-    runs = table_runs(registry, scale, claim_experiments(claims), extra_seeds)
+    runs = table_runs(registry, scale, claim_experiments(claims, gap_study), extra_seeds)
     missing: dict[str, list[str]] = {}
     for exp, seed in runs:
         if not (out.run_dir(exp, seed, "evaluate") / "metrics.json").is_file():

@@ -15,6 +15,7 @@ from splitnet.config import (METHOD_STAGES, REPORTS, SPLIT_METHODS, STAGES, Conf
                              method_of, needs_baseline, read_yaml, resolve, stage_config)
 from splitnet.fingerprint import code_digest, stage_code_digest
 from splitnet.outputs import ScaleOutputs, figure_rows, table_runs
+from splitnet.gap_study import evaluate_files as gap_inputs
 from splitnet.study import evaluate_files as study_inputs
 
 validate(config, "../schemas/config.schema.yaml")
@@ -126,4 +127,6 @@ GPU_RESOURCES = dict(gpu=gpus, cpus_per_gpu=lambda w: 8 if gpus(w) else 0,
 wildcard_constraints:
     exp="|".join(re.escape(e) for e in sorted(experiment_names(REGISTRY), key=len, reverse=True)),
     seed=r"\d+",
+    baseline="|".join(re.escape(e) for e in sorted(experiment_names(REGISTRY), key=len, reverse=True)
+                      if method_of(REGISTRY, e) == "baseline"),
     scale="|".join(re.escape(s) for s in REGISTRY["scales"]),

@@ -3,6 +3,7 @@
 localrules:
     tables,
     grouping_study,
+    gap_study,
     figures,
     track,
 
@@ -16,7 +17,12 @@ HAS_STUDY = REGISTRY["grouping_study"]["scale"] == SCALE  # the study belongs to
 # `--config extra_seeds=true`: the rows of the scale's seed_groups run their extra seeds, and the
 # tables, claims and MLflow read them (a constant flag, never a config value, reaches the shell)
 EXTRA_SEEDS = "--extra-seeds" if config["extra_seeds"] else ""
-TABLE_RUNS = table_runs(REGISTRY, SCALE, claim_experiments(CLAIMS), config["extra_seeds"])
+# `--config gap_study=True`: also the gap study (not in the default run), whose runs the claims then read
+GAP_STUDY = "--gap-study" if config["gap_study"] else ""
+TABLE_RUNS = table_runs(REGISTRY, SCALE, claim_experiments(CLAIMS, config["gap_study"]), config["extra_seeds"])
+GAP_FILES = [f"{OUT.tables}/gap_study.{ext}" for ext in ("csv", "md")] + [
+    f"{OUT.figures}/gap_study.{ext}" for ext in ("png", "pdf")
+]
 
 
 rule tables:
@@ -39,6 +45,7 @@ rule tables:
         f"{OUT.logs}/tables.log",
     shell:
         "{PYTHON:q} -m splitnet tables --scale {SCALE:q} --params-dir {PARAMS:q} --results {RESULTS:q} {EXTRA_SEEDS}"
+        " {GAP_STUDY}"
         " > {log:q} 2>&1"
 
 
@@ -87,3 +94,19 @@ rule grouping_study:
         f"{OUT.logs}/grouping_study.log",
     shell:
         "{PYTHON:q} -m splitnet study --scale {SCALE:q} --params-dir {PARAMS:q} --results {RESULTS:q} > {log:q} 2>&1"
+
+
+rule gap_study:
+    input:
+        # every (arm, seed) of the gap study, at its scale
+        metrics=[str(p) for p in gap_inputs(REGISTRY, RESULTS)],
+    output:
+        [report(f, caption="../report/gap_study.rst", category="Gap study") if f.endswith((".md", ".png")) else f
+         for f in GAP_FILES],
+    params:
+        study=json.dumps({k: REGISTRY[k] for k in ("gap_study", "presets")}, sort_keys=True),
+        code=code_digest(["reports:cmd_gap_study"], exclude=()),
+    log:
+        f"{OUT.logs}/gap_study.log",
+    shell:
+        "{PYTHON:q} -m splitnet gap-study --scale {SCALE:q} --params-dir {PARAMS:q} --results {RESULTS:q} > {log:q} 2>&1"

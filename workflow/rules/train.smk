@@ -4,23 +4,24 @@
 
 
 rule train_baseline:
+    # the baseline row, or the baseline with a preset (the gap study's wider baselines)
     input:
         data=manifest(),
     output:
-        model=run_dir("baseline", "{seed}", "train") + "/model.pt",
-        record=run_dir("baseline", "{seed}", "train") + "/run.json",
+        model=run_dir("{baseline}", "{seed}", "train") + "/model.pt",
+        record=run_dir("{baseline}", "{seed}", "train") + "/run.json",
     params:
-        cfg=lambda w: stage_params("baseline", "train", w.seed, w.scale),
+        cfg=lambda w: stage_params(w.baseline, "train", w.seed, w.scale),
         code=STAGE_CODE["train"],
         data=lambda w: ScaleOutputs(RESULTS, w.scale).data,
-        out=lambda w: run_dir("baseline", w.seed, "train", w.scale),
+        out=lambda w: run_dir(w.baseline, w.seed, "train", w.scale),
     threads: threads_of
     resources:
         **GPU_RESOURCES,
     log:
-        log_file("baseline/seed_{seed}/train"),
+        log_file("{baseline}/seed_{seed}/train"),
     shell:
-        "SPLITNET_RULE={rule:q} {PYTHON:q} -m splitnet train --experiment baseline --scale {wildcards.scale:q}"
+        "SPLITNET_RULE={rule:q} {PYTHON:q} -m splitnet train --experiment {wildcards.baseline:q} --scale {wildcards.scale:q}"
         " --seed {wildcards.seed:q} --params-dir {PARAMS:q} --data {params.data:q} --out {params.out:q} --resume"
         " > {log:q} 2>&1"
 
