@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .claims import interval, stat
-from .config import PAPER_PRESET, study_experiment
+from .config import PAPER_PRESET, ConfigError, split_experiment, study_experiment
 from .io import atomic_write_text
 from .outputs import ScaleOutputs
 from .tables import seed_metrics
@@ -49,6 +49,24 @@ class GapCell:
     row: str
     width: str  # the width preset the penalty is measured at (its baseline's)
     experiment: str
+
+
+def check(registry: dict, params_dir: str | Path) -> None:
+    """Every row, arm and width of ``gap_study`` names an experiment or preset (one line if not)."""
+    study, where = registry["gap_study"], Path(params_dir) / "experiments.yaml"
+    if study["scale"] not in registry["scales"]:
+        raise ConfigError(f"{where}: gap_study.scale: unknown scale {study['scale']!r}")
+    for width in study["widths"]:
+        if width != PAPER_PRESET and width not in registry["presets"]:
+            raise ConfigError(
+                f"{where}: gap_study.widths: unknown preset {width!r}; known: {', '.join(registry['presets'])}"
+            )
+    for key in ("rows", "arms"):
+        for exp in study[key]:
+            try:
+                split_experiment(registry, exp)
+            except ConfigError as err:
+                raise ConfigError(f"{where}: gap_study.{key}: {err}") from None
 
 
 def gap_cells(registry: dict) -> list[GapCell]:
