@@ -195,6 +195,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
         "bigval": _scale({**planted, "val_size": 100000}),
     }
     (params / "scales.yaml").write_text(yaml.safe_dump({"scales": scales}, sort_keys=False))
+    for name in ("paper_results.yaml", "claims.yaml"):  # what the tables and claims read
+        shutil.copy(REPO / "params" / name, params / name)
     data = root / "data"
     assert (
         main(
