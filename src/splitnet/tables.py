@@ -373,7 +373,10 @@ def write_tables(
         for r in rows:
             group_rows.setdefault(r["experiment"], r)
     atomic_write_text(out_dir / "class_groups.md", class_groups_markdown(list(group_rows.values()), scale, dataset))
-    atomic_write_json(metrics_file, {"scale": scale, "seeds": registry["scales"][scale]["seeds"], **summary})
+    atomic_write_json(
+        metrics_file,
+        {"scale": scale, "seeds": registry["scales"][scale]["seeds"], "extra_seeds": extra_seeds, **summary},
+    )
 
 
 def dataset_text(registry: dict, scale: str) -> str:
