@@ -200,6 +200,7 @@ def test_a_code_change_reruns_exactly_the_jobs_that_run_that_code(main_run):
     seeds = len(registry["scales"]["ci"]["seeds"])
     rows = {r["experiment"] for t in registry["tables"].values() for r in t["rows"]}
     rows |= {exp for runs in registry["figures"].values() for exp in runs.values()}
+    rows |= claim_experiments({"claims": CLAIMS})
     grouping_rows = {r for r in rows if "learn_groups" in METHOD_STAGES[method_of(registry, r)]}
     split_rows = {r for r in rows if "split" in METHOD_STAGES[method_of(registry, r)]}
     statement = "\n_CODE_CHANGE_TEST = 1\n"
