@@ -1,7 +1,8 @@
 # SplitNet reproduction: data -> baseline -> grouping -> split -> finetune -> evaluate -> tables.
 #   snakemake --cores all                        # cpu scale (default), local; also runs the grouping study
 #   snakemake --cores all grouping_study         # only the grouping study (results/cpu/tables/grouping_study.csv)
-#   snakemake --cores all --config extra_seeds=True gap_study=True   # the reference results: more seeds, gap study
+#   snakemake --cores all --config extra_seeds=True   # the committed reference results: more seeds for the small effects
+#   snakemake --cores all --config gap_study=True     # also the gap study (hours; docs/studies/verdicts.md)
 #   snakemake --cores all --config scale=paper --profile workflow/profiles/slurm
 # Experiments, scales and paper numbers live in params/; the rules live in workflow/rules/.
 
