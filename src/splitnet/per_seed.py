@@ -80,7 +80,7 @@ def _text(value: object) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return repr(round(value, 6))  # fixed precision: reruns of the same runs give the same bytes
+        return repr(value)  # the shortest text that reads back as the same float: verdicts recompute exactly
     return str(value)
 
 
