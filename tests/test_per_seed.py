@@ -86,3 +86,22 @@ def test_collect_and_csv_round_trip(tmp_path):
     back = read_csv(tmp_path / "per_seed.csv")
     assert back == [{**r, "steps_to_convergence": 300.0, "balanced_params_reduced_pct": pytest.approx(
         r["balanced_params_reduced_pct"], abs=1e-6)} for r in rows]  # fmt: skip
+
+
+def test_a_grouping_model_that_differs_from_its_record_is_refused(tmp_path):
+    from splitnet.records import RUN_RECORD
+
+    runs = tmp_path / "runs"
+    grouping = run_dir(runs, "deep", 0, "learn_groups") / "model.pt"
+    grouping.parent.mkdir(parents=True)
+    model = wide_resnet("wrn-10-1", in_channels=1, num_classes=10)
+    spec = SplitSpec.parse("2-2-2")
+    mats = {v.name: torch.full((v.groups, v.size), 0.5) for v in build_topology(model.plan, spec).variables()}
+    save_grouping(model, spec, mats, grouping)
+    (grouping.parent / RUN_RECORD).write_text(json.dumps({"sha256": {"model.pt": "0" * 64}}))
+    evaluate = run_dir(runs, "deep", 0, "evaluate") / "metrics.json"
+    evaluate.parent.mkdir(parents=True)
+    evaluate.write_text(json.dumps({"test_error": 17.0, "params_reduced_pct": 43.5, "flops_reduced_pct": 25.0,
+                                    "grouping": {"steps_to_convergence": {"all": 400}}}))  # fmt: skip
+    with pytest.raises(ValueError, match="model.pt"):
+        collect(runs, [("deep", 0)])

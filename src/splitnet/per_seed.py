@@ -18,6 +18,7 @@ from .io import atomic_write_text
 from .metrics import semantic_ari
 from .model import wide_resnet
 from .outputs import run_dir
+from .records import check_recorded
 from .spec import SplitSpec
 from .summary import summarize
 
@@ -58,6 +59,7 @@ def record(runs_dir: Path, experiment: str, seed: int) -> dict:
     }
     grouping_model = run_dir(runs_dir, experiment, seed, "learn_groups") / "model.pt"
     if grouping and grouping_model.is_file():
+        check_recorded(grouping_model)  # the bytes its learn-groups run recorded, or a one-line error
         row["block_weight_excess"] = block_weight_excess(grouping_model)
     if metrics.get("split") and groups:
         shape = tuple(metrics["input_shape"])
