@@ -1,9 +1,13 @@
-"""Committed results carry no machine-specific absolute paths (they must read the same in any clone)."""
+"""Committed artifacts are current: results carry no machine-specific absolute paths, verdicts recompute
+from the committed per-seed numbers, dvc.lock records the code and params of this tree."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -111,3 +115,25 @@ def test_every_committed_verdict_is_recomputed_from_the_committed_per_seed_numbe
         for exp, entry in summary[table].items():
             errors = [r["test_error"] for r in per_seed if r["experiment"] == exp]
             assert len(errors) == entry["n"] and abs(statistics.fmean(errors) - entry["test_error"]) < 1e-5, exp
+
+
+def test_dvc_lock_records_the_code_and_params_of_this_tree():
+    """`dvc status` in a fresh clone may report only the uncommitted outputs, never changed inputs."""
+    dvc = Path(sys.executable).parent / "dvc"
+    if not dvc.exists():
+        pytest.skip("dvc is not installed next to this python")
+    proc = subprocess.run(
+        [str(dvc), "status", "--json"],
+        cwd=ROOT,
+        env={**os.environ, "DVC_NO_ANALYTICS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    changes = json.loads(proc.stdout or "{}").get("reproduce", [])
+    changed_inputs = [c for c in changes if {"changed deps", "changed params", "changed command"} & set(c)]
+    assert not changed_inputs, (
+        f"dvc.lock is out of date: {changed_inputs}; run `.venv/bin/python workflow/scripts/refresh_dvc_lock.py` "
+        "and commit dvc.lock"
+    )

@@ -279,14 +279,6 @@ def _dvc(clone: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedPr
     return proc
 
 
-def test_committed_dvc_lock_matches_the_code_and_params(tmp_path):
-    """In a fresh clone only the (uncommitted) outputs are missing: dvc.lock is current."""
-    clone = _clone(tmp_path)
-    status = json.loads(_dvc(clone, "status", "--json").stdout or "{}")
-    changes = status.get("reproduce", [])
-    assert not [c for c in changes if "changed deps" in c or "changed params" in c or "changed command" in c], changes
-
-
 def test_dvc_commands_of_the_readme(main_run, tmp_path):
     """`dvc repro`, `dvc exp run --temp -S ...` (workspace params untouched), `dvc exp show`, `dvc metrics show`."""
     clone = _clone(tmp_path)
