@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pipeline_helpers import fresh_clone
 
 ROOT = Path(__file__).resolve().parents[1]
 ABSOLUTE = re.compile(r"(?<![\w.])/(root|tmp|home|work|scratch|Users|var/folders)/")
@@ -117,14 +118,13 @@ def test_every_committed_verdict_is_recomputed_from_the_committed_per_seed_numbe
             assert len(errors) == entry["n"] and abs(statistics.fmean(errors) - entry["test_error"]) < 1e-5, exp
 
 
-def test_dvc_lock_records_the_code_and_params_of_this_tree():
-    """`dvc status` in a fresh clone may report only the uncommitted outputs, never changed inputs."""
+def _dvc_changed_inputs(repo: Path) -> list[dict]:
     dvc = Path(sys.executable).parent / "dvc"
     if not dvc.exists():
         pytest.skip("dvc is not installed next to this python")
     proc = subprocess.run(
         [str(dvc), "status", "--json"],
-        cwd=ROOT,
+        cwd=repo,
         env={**os.environ, "DVC_NO_ANALYTICS": "1"},
         capture_output=True,
         text=True,
@@ -132,8 +132,22 @@ def test_dvc_lock_records_the_code_and_params_of_this_tree():
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     changes = json.loads(proc.stdout or "{}").get("reproduce", [])
-    changed_inputs = [c for c in changes if {"changed deps", "changed params", "changed command"} & set(c)]
+    return [c for c in changes if {"changed deps", "changed params", "changed command"} & set(c)]
+
+
+def test_dvc_lock_records_the_code_and_params_of_this_tree():
+    """`dvc status` in a fresh clone may report only the uncommitted outputs, never changed inputs."""
+    changed_inputs = _dvc_changed_inputs(ROOT)
     assert not changed_inputs, (
         f"dvc.lock is out of date: {changed_inputs}; run `.venv/bin/python workflow/scripts/refresh_dvc_lock.py` "
         "and commit dvc.lock"
     )
+
+
+def test_refresh_script_brings_a_stale_dvc_lock_up_to_date(tmp_path):
+    """The README's contributor command: a code change makes dvc.lock stale; the script makes it current."""
+    clone = fresh_clone(tmp_path)
+    (clone / "src" / "splitnet" / "__init__.py").write_text("# a change\n", encoding="utf-8")
+    assert _dvc_changed_inputs(clone)
+    subprocess.run([sys.executable, "workflow/scripts/refresh_dvc_lock.py"], cwd=clone, check=True, timeout=300)
+    assert not _dvc_changed_inputs(clone)
