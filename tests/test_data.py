@@ -127,6 +127,30 @@ def test_planted_is_deterministic(tmp_path: Path, planted: tuple[Path, dict[str,
     assert other["train"] != same["train"]
 
 
+def test_planted_difficulty_knobs(tmp_path: Path, planted: tuple[Path, dict[str, str]]) -> None:
+    """The defaults write the original files byte for byte; closer classes and more noise make the
+    nearest-centroid classifier err, still mostly within the true superclass (planted_hard's premise)."""
+    kwargs = dict(num_superclasses=SUPERS, classes_per_superclass=PER_SUPER, train_per_class=TRAIN_PER_CLASS)
+    explicit = write_planted_cifar(
+        tmp_path / "a", test_per_class=TEST_PER_CLASS, seed=3, class_offset=1.0, pixel_noise=0.06, **kwargs
+    )
+    assert explicit == planted[1]
+    accuracy = {}
+    for name, knobs in {"easy": {}, "hard": {"class_offset": 0.2, "pixel_noise": 0.15}}.items():
+        md5 = write_planted_cifar(tmp_path / name, test_per_class=TEST_PER_CLASS, seed=3, **knobs, **kwargs)
+        data = load_cifar100(tmp_path / name, md5=md5)
+        train, test = _shift_invariant_features(data.train.images), _shift_invariant_features(data.test.images)
+        centroids = torch.stack([train[data.train.labels == c].mean(0) for c in range(NUM_CLASSES)])
+        predicted = torch.cdist(test, centroids).argmin(1)
+        wrong = predicted != data.test.labels
+        accuracy[name] = 1 - wrong.float().mean().item()
+        if name == "hard":
+            assert (data.superclass[predicted[wrong]] == data.superclass[data.test.labels[wrong]]).float().mean() > 0.8
+    assert accuracy["hard"] < accuracy["easy"] - 0.1, accuracy
+    with pytest.raises(ValueError, match="class_offset"):
+        write_planted_cifar(tmp_path / "bad", class_offset=0.0)
+
+
 def test_planted_writes_the_requested_hierarchy(tmp_path: Path) -> None:
     """Another shape than the fixture's (5 x 4 classes, 100 / 50 per class): exact counts per class
     and superclass. (How fast it writes is measured with the pipeline, benchmarks/pipeline_wall_time.py.)"""

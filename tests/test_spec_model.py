@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from splitnet.cli import main
-from splitnet.model import PreActUnit, parse_arch, wide_resnet, wrn_plan
+from splitnet.model import PreActUnit, canonical_arch, parse_arch, wide_resnet, wrn_plan
 from splitnet.spec import SpecError, SplitSpec, even_merge_indices
 from splitnet.topology import build_topology
 
@@ -77,6 +77,19 @@ def test_bad_arch_names():
         wrn_plan(15, 8)
     with pytest.raises(ValueError, match="wrn-<depth>-<width>"):
         parse_arch("resnet50")
+    with pytest.raises(ValueError, match="1/16"):
+        wrn_plan(10, 0.05)
+
+
+def test_fractional_width_thins_every_stage_and_names_the_net():
+    """wrn-10-0.75: stage widths round(16k, 32k, 64k), the stem stays 16 (the gap study's thinned dense nets)."""
+    plan = wrn_plan(*parse_arch("wrn-10-0.75"), in_channels=1, num_classes=10)
+    assert [s.width for s in plan.stages] == [12, 24, 48] and plan.stem_width == 16
+    assert plan.name == canonical_arch("WRN-10-0.750") == "wrn-10-0.75"
+    assert wrn_plan(*parse_arch("wrn-16-8")).name == canonical_arch("wrn-16-8.0") == "wrn-16-8"
+    assert wrn_plan(16, 8) == wrn_plan(*parse_arch("wrn-16-8"))  # integer widths unchanged
+    model = wide_resnet("wrn-10-0.66", in_channels=1, num_classes=10)
+    assert model(torch.randn(2, 1, 12, 12)).shape == (2, 10)
 
 
 def test_identity_unit_rejects_width_change():

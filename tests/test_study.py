@@ -97,6 +97,15 @@ def test_planted_source_writes_cifar_files_and_reads_them_back(tmp_path):
         prepare_data({"source": "planted", "root": str(tmp_path / "raw")}, tmp_path / "x")
     with pytest.raises(DataError, match="data.planted"):
         prepare_data({"source": "fashion_mnist", "planted": planted}, tmp_path / "x")
+    for knob, bad in (("pixel_noise", "loud"), ("class_offset", 0), ("pixel_noise", -0.1)):
+        with pytest.raises(DataError, match=f"data.planted.{knob} must be"):
+            prepare_data({**cfg, "planted": {**planted, knob: bad}}, tmp_path / "x")
+    with pytest.raises(DataError, match="optionally class_offset, pixel_noise"):
+        prepare_data({**cfg, "planted": {**planted, "blur": 1}}, tmp_path / "x")
+    hard = prepare_data(
+        {**cfg, "root": str(tmp_path / "hard"), "planted": {**planted, "class_offset": 0.5}}, tmp_path / "h"
+    )
+    assert hard["settings"]["planted"]["class_offset"] == 0.5
 
 
 def _groups(assignment: list[int], supers: list[int], names: list[str]) -> dict:

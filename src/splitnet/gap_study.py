@@ -5,7 +5,8 @@ capacity". At the cpu scale WRN-10-1's branches are 8-32 channels wide, 8x narro
 WRN-16-8's, and Deep/Hier cost ~3.5 pt over the baseline against the paper's ~0.4-0.5 pt.
 ``params/experiments.yaml: gap_study`` runs the split rows and the baseline at each width preset
 (the row unchanged, 2x and 4x as wide) and arms for the confounders (no dropout, longer
-finetuning); every (arm, seed) is an ordinary pipeline run at the study's scale.  The table gives,
+finetuning, dense nets thinned to the split nets' param counts); every (arm, seed) is an ordinary
+pipeline run at the study's scale.  The table gives,
 per arm, the test error and its penalty over the baseline *at the same width* (Welch 95 % CI);
 the claim ``deep_degradation_is_capacity`` judges the change of the penalty from the registry.
 """
@@ -32,6 +33,7 @@ COLUMNS = (
     "seeds",
     "test_error_mean",
     "test_error_std",
+    "params_mean",
     "params_reduced_pct_mean",
     "penalty_mean",
     "penalty_ci_low",
@@ -101,9 +103,14 @@ def gap_rows(registry: dict, results: str | Path) -> list[dict]:
     errors = {exp: stat([m["test_error"] for m in found]) for exp, found in metrics.items()}
     rows = []
     for cell in cells:
-        error, baseline = errors[cell.experiment], errors[study_experiment(BASELINE, cell.width)]
-        penalty = None if error is None or baseline is None or cell.row == BASELINE else interval(error, baseline)
+        reference = study_experiment(BASELINE, cell.width)
+        error, baseline = errors[cell.experiment], errors[reference]
+        # A thinned dense net (baseline@thin_*) has a penalty too: over the full-width baseline.
+        penalty = (
+            None if error is None or baseline is None or cell.experiment == reference else interval(error, baseline)
+        )
         reduced = stat([m["params_reduced_pct"] for m in metrics[cell.experiment]])
+        params = stat([m["params"] for m in metrics[cell.experiment]])
         rows.append(
             {
                 "arm": cell.arm,
@@ -114,6 +121,7 @@ def gap_rows(registry: dict, results: str | Path) -> list[dict]:
                 "seeds": len(metrics[cell.experiment]),
                 "test_error_mean": None if error is None else error.mean,
                 "test_error_std": None if error is None else error.std,
+                "params_mean": None if params is None else params.mean,
                 "params_reduced_pct_mean": None if reduced is None else reduced.mean,
                 "penalty_mean": None if penalty is None else (penalty[0] + penalty[1]) / 2,
                 "penalty_ci_low": None if penalty is None else penalty[0],
@@ -143,14 +151,15 @@ def render_markdown(rows: list[dict], registry: dict) -> str:
         f"**Gap study (scale '{study['scale']}', seeds {', '.join(map(str, study['seeds']))}).** Test error (%) "
         "of each arm, mean ± sample std over seeds, and its penalty over the baseline at the same width "
         "(Welch 95 % CI). Widths: `paper` = the network as the scale runs it; the width presets multiply "
-        "every stage's channels (params/experiments.yaml).",
+        "every stage's channels (params/experiments.yaml). Params reduced: against the dense net of the "
+        "arm's own arch (a thinned dense net reduces nothing against itself: compare its params).",
         "",
-        "| arm | width | n | test error | params reduced (%) | penalty over the baseline (pt) |",
-        "|---|---|---|---|---|---|",
+        "| arm | width | n | test error | params | params reduced (%) | penalty over the baseline (pt) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if not r["seeds"]:
-            lines.append(f"| {r['arm']} | {r['width']} | 0 | (not run) | | |")
+            lines.append(f"| {r['arm']} | {r['width']} | 0 | (not run) | | | |")
             continue
         penalty = (
             "–"
@@ -159,7 +168,7 @@ def render_markdown(rows: list[dict], registry: dict) -> str:
         )
         lines.append(
             f"| {r['arm']} | {r['width']} | {r['seeds']} | {r['test_error_mean']:.2f} ± {r['test_error_std']:.2f} | "
-            f"{r['params_reduced_pct_mean']:.1f} | {penalty} |"
+            f"{r['params_mean']:,.0f} | {r['params_reduced_pct_mean']:.1f} | {penalty} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -24,7 +24,7 @@ from torch import nn
 STEM_WIDTH = 16
 BN_MOMENTUM = 0.1  # TF moving-average decay 0.9
 BN_EPS = 1e-5
-_ARCH_RE = re.compile(r"^wrn-(\d+)-(\d+)$")
+_ARCH_RE = re.compile(r"^wrn-(\d+)-(\d+(?:\.\d+)?)$")
 
 
 @dataclass(frozen=True)
@@ -46,26 +46,36 @@ class WRNPlan:
     name: str = field(default="wrn", compare=False)
 
 
-def wrn_plan(depth: int, width: int, in_channels: int = 3, num_classes: int = 100) -> WRNPlan:
-    """The plan of WRN-depth-width (depth = 6n + 4)."""
+def wrn_plan(depth: int, width: float, in_channels: int = 3, num_classes: int = 100) -> WRNPlan:
+    """The plan of WRN-depth-width (depth = 6n + 4).
+
+    A fractional width factor gives a thinned WRN (stage widths ``round(16k)``, ``round(32k)``,
+    ``round(64k)``; the stem stays 16): the gap study's dense nets with a split net's param count.
+    """
     if depth < 10 or (depth - 4) % 6:
         raise ValueError(f"WRN depth must be 6n+4 with n >= 1 (10, 16, 22, 28, ...), got {depth}")
-    if width < 1:
-        raise ValueError(f"WRN width factor must be >= 1, got {width}")
+    if width < 1 / 16:
+        raise ValueError(f"WRN width factor must be >= 1/16 (one channel in the first stage), got {width}")
     n = (depth - 4) // 6
     stages, prev = [], STEM_WIDTH
-    for w, stride in ((16 * width, 1), (32 * width, 2), (64 * width, 2)):
+    for w, stride in ((round(16 * width), 1), (round(32 * width), 2), (round(64 * width), 2)):
         stages.append(StagePlan(w, (w,) * n, stride, projection=(w != prev or stride != 1)))
         prev = w
-    return WRNPlan(in_channels, num_classes, tuple(stages), name=f"wrn-{depth}-{width}")
+    return WRNPlan(in_channels, num_classes, tuple(stages), name=f"wrn-{depth}-{width:g}")
 
 
-def parse_arch(arch: str) -> tuple[int, int]:
-    """``"wrn-16-8"`` -> (16, 8)."""
+def parse_arch(arch: str) -> tuple[int, float]:
+    """``"wrn-16-8"`` -> (16, 8.0); ``"wrn-10-0.75"`` -> (10, 0.75), a thinned WRN."""
     match = _ARCH_RE.match(arch.strip().lower())
     if not match:
-        raise ValueError(f"architecture {arch!r} is not of the form wrn-<depth>-<width>, e.g. wrn-16-8")
-    return int(match.group(1)), int(match.group(2))
+        raise ValueError(f"architecture {arch!r} is not of the form wrn-<depth>-<width>, e.g. wrn-16-8 or wrn-10-0.75")
+    return int(match.group(1)), float(match.group(2))
+
+
+def canonical_arch(arch: str) -> str:
+    """The name :func:`wrn_plan` gives ``arch``'s network: ``"WRN-10-1.0"`` -> ``"wrn-10-1"``."""
+    depth, width = parse_arch(arch)
+    return f"wrn-{depth}-{width:g}"
 
 
 def conv(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Conv2d:

@@ -10,6 +10,7 @@ from pathlib import Path
 from . import artifacts
 from .config import SPLIT_METHODS
 from .io import path_problem
+from .model import canonical_arch
 from .records import check_recorded
 
 
@@ -75,7 +76,7 @@ def check_source_matches(
     plan = artifacts.plan_from_dict(blob["plan"])
     arch = cfg["model"]["arch"]
     # SSL-pruned nets keep their dense arch's name with an "-ssl" suffix (ssl.prune).
-    if plan.name.removesuffix("-ssl") != arch.strip().lower():
+    if plan.name.removesuffix("-ssl") != canonical_arch(arch):
         raise InputError(
             f"{flag} {path} is a {plan.name} network, but {where_arch} is {arch}; pass the model of "
             "this scale, or run with the --scale it was made at"

@@ -16,8 +16,11 @@ inverted colour on it:
   the disc at a random position, and Gaussian pixel noise.
 
 A classifier therefore confuses classes mostly within their superclass, which is what a
-learned grouping should rediscover. Fine label ids are shuffled so that the members of a
-superclass are not contiguous (real CIFAR-100 ids are alphabetical, not grouped).
+learned grouping should rediscover. Two knobs make the task harder without changing its
+structure: ``class_offset`` scales the class offsets within a superclass (smaller = classes of a
+superclass closer together) and ``pixel_noise`` is the standard deviation of the pixel noise
+(intensity 0..1). Their defaults (1.0, 0.06) write the original dataset byte for byte. Fine
+label ids are shuffled so that the members of a superclass are not contiguous (real CIFAR-100 ids are alphabetical, not grouped).
 
 File format (as in the official python version): each file is a protocol-2 pickle of a dict
 whose keys and strings are Python 2 ``str`` objects, so they load as ``str`` with
@@ -76,7 +79,7 @@ def _py2_pickle(obj: Any) -> bytes:
     return buffer.getvalue()
 
 
-def _prototypes(rng: np.random.Generator, supers: int, per_super: int) -> dict[str, np.ndarray]:
+def _prototypes(rng: np.random.Generator, supers: int, per_super: int, class_offset: float) -> dict[str, np.ndarray]:
     """Per-class colour (C x 3), orientation, frequency and disc radius (C), superclass-major order."""
     spread = np.linspace(-1.0, 1.0, per_super) if per_super > 1 else np.zeros(1)
     angle_step = np.pi / supers
@@ -86,9 +89,9 @@ def _prototypes(rng: np.random.Generator, supers: int, per_super: int) -> dict[s
     super_radius = rng.uniform(3.0, 7.0, supers)
     # Class offsets: a third of the gap to the next superclass in orientation, plus colour and
     # frequency nudges in a random direction per class.
-    angle = super_angle[:, None] + 0.33 * angle_step * rng.permutation(spread)[None, :]
-    freq = super_freq[:, None] * (1.0 + 0.25 * rng.permutation(spread)[None, :])
-    colour = super_colour[:, None, :] + rng.normal(0.0, 0.08, (supers, per_super, 3))
+    angle = super_angle[:, None] + class_offset * 0.33 * angle_step * rng.permutation(spread)[None, :]
+    freq = super_freq[:, None] * (1.0 + class_offset * 0.25 * rng.permutation(spread)[None, :])
+    colour = super_colour[:, None, :] + class_offset * rng.normal(0.0, 0.08, (supers, per_super, 3))
     return {
         "angle": angle.reshape(-1),
         "freq": freq.reshape(-1),
@@ -97,7 +100,7 @@ def _prototypes(rng: np.random.Generator, supers: int, per_super: int) -> dict[s
     }
 
 
-def _render(rng: np.random.Generator, proto: dict[str, np.ndarray], cls: np.ndarray) -> np.ndarray:
+def _render(rng: np.random.Generator, proto: dict[str, np.ndarray], cls: np.ndarray, pixel_noise: float) -> np.ndarray:
     """uint8 images (N x 3 x 32 x 32) for the class indices ``cls`` (superclass-major order)."""
     n = len(cls)
     f32 = np.float32  # float32 throughout: half the memory traffic of float64, ample precision
@@ -113,7 +116,7 @@ def _render(rng: np.random.Generator, proto: dict[str, np.ndarray], cls: np.ndar
     cx, cy = (rng.uniform(radius, SIDE - 1 - radius).astype(f32)[:, None, None] for _ in range(2))
     disc = (x - cx) ** 2 + (y - cy) ** 2 <= radius[:, None, None] ** 2
     img = np.where(disc[:, None], 1.0 - img, img)
-    img += 0.06 * rng.standard_normal(img.shape, dtype=f32)
+    img += f32(pixel_noise) * rng.standard_normal(img.shape, dtype=f32)
     return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
 
 
@@ -124,11 +127,12 @@ def _batch(
     per_super: int,
     per_class: int,
     label: str,
+    pixel_noise: float,
 ) -> dict[bytes, Any]:
     """One shuffled split in the official dict layout; ``fine_id`` maps class index -> fine label."""
     num_classes = len(fine_id)
     cls = rng.permutation(np.repeat(np.arange(num_classes), per_class))
-    data = _render(rng, proto, cls).reshape(len(cls), -1)
+    data = _render(rng, proto, cls, pixel_noise).reshape(len(cls), -1)
     fine = fine_id[cls]
     return {
         b"filenames": [f"planted_{f:03d}_{i:05d}.png".encode() for i, f in enumerate(fine)],
@@ -147,6 +151,8 @@ def write_planted_cifar(
     train_per_class: int = 50,
     test_per_class: int = 10,
     seed: int = 0,
+    class_offset: float = 1.0,
+    pixel_noise: float = 0.06,
 ) -> dict[str, str]:
     """Write the planted dataset under ``root`` and return ``{"train"|"test"|"meta": md5}``.
 
@@ -154,16 +160,22 @@ def write_planted_cifar(
     """
     if min(num_superclasses, classes_per_superclass, train_per_class, test_per_class) < 1:
         raise ValueError("all planted dataset sizes must be >= 1")
+    if class_offset <= 0 or pixel_noise < 0:
+        raise ValueError("planted class_offset must be > 0 and pixel_noise >= 0")
     rng = np.random.default_rng(seed)
     num_classes = num_superclasses * classes_per_superclass
-    proto = _prototypes(rng, num_superclasses, classes_per_superclass)
+    proto = _prototypes(rng, num_superclasses, classes_per_superclass, class_offset)
     fine_id = rng.permutation(num_classes)  # superclass-major class index -> shuffled fine label
     names = [b""] * num_classes
     for index, fid in enumerate(fine_id):
         names[fid] = f"s{index // classes_per_superclass}_c{index % classes_per_superclass}".encode()
     files = {
-        "train": _batch(rng, proto, fine_id, classes_per_superclass, train_per_class, "training batch 1 of 1"),
-        "test": _batch(rng, proto, fine_id, classes_per_superclass, test_per_class, "testing batch 1 of 1"),
+        "train": _batch(
+            rng, proto, fine_id, classes_per_superclass, train_per_class, "training batch 1 of 1", pixel_noise
+        ),
+        "test": _batch(
+            rng, proto, fine_id, classes_per_superclass, test_per_class, "testing batch 1 of 1", pixel_noise
+        ),
         "meta": {
             b"fine_label_names": names,
             b"coarse_label_names": [f"super{s}".encode() for s in range(num_superclasses)],

@@ -18,7 +18,8 @@ Configuration (``cfg``, the ``data`` section of a run configuration). Unknown ke
     MD5, for datasets in the CIFAR-100 format that are not the official one.
 ``planted`` (source planted only, required there)
     The generator's arguments: ``superclasses``, ``classes_per_superclass``, ``train_per_class``,
-    ``test_per_class`` (images written per class) and ``seed``.
+    ``test_per_class`` (images written per class) and ``seed``; optionally the difficulty knobs
+    ``class_offset`` (default 1.0) and ``pixel_noise`` (default 0.06), see ``planted.py``.
 ``val_size`` (default 5000)
     Number of train images held out as validation, chosen at random (seeded, not stratified).
     5000 of 50,000 is the official SplitNet protocol for CIFAR-100; Fashion-MNIST uses the
@@ -72,6 +73,7 @@ DEFAULT_ROOTS = {
     "planted": Path("data/planted"),
 }
 PLANTED_KEYS = ("superclasses", "classes_per_superclass", "train_per_class", "test_per_class", "seed")
+PLANTED_DIFFICULTY = ("class_offset", "pixel_noise")  # optional; the generator's defaults otherwise
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -86,7 +88,7 @@ class DataSettings:
     root: Path
     download: bool = False
     md5: dict[str, str] | None = None
-    planted: dict[str, int] | None = None
+    planted: dict[str, float] | None = None
     val_size: int = 5000
     train_per_class: int | None = None
     val_per_class: int | None = None
@@ -143,10 +145,23 @@ def parse_config(cfg: Mapping[str, Any]) -> DataSettings:
     if (planted is not None) != (source == "planted"):
         raise DataError("data.planted (the generator's arguments) is required for source planted and only read there")
     if planted is not None:
-        if not isinstance(planted, Mapping) or sorted(planted) != sorted(PLANTED_KEYS):
-            raise DataError(f"data.planted must set exactly {', '.join(PLANTED_KEYS)}, got {planted!r}")
+        if not isinstance(planted, Mapping) or not set(PLANTED_KEYS) <= set(planted) <= set(
+            PLANTED_KEYS + PLANTED_DIFFICULTY
+        ):
+            raise DataError(
+                f"data.planted must set {', '.join(PLANTED_KEYS)} (and optionally "
+                f"{', '.join(PLANTED_DIFFICULTY)}), got {planted!r}"
+            )
         for key in PLANTED_KEYS:
             _check_int(f"planted.{key}", planted[key], 0 if key == "seed" else 1, nullable=False)
+        for key in PLANTED_DIFFICULTY:
+            value = planted.get(key, 1.0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or value > 10:
+                raise DataError(f"data.planted.{key} must be a number in [0, 10], got {value!r}")
+        if planted.get("class_offset", 1.0) == 0:
+            raise DataError(
+                "data.planted.class_offset must be > 0 (0 would make the classes of a superclass identical)"
+            )
     root = cfg.get("root") or DEFAULT_ROOTS[source]
     if not isinstance(root, (str, os.PathLike)):
         raise DataError(f"data.root must be a path, got {root!r}")
@@ -155,7 +170,7 @@ def parse_config(cfg: Mapping[str, Any]) -> DataSettings:
         root=Path(root).expanduser().absolute(),
         download=download,
         md5=None if md5 is None else {str(k): str(v) for k, v in md5.items()},
-        planted=None if planted is None else {k: planted[k] for k in PLANTED_KEYS},
+        planted=None if planted is None else {k: planted[k] for k in PLANTED_KEYS + PLANTED_DIFFICULTY if k in planted},
         val_size=_int_setting(cfg, "val_size", 5000, 0),
         train_per_class=_optional_int_setting(cfg, "train_per_class", 1),
         val_per_class=_optional_int_setting(cfg, "val_per_class", 1),
@@ -172,11 +187,12 @@ def _load_source(settings: DataSettings) -> SourceData:
         p = settings.planted or {}
         md5 = write_planted_cifar(
             settings.root,
-            num_superclasses=p["superclasses"],
-            classes_per_superclass=p["classes_per_superclass"],
-            train_per_class=p["train_per_class"],
-            test_per_class=p["test_per_class"],
-            seed=p["seed"],
+            num_superclasses=int(p["superclasses"]),
+            classes_per_superclass=int(p["classes_per_superclass"]),
+            train_per_class=int(p["train_per_class"]),
+            test_per_class=int(p["test_per_class"]),
+            seed=int(p["seed"]),
+            **{key: float(p[key]) for key in PLANTED_DIFFICULTY if key in p},
         )
         return load_cifar100(settings.root, md5=md5)
     return fashion_mnist.load_fashion_mnist(settings.root, download=settings.download)
