@@ -106,10 +106,9 @@ def stat(values: list[float]) -> Stat | None:
     return Stat(*mean_std(values), len(values)) if values else None
 
 
-def _welch(a: Stat, b: Stat | None) -> tuple[float, float] | None:
-    """(standard error, degrees of freedom) of ``a.mean - b.mean`` (or of ``a.mean`` alone);
-    None when a side has fewer than two seeds."""
-    sides = [a] if b is None else [a, b]
+def _welch(*sides: Stat) -> tuple[float, float] | None:
+    """(standard error, degrees of freedom) of a ±1 combination of the sides' means: one mean, a
+    difference, or a difference of differences; None when a side has fewer than two seeds."""
     if any(side.n < 2 for side in sides):
         return None
     parts = [side.std**2 / side.n for side in sides]
@@ -120,24 +119,30 @@ def _welch(a: Stat, b: Stat | None) -> tuple[float, float] | None:
     return se, df
 
 
+def _around(estimate: float, welch: tuple[float, float] | None, confidence: float) -> tuple[float, float] | None:
+    """The ``confidence`` t interval around ``estimate`` with Welch's (standard error, df)."""
+    if welch is None:
+        return None
+    se, df = welch
+    if se == 0:  # identical seeds (e.g. deterministic step counts): the estimate is exact
+        return estimate, estimate
+    half = float(scipy_stats.t.ppf(0.5 + confidence / 2, df)) * se
+    return estimate - half, estimate + half
+
+
 def interval(
     a: Stat, b: Stat | None = None, reference: float = 0.0, confidence: float = 0.95
 ) -> tuple[float, float] | None:
     """Confidence interval of ``a.mean - b.mean`` (Welch), or of ``a.mean - reference``."""
-    w = _welch(a, b)
-    if w is None:
-        return None
-    d = a.mean - (reference if b is None else b.mean)
-    if w[0] == 0:  # identical seeds (e.g. deterministic step counts): the difference is exact
-        return d, d
-    half = float(scipy_stats.t.ppf(0.5 + confidence / 2, w[1])) * w[0]
-    return d - half, d + half
+    if b is None:
+        return _around(a.mean - reference, _welch(a), confidence)
+    return _around(a.mean - b.mean, _welch(a, b), confidence)
 
 
 def mde(a: Stat, b: Stat | None = None, confidence: float = 0.95, power: float = 0.8) -> float | None:
     """The smallest true difference this comparison detects with probability ``power`` (two-sided
     Welch test at 1 - ``confidence``): (t_{1-α/2} + t_{power}) x standard error, at Welch's df."""
-    w = _welch(a, b)
+    w = _welch(a) if b is None else _welch(a, b)
     if w is None:
         return None
     se, df = w
@@ -253,13 +258,8 @@ def _gap_shrinks(test: dict, samples: Samples, rules: dict) -> Outcome:
         return Outcome(f"rows missing: {', '.join(missing)} (the gap study: `snakemake gap_study`)", 0)
     a, b, a_wide, b_wide = stats
     gap, gap_wide = a.mean - b.mean, a_wide.mean - b_wide.mean
-    parts = [s.std**2 / s.n for s in stats]
-    se = math.sqrt(sum(parts))
-    half = 0.0
-    if se > 0:
-        df = sum(parts) ** 2 / sum(p**2 / (s.n - 1) for p, s in zip(parts, stats))
-        half = float(scipy_stats.t.ppf(0.5 + rules["confidence"] / 2, df)) * se
-    ci = (gap_wide - gap - half, gap_wide - gap + half)
+    ci = _around(gap_wide - gap, _welch(a, b, a_wide, b_wide), rules["confidence"])
+    assert ci is not None  # every side has n >= 2 (checked above)
     text = f"{test['a']} − {test['b']}: {gap:+.2f} as run, {gap_wide:+.2f} at {wide}; change {_ci_text(ci)}"
     n = "/".join(str(s.n) for s in stats)
     return Outcome(text, 1 if ci[1] < 0 else -1 if ci[0] > 0 else 0, n)

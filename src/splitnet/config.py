@@ -265,6 +265,20 @@ def _cross_check(registry: dict, params_dir: Path) -> None:
                 raise ConfigError(
                     f"{where}: grouping_study.datasets.{name}.presets: {preset!r} is not one of grouping_study.presets"
                 )
+    gap = registry["gap_study"]
+    if gap["scale"] not in registry["scales"]:
+        raise ConfigError(f"{where}: gap_study.scale: unknown scale {gap['scale']!r}")
+    for width in gap["widths"]:
+        if width != PAPER_PRESET and width not in registry["presets"]:
+            raise ConfigError(
+                f"{where}: gap_study.widths: unknown preset {width!r}; known: {', '.join(registry['presets'])}"
+            )
+    for key in ("rows", "arms"):
+        for exp in gap[key]:
+            try:
+                split_experiment(registry, exp)
+            except ConfigError as err:
+                raise ConfigError(f"{where}: gap_study.{key}: {err}") from None
     for name, row in registry["experiments"].items():
         split = row.get("group", {}).get("split")
         if row["method"] in SPLIT_METHODS:
@@ -427,6 +441,7 @@ REPORTS: dict[str, str] = {
     "figures": "reports:cmd_figures",
     "track": "reports:cmd_track",
     "study": "reports:cmd_study",
+    "gap_study": "reports:cmd_gap_study",
 }
 
 # The stages each method runs after prepare_data, in pipeline order (the last is ``evaluate``;

@@ -13,14 +13,12 @@ the claim ``deep_degradation_is_capacity`` judges the change of the penalty from
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
 from .claims import interval, stat
-from .config import PAPER_PRESET, ConfigError, split_experiment, study_experiment
-from .io import atomic_write_text
+from .config import PAPER_PRESET, study_experiment
+from .io import atomic_write_text, csv_text
 from .outputs import ScaleOutputs
 from .tables import seed_metrics
 
@@ -51,24 +49,6 @@ class GapCell:
     row: str
     width: str  # the width preset the penalty is measured at (its baseline's)
     experiment: str
-
-
-def check(registry: dict, params_dir: str | Path) -> None:
-    """Every row, arm and width of ``gap_study`` names an experiment or preset (one line if not)."""
-    study, where = registry["gap_study"], Path(params_dir) / "experiments.yaml"
-    if study["scale"] not in registry["scales"]:
-        raise ConfigError(f"{where}: gap_study.scale: unknown scale {study['scale']!r}")
-    for width in study["widths"]:
-        if width != PAPER_PRESET and width not in registry["presets"]:
-            raise ConfigError(
-                f"{where}: gap_study.widths: unknown preset {width!r}; known: {', '.join(registry['presets'])}"
-            )
-    for key in ("rows", "arms"):
-        for exp in study[key]:
-            try:
-                split_experiment(registry, exp)
-            except ConfigError as err:
-                raise ConfigError(f"{where}: gap_study.{key}: {err}") from None
 
 
 def gap_cells(registry: dict) -> list[GapCell]:
@@ -131,18 +111,8 @@ def gap_rows(registry: dict, results: str | Path) -> list[dict]:
     return rows
 
 
-def _cell(value: object) -> str:
-    if value is None:
-        return ""
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
 def render_csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    writer.writerows([[_cell(row[c]) for c in COLUMNS] for row in rows])
-    return buf.getvalue()
+    return csv_text(COLUMNS, rows)
 
 
 def render_markdown(rows: list[dict], registry: dict) -> str:

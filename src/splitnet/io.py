@@ -9,13 +9,14 @@ and the temporary file is removed on failure.
 
 from __future__ import annotations
 
+import csv
 import errno
 import hashlib
 import io
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, cast
@@ -230,3 +231,22 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 def md5_file(path: str | os.PathLike[str]) -> str:
     """MD5 hex digest of the file at ``path`` (used only to match published checksums)."""
     return _hash_file(path, lambda: hashlib.md5(usedforsecurity=False))
+
+
+def csv_cell(value: object, digits: int | None = 4) -> str:
+    """One CSV cell: None is empty, a float has ``digits`` decimals (``None``: its repr, the shortest
+    text that reads back as the same float), anything else its ``str``."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value) if digits is None else f"{value:.{digits}f}"
+    return str(value)
+
+
+def csv_text(columns: Sequence[str], rows: Iterable[Mapping[str, object]], digits: int | None = 4) -> str:
+    """CSV text: the ``columns`` header, then each row's values in that order (see :func:`csv_cell`)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([csv_cell(row[c], digits) for c in columns] for row in rows)
+    return buf.getvalue()

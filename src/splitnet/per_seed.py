@@ -7,14 +7,13 @@ from the repository alone (the claims are computed from this table, never from t
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 from functools import cache
 from pathlib import Path
 
 from .block_weights import block_weight_excess
-from .io import atomic_write_text
+from .io import atomic_write_text, csv_text
 from .metrics import semantic_ari
 from .model import wide_resnet
 from .outputs import run_dir
@@ -78,21 +77,9 @@ def collect(runs_dir: Path, runs: list[tuple[str, int]]) -> list[dict]:
     ]
 
 
-def _text(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return repr(value)  # the shortest text that reads back as the same float: verdicts recompute exactly
-    return str(value)
-
-
 def write_csv(path: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    for row in rows:
-        writer.writerow([_text(row[c]) for c in COLUMNS])
-    atomic_write_text(path, buf.getvalue())
+    # floats at full precision (repr): every verdict recomputes exactly from the file
+    atomic_write_text(path, csv_text(COLUMNS, rows, digits=None))
 
 
 def read_csv(path: Path) -> list[dict]:

@@ -11,8 +11,6 @@ purity, how many seeds converged, steps to convergence and the finetuned test er
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from dataclasses import dataclass
@@ -21,7 +19,7 @@ from typing import cast
 
 from .config import PAPER_PRESET, needs_baseline, resolve, study_experiment
 from .convergence import CONVERGED
-from .io import atomic_write_text, load_torch_file
+from .io import atomic_write_text, csv_text, load_torch_file
 from .metrics import adjusted_rand_index, best_merge_ari, semantic_ari
 from .outputs import ScaleOutputs
 from .tables import mean_std, seed_metrics
@@ -172,14 +170,7 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def render_csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    for row in rows:
-        writer.writerow(
-            [_fmt(row[c], 4) if isinstance(row[c], float) else ("" if row[c] is None else row[c]) for c in COLUMNS]
-        )
-    return buf.getvalue()
+    return csv_text(COLUMNS, rows)
 
 
 def goal_verdicts(rows: list[dict], preset: str = "semantic") -> list[str]:

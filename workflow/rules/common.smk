@@ -15,7 +15,7 @@ from splitnet.config import (METHOD_STAGES, REPORTS, SPLIT_METHODS, STAGES, Conf
                              method_of, needs_baseline, read_yaml, resolve, stage_config)
 from splitnet.fingerprint import code_digest, stage_code_digest
 from splitnet.outputs import ScaleOutputs, figure_rows, table_runs
-from splitnet.gap_study import check as check_gap_study, evaluate_files as gap_inputs
+from splitnet.gap_study import evaluate_files as gap_inputs
 from splitnet.study import evaluate_files as study_inputs
 
 validate(config, "../schemas/config.schema.yaml")
@@ -26,7 +26,6 @@ RESULTS = config["results"]
 try:
     REGISTRY = load_registry(PARAMS)  # validates params/*.yaml before any job starts
     CLAIMS = load_claims(PARAMS, REGISTRY, read_yaml(Path(PARAMS) / "paper_results.yaml"))
-    check_gap_study(REGISTRY, PARAMS)
 except ConfigError as err:
     raise WorkflowError(str(err)) from None
 if SCALE not in REGISTRY["scales"]:

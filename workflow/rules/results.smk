@@ -105,7 +105,7 @@ rule gap_study:
          for f in GAP_FILES],
     params:
         study=json.dumps({k: REGISTRY[k] for k in ("gap_study", "presets")}, sort_keys=True),
-        code=code_digest(["reports:cmd_gap_study"], exclude=()),  # as REPORT_CODE's, for the study beside them
+        code=REPORT_CODE["gap_study"],
     log:
         f"{OUT.logs}/gap_study.log",
     shell:
