@@ -377,3 +377,106 @@ def test_device_data_keeps_uint8():
     split = {"images": torch.zeros(3, 1, 4, 4, dtype=torch.uint8), "labels": torch.tensor([0, 1, 2])}
     data = DeviceData.from_split(split, torch.device("cpu"))
     assert len(data) == 3 and data.images.dtype == torch.uint8
+
+
+# ----------------------------------------------------------------------------- backend flags
+
+
+@pytest.mark.parametrize(
+    ("scale", "expected"),
+    [
+        ("paper", {"cudnn_benchmark": True, "fp32_precision": "tf32"}),  # bf16 training: TF32 for the fp32 rest
+        ("paper_fp32", {"cudnn_benchmark": True, "fp32_precision": "ieee"}),  # fp32 means fp32
+        ("cpu", {}),
+        ("planted", {}),
+        ("smoke", {}),
+        ("ci", {}),
+    ],
+)
+def test_the_backend_flags_each_scale_trains_with(scale, expected):
+    """What the engine sets on the device the scale trains on (auto = CUDA on a GPU node)."""
+    import torch
+
+    from splitnet.config import load_registry, resolve
+    from splitnet.engine import EngineConfig, apply_backend_flags, backend_flags
+
+    engine = EngineConfig(
+        **resolve(load_registry(Path(__file__).resolve().parents[1] / "params"), "deep", scale, 0)["engine"]
+    )
+    device = torch.device("cuda" if engine.device in ("auto", "cuda") else engine.device)
+    flags = backend_flags(engine, device)
+    assert flags == expected
+    if not flags or not hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        return
+    saved = (
+        torch.backends.cudnn.benchmark,
+        torch.backends.cuda.matmul.fp32_precision,
+        torch.backends.cudnn.conv.fp32_precision,
+    )
+    try:
+        apply_backend_flags(flags)
+        assert torch.backends.cudnn.benchmark is True
+        assert (
+            torch.backends.cuda.matmul.fp32_precision
+            == torch.backends.cudnn.conv.fp32_precision
+            == expected["fp32_precision"]
+        )
+    finally:
+        torch.backends.cudnn.benchmark = saved[0]
+        torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = saved[1], saved[2]
+
+
+# ----------------------------------------------------------------------------- torch.compile
+
+
+COMPILE_TOLERANCE = 1e-3  # relative, on every epoch's mean training loss over 48 steps
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("grouping", [False, True], ids=["baseline_step", "deep_grouping_step"])
+def test_compiled_training_follows_eager_training(tmp_path, grouping):
+    """`engine.compile: true` (what the GPU check may choose): 48 steps (8 epochs of 6) of a dense
+    step and of a Deep grouping step (regularisers on; no dropout, whose compiled RNG differs)
+    give the same losses as eager mode within COMPILE_TOLERANCE."""
+    import torch
+
+    from splitnet.assignment import GroupAssignments
+    from splitnet.augment import Normalizer
+    from splitnet.engine import train
+    from splitnet.grouping_stage import GroupingModel
+    from splitnet.model import WideResNet, wrn_plan
+    from splitnet.regularizers import RegularizerConfig, split_losses
+    from splitnet.spec import SplitSpec
+    from splitnet.topology import build_topology
+
+    torch.set_num_threads(1)
+    losses = {}
+    for compiled in (False, True):
+        torch.manual_seed(7)
+        plan = wrn_plan(10, 1, 3, H.NUM_CLASSES)
+        net = WideResNet(plan, bn_no_scale=grouping)
+        model, regularizer = net, None
+        if grouping:
+            topology = build_topology(plan, SplitSpec.parse("2-2-2"))
+            assignments = GroupAssignments(topology, "softmax", generator=torch.Generator().manual_seed(8))
+            model = GroupingModel(net, assignments)
+
+            def regularizer(step: int = 0, model=model, topology=topology, assignments=assignments):
+                parts = split_losses(
+                    model.net, topology, assignments.matrices(), RegularizerConfig(1.0, 1.0, 10.0, True)
+                )
+                return 0.1 * parts.total, {"reg_weight": parts.weight}
+
+        result = train(
+            model,
+            H.tiny_data(),
+            H.schedule(8, 0.05),
+            H.engine_config(compile=compiled, seed=3),
+            tmp_path / f"compiled_{compiled}",
+            normalizer=Normalizer("per_image"),
+            regularizer=regularizer,
+        )
+        losses[compiled] = [row["train_loss"] for row in result.history]
+    assert len(losses[True]) == 8
+    for eager, compiled in zip(losses[False], losses[True]):
+        assert compiled == pytest.approx(eager, rel=COMPILE_TOLERANCE), losses

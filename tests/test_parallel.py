@@ -365,6 +365,17 @@ def test_torchrun_check_command(model_file):
     assert "1-2-2 on 2 workers (gloo" in proc.stdout and ": OK" in proc.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_two_workers_are_never_placed_on_one_gpu(model_file):
+    """With one GPU visible, two torchrun workers would share it: refused in one line."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m"]
+    cmd += ["splitnet.parallel", "--timeout", "60", "check", "--model", str(model_file), "--device", "cuda"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=ROOT, env=env)
+    assert proc.returncode != 0 and "two workers would share one" in proc.stdout + proc.stderr
+
+
 # ----------------------------------------------------------------------------- GPU check
 
 

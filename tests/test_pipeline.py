@@ -48,11 +48,8 @@ def test_paper_scale_dag_builds_for_every_row(scale):
     assert counts["split"] == counts["finetune"] == non_baseline * len(seeds)
 
 
-def test_paper_scale_finetunes_split_networks_on_one_gpu_per_worker():
-    """Supp. §6 at the paper scale: the finetune rule starts finetune_workers processes through
-    torchrun (`splitnet finetune --parallel`) and asks SLURM for that many GPUs; dense rows stay one process."""
-    workers = yaml.safe_load((ROOT / "params" / "scales.yaml").read_text())["scales"]["paper"]["finetune_workers"]
-    assert workers == 2
+def _paper_finetune_commands(*config: str) -> tuple[str, str, dict[str, str]]:
+    """The hier and ssl_1e-3 finetune commands of a paper-scale dry run, and the GPUs each asks for."""
     # targets before --config (which takes every following word as a key=value pair)
     proc = check(
         snakemake(
@@ -63,17 +60,30 @@ def test_paper_scale_finetunes_split_networks_on_one_gpu_per_worker():
             "--config",
             "scale=paper",
             "results=/tmp/splitnet-dag-check",
+            *config,
         )
     )
     commands = [line for line in proc.stdout.splitlines() if "-m splitnet finetune" in line]
     hier = next(c for c in commands if "--experiment hier" in c)
     ssl = next(c for c in commands if "--experiment ssl_1e-3" in c)
-    assert f"-m torch.distributed.run --standalone --nproc-per-node={workers} -m splitnet finetune" in hier
-    assert hier.split(">")[0].rstrip().endswith("--parallel")
-    assert "torch.distributed.run" not in ssl and "--parallel" not in ssl
     blocks = proc.stdout.split("rule finetune:")[1:]
     gpus = {("hier" if "exp=hier" in b else "ssl"): b.split("gpu=")[1].split(",")[0] for b in blocks}
-    assert gpus == {"hier": str(workers), "ssl": "1"}
+    return hier, ssl, gpus
+
+
+def test_paper_scale_finetunes_on_one_gpu_unless_model_parallel_is_asked_for():
+    """One GPU per finetune by default; `--config finetune_workers=2` (supp. §6) starts two processes
+    through torchrun (`splitnet finetune --parallel`) for split rows and asks SLURM for two GPUs;
+    dense rows stay one process on one GPU."""
+    assert yaml.safe_load((ROOT / "params" / "scales.yaml").read_text())["scales"]["paper"]["finetune_workers"] == 1
+    hier, ssl, gpus = _paper_finetune_commands()
+    assert "torch.distributed.run" not in hier and "--parallel" not in hier
+    assert gpus == {"hier": "1", "ssl": "1"}
+    hier, ssl, gpus = _paper_finetune_commands("finetune_workers=2")
+    assert "-m torch.distributed.run --standalone --nproc-per-node=2 -m splitnet finetune" in hier
+    assert hier.split(">")[0].rstrip().endswith("--parallel")
+    assert "torch.distributed.run" not in ssl and "--parallel" not in ssl
+    assert gpus == {"hier": "2", "ssl": "1"}
 
 
 def test_grouping_study_target_runs_every_dataset_preset_and_seed():

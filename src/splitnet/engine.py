@@ -79,6 +79,30 @@ class EngineConfig:
     threads: int  # torch CPU threads, 0 = torch's default
 
 
+def backend_flags(cfg: EngineConfig, device: torch.device) -> dict[str, object]:
+    """The CUDA backend settings a run uses: cuDNN autotuning (every step has the same shapes), and
+    fp32 matmuls and convolutions as true IEEE fp32 unless the scale already trains in bf16 (then
+    the fp32 remainder may use TF32). Off CUDA there is nothing to set."""
+    if device.type != "cuda":
+        return {}
+    return {"cudnn_benchmark": True, "fp32_precision": "tf32" if cfg.bf16 else "ieee"}
+
+
+def apply_backend_flags(flags: dict[str, object]) -> None:
+    """Set :func:`backend_flags`' settings (the TF32 API of torch >= 2.9, else the legacy flags)."""
+    if not flags:
+        return
+    torch.backends.cudnn.benchmark = bool(flags["cudnn_benchmark"])
+    precision = str(flags["fp32_precision"])
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        # mixing the two APIs makes torch refuse to read the flags: use only the new one
+        torch.backends.cuda.matmul.fp32_precision = precision
+        torch.backends.cudnn.conv.fp32_precision = precision  # type: ignore[attr-defined]
+    else:  # pragma: no cover - torch < 2.9
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = precision == "tf32"
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

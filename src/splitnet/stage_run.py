@@ -20,7 +20,18 @@ from .augment import Normalizer
 from .config import stage_config
 from .data import load_split, read_manifest
 from .data.prepare import MANIFEST
-from .engine import CHECKPOINT, DeviceData, EngineConfig, Schedule, checkpoint_digest, evaluate, resolve_device, train
+from .engine import (
+    CHECKPOINT,
+    DeviceData,
+    EngineConfig,
+    Schedule,
+    apply_backend_flags,
+    backend_flags,
+    checkpoint_digest,
+    evaluate,
+    resolve_device,
+    train,
+)
 from .fingerprint import stage_digest
 from .io import remove_stale_temp_files
 from .model import WRNPlan, parse_arch, wrn_plan
@@ -91,11 +102,13 @@ def manifest_file(data_dir: Path) -> Path:
 
 
 def engine_config(cfg: dict) -> tuple[EngineConfig, torch.device]:
-    """The engine settings of a resolved config (and the torch threads they ask for)."""
+    """The engine settings of a resolved config; sets the torch threads and CUDA backend flags they ask for."""
     engine = EngineConfig(**cfg["engine"])
     if engine.threads:
         torch.set_num_threads(engine.threads)
-    return engine, resolve_device(engine.device)
+    device = resolve_device(engine.device)
+    apply_backend_flags(backend_flags(engine, device))
+    return engine, device
 
 
 def schedule_of(section: dict) -> Schedule:

@@ -106,10 +106,11 @@ def gpus(w):
 
 
 def finetune_workers(w):
-    """Processes that finetune one split network (the scale's finetune_workers; 1 for dense nets)."""
+    """Processes that finetune one split network (`--config finetune_workers=N`, else the scale's;
+    1 for dense nets)."""
     if method(w.exp) not in SPLIT_METHODS:
         return 1
-    return REGISTRY["scales"][w.scale]["finetune_workers"]
+    return config["finetune_workers"] or REGISTRY["scales"][w.scale]["finetune_workers"]
 
 
 def finetune_launcher(w):

@@ -99,9 +99,16 @@ def init_from_env(timeout_s: float = DEFAULT_TIMEOUT_S, device: str = "auto") ->
         dev = torch.device("cpu")
     if not dist.is_initialized():
         dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s))
-    # NCCL needs a GPU of its own per worker; asked through gloo first, since neither the GPU
-    # count (srun --gpus-per-task shows each worker one GPU) nor the launcher tells.
-    if use_cuda and _own_gpus(dev, world):
+    # Every worker needs a GPU of its own (two on one GPU only share its time, and NCCL refuses
+    # them); asked through gloo, since neither the GPU count (srun --gpus-per-task shows each
+    # worker one GPU) nor the launcher tells.
+    if use_cuda:
+        if not _own_gpus(dev, world):
+            dist.destroy_process_group()
+            raise ValueError(
+                f"{world} workers but fewer GPUs: two workers would share one; start one worker per GPU "
+                "(torchrun --nproc-per-node <GPUs>) or finetune in one process (finetune_workers: 1)"
+            )
         return Worker(
             rank,
             world,
