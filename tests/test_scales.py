@@ -64,3 +64,34 @@ def test_a_missing_key_is_named_with_what_to_do(tmp_path, file, line, key):
     (tmp_path / file).write_text("".join(lines[:first] + lines[first + 1 :]))
     with pytest.raises(ConfigError, match=rf"{file}: {key} is a required property; add it"):
         load_registry(tmp_path)
+
+
+def test_paper_grid_cost_counts_every_sgd_step_of_the_dag(tmp_path):
+    """benchmarks/paper_grid_cost.py: the steps it reads off the DAG are the registry's epochs x 500
+    steps per epoch (45,000 CIFAR-100 training images / batch 90), and the makespan is consistent."""
+    import json
+    import subprocess
+    import sys
+
+    from splitnet.claims import claim_experiments, load_claims
+    from splitnet.config import METHOD_STAGES, read_yaml, resolve
+    from splitnet.outputs import table_runs
+
+    out = tmp_path / "cost.json"
+    script = ROOT / "benchmarks" / "paper_grid_cost.py"
+    subprocess.run([sys.executable, str(script), "--out", str(out)], check=True, timeout=600, cwd=ROOT)
+    result = json.loads(out.read_text())
+    claims = load_claims(ROOT / "params", REGISTRY, read_yaml(ROOT / "params" / "paper_results.yaml"))
+    runs = table_runs(REGISTRY, "paper", claim_experiments(claims))
+    expected = {"learn_groups": 0, "finetune": 0}
+    for exp, seed in runs:
+        cfg = resolve(REGISTRY, exp, "paper", seed)
+        if "learn_groups" in METHOD_STAGES[cfg["method"]]:
+            expected["learn_groups"] += 500 * cfg["ssl" if cfg["method"] == "ssl" else "group"]["schedule"]["epochs"]
+        if "finetune" in METHOD_STAGES[cfg["method"]]:
+            expected["finetune"] += 500 * cfg["finetune"]["schedule"]["epochs"]
+    assert {rule: result["per_rule"][rule]["sgd_steps"] for rule in expected} == expected
+    spans = result["makespan_hours"]
+    assert spans["1"] == pytest.approx(result["gpu_hours"])
+    assert result["longest_job_hours"] <= spans["8"] < spans["1"]
+    assert spans["8"] >= result["gpu_hours"] / 8
