@@ -379,38 +379,78 @@ def test_two_workers_are_never_placed_on_one_gpu(model_file):
 # ----------------------------------------------------------------------------- GPU check
 
 
+# What the GPU machine's image holds (the device tool's notes, KINDS.md, read 2026-11-17): its
+# python3 has these distributions and nothing else; jsonschema and its dependencies are absent.
+DEVICE_IMAGE = set(
+    """attrs certifi charset-normalizer contourpy cycler filelock fonttools fsspec idna jinja2 kiwisolver
+    markupsafe matplotlib mpmath networkx numpy packaging pandas pillow pip psutil pyparsing python-dateutil
+    pytz pyyaml requests rich scipy setuptools six sympy torch torchvision tqdm triton typing-extensions
+    tzdata urllib3 markdown-it-py mdurl pygments""".split()
+)
+
+
+def _device_like_python(root: Path) -> Path:
+    """A Python with only the device image's distributions: a bare venv whose .pth file points at
+    links to those distributions of this one."""
+    from importlib import metadata
+
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")], check=True)
+    site = root / "site"
+    site.mkdir()
+    for dist in metadata.distributions():
+        if dist.metadata["Name"].lower().replace("_", "-") not in DEVICE_IMAGE:
+            continue
+        for top in {Path(str(f)).parts[0] for f in dist.files or [] if not str(f).startswith("..")}:
+            source = Path(str(dist.locate_file(top)))
+            if source.exists() and not (site / top).exists():
+                (site / top).symlink_to(source)
+    (site / "nvidia").mkdir(exist_ok=True)  # CUDA wheels, if any, are found beside torch
+    pth = next((root / "venv" / "lib").glob("python3*/site-packages"))
+    (pth / "device_image.pth").write_text(f"{site}\n")
+    return root / "venv" / "bin" / "python"
+
+
 @pytest.mark.slow
-def test_gpu_check_runs_on_the_cpu_at_toy_sizes(tmp_path):
-    """benchmarks/gpu_check.sh --cpu-tiny: every step of the GPU check, recorded as JSON."""
+def test_gpu_check_runs_on_the_cpu_in_the_device_image_with_the_carried_wheels(tmp_path):
+    """benchmarks/gpu_check.sh --cpu-tiny under a Python that, like the GPU machine's, lacks
+    jsonschema: refused in one line without the wheels; with the wheels that
+    fetch_device_wheels.sh downloads (for this Python's version), every step runs, and the check
+    writes exactly its two files."""
+    python = _device_like_python(tmp_path / "image")
+    probe = subprocess.run([str(python), "-c", "import torch, yaml, scipy; import jsonschema"], capture_output=True)
+    assert b"No module named 'jsonschema'" in probe.stderr  # the image: torch yes, jsonschema no
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env |= {"PYTHON": str(python), "DEVICE_WHEELS": str(tmp_path / "wheels"), "GPU_CHECK_BUDGET": "400"}
     out = tmp_path / "gpu check"  # a space, on purpose
-    proc = subprocess.run(
-        ["bash", "benchmarks/gpu_check.sh", "--cpu-tiny", str(out)],
+    run = lambda: subprocess.run(  # noqa: E731
+        ["bash", "benchmarks/gpu_check.sh", "--cpu-tiny", str(out)], cwd=ROOT, capture_output=True, text=True, env=env
+    )
+    refused = run()
+    assert refused.returncode == 2 and "jsonschema is missing" in refused.stderr
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    fetched = subprocess.run(
+        ["bash", "benchmarks/fetch_device_wheels.sh", version, str(tmp_path / "wheels")],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=900,
         env={**os.environ, "PYTHON": sys.executable},
     )
-    summary = json.loads((out / "summary.json").read_text())
+    assert fetched.returncode == 0, fetched.stderr[-2000:]
+    proc = run()
+    summary = json.loads((out / "gpu_check.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.log"]
     steps = {s["step"]: s for s in summary["steps"]}
-    assert list(steps) == [
-        "train_throughput",
-        "split_inference",
-        "parallel_inference",
-        "parallel_finetune",
-        "paper_pipeline",
-    ]
-    failed = {name: (out / s["log"]).read_text()[-2000:] for name, s in steps.items() if s["exit_code"]}
-    assert not failed and proc.returncode == 0 and summary["ok"], failed or proc.stdout
-    inference = json.loads((out / "parallel_inference.json").read_text())
-    assert {r["batch"] for r in inference["results"]} == {8, 1}
+    assert list(steps) == ["step_costs", "split_inference", "parallel_inference", "paper_pipeline"]
+    assert proc.returncode == 0 and summary["ok"], (proc.stdout, (out / "gpu_check.log").read_text()[-3000:])
+    costs = steps["step_costs"]["result"]
+    assert {r["kind"] for r in costs["results"]} == {"baseline", "deep_grouping", "hier_finetune"}
+    assert all(0 < r["fraction_of_peak"] < 1 and r["ms_per_step"] > 0 for r in costs["results"])
+    assert set(summary["ms_per_step"]) == {"plain", "grouping", "finetune"}
+    inference = steps["parallel_inference"]["result"]
     assert all(r["branch_speedup_over_workers"] > 0 and r["flop_ratio"] > 1 for r in inference["results"])
-    finetune = json.loads((out / "parallel_finetune.json").read_text())
-    assert finetune["results"][0]["ms_per_step"]["split_parallel"] > 0
-    pipeline = json.loads((out / "paper_pipeline" / "paper_pipeline.json").read_text())
+    pipeline = steps["paper_pipeline"]["result"]
     assert pipeline["ok"] and pipeline["parallel_vs_sequential_max_relative_weight_difference"] < 1e-4
     assert pipeline["evaluate_finetune_parallel"]["test_error"] == pytest.approx(
         pipeline["evaluate_finetune"]["test_error"]
     )
-    assert json.loads((out / "train_throughput.json").read_text())["results"]
-    assert json.loads((out / "split_inference.json").read_text())["results"]
+    assert steps["split_inference"]["result"]["results"]
