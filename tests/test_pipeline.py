@@ -101,6 +101,11 @@ def test_grouping_study_target_runs_every_dataset_preset_and_seed():
         "results/planted" not in proc.stdout
         and "/tmp/splitnet-study-dag/planted/runs/fc@semantic/seed_4" in proc.stdout
     )
+    assert "planted_hard" not in proc.stdout  # the extended datasets are their own target
+    proc = check(snakemake("-n", "grouping_study_extended", "--config", "results=/tmp/splitnet-study-dag"))
+    extended = study_cells(registry, extended=True)
+    assert job_counts(proc.stdout)["evaluate"] == sum(len(c.seeds) for c in extended)
+    assert "/tmp/splitnet-study-dag/planted_hard/runs/fc@paper_dynamics/seed_4" in proc.stdout
 
 
 def test_bad_params_fail_before_any_job(tmp_path):

@@ -33,6 +33,7 @@ README_COMMANDS = {
     "snakemake --cores all --profile slurm --config scale=paper_fp32": "test_pipeline.test_paper_scale_dag_builds_for_every_row[paper_fp32] (the same profile as scale=paper)",
     "snakemake --cores all --config extra_seeds=True": "test_reference_results_commands_plan_their_jobs (-n: ~2 h)",
     "snakemake --cores all --config gap_study=True": "test_reference_results_commands_plan_their_jobs (-n: hours)",
+    "snakemake --cores all --config extended_study=True": "test_reference_results_commands_plan_their_jobs (-n)",
     "dvc repro": "test_pipeline.test_dvc_commands_of_the_readme",
     "dvc exp run --temp -S params/pipeline.yaml:scale=ci": "test_pipeline.test_dvc_commands_of_the_readme",
     "dvc exp run --temp -S 'params/experiments.yaml:experiments.deep.group.schedule.weight_decay=0.0005'": "test_pipeline.test_dvc_commands_of_the_readme",
@@ -190,7 +191,7 @@ def test_paper_command_plans_every_job(clone):
 
 @pytest.mark.slow
 def test_reference_results_commands_plan_their_jobs(clone):
-    """The README's extra-seeds and gap-study commands as written, planned (-n): each plans the
+    """The README's extra-seeds, gap-study and extended-study commands as written, planned (-n): each plans the
     runs the default command does not, and passes its flag to the tables job."""
     import yaml
 
@@ -198,11 +199,12 @@ def test_reference_results_commands_plan_their_jobs(clone):
     from splitnet.gap_study import gap_runs
 
     registry = load_registry(ROOT / "params")
-    extra, gap = (
-        next(c for c in readme_commands() if c.endswith(flag)) for flag in ("extra_seeds=True", "gap_study=True")
+    extra, gap, extended = (
+        next(c for c in readme_commands() if c.endswith(flag))
+        for flag in ("extra_seeds=True", "gap_study=True", "extended_study=True")
     )
     plans = {}
-    for command in (extra, gap, "snakemake --cores all"):
+    for command in (extra, gap, extended, "snakemake --cores all"):
         proc = _run(command.replace("snakemake ", "snakemake -n -p ", 1), clone["path"], env=clone["env"])
         plans[command] = proc.stdout
     (group,) = yaml.safe_load((ROOT / "params" / "scales.yaml").read_text())["scales"]["cpu"]["seed_groups"]
@@ -211,3 +213,5 @@ def test_reference_results_commands_plan_their_jobs(clone):
     assert "--gap-study" in plans[gap] and "splitnet gap-study" in plans[gap]
     assert all(f"runs/{exp}/seed_{seed}/evaluate" in plans[gap] for exp, seed in gap_runs(registry))
     assert f"seed_{group['seeds'] - 1}" not in plans[gap]
+    assert "planted_hard/runs/fc@equal_budget/seed_4/evaluate" in plans[extended]
+    assert "splitnet study --extended" in plans[extended] and "planted_hard" not in plans["snakemake --cores all"]

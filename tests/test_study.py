@@ -116,8 +116,12 @@ def _groups(assignment: list[int], supers: list[int], names: list[str]) -> dict:
 def test_study_table_scores_every_dataset_and_preset(tmp_path):
     registry = load_registry("params")
     cells = study_cells(registry)
-    assert {c.dataset for c in cells} == set(registry["grouping_study"]["datasets"])
+    datasets = registry["grouping_study"]["datasets"]
+    assert {c.dataset for c in cells} == {name for name, entry in datasets.items() if not entry.get("extended")}
     assert ("planted", "semantic") in {(c.dataset, c.preset) for c in cells}
+    extended = study_cells(registry, extended=True)  # run and tabled apart: --config extended_study=True
+    assert {c.dataset for c in extended} == {"planted_hard"} and not {c.dataset for c in cells} & {"planted_hard"}
+    assert {"equal_budget", "paper_dynamics", "paper", "semantic"} <= {c.preset for c in extended}
     names = [f"k{i}" for i in range(10)]
     perfect, noise = [0 if s == 0 else 1 for s in FASHION_SUPER], [0, 1] * 5
     for cell in cells:

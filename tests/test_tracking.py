@@ -6,6 +6,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -175,6 +176,54 @@ def test_provenance_names_the_checkout_commit(monkeypatch: pytest.MonkeyPatch) -
     assert tags["splitnet.slurm_job_id"] == "4242"
     assert tags["splitnet.rule"] == "learn_groups"
     assert all(isinstance(value, str) for value in tags.values())
+
+
+def test_records_name_the_environment_and_constraints_txt_names_its_own() -> None:
+    """Run records carry the versions they ran with (torch, torchvision, numpy, and a digest of every
+    installed version); constraints.txt, the environment of the committed results, states the
+    same digest of its pins in its header."""
+    from importlib import metadata
+
+    from splitnet.records import environment_digest, pins_digest
+
+    tags = provenance_tags()
+    assert tags["splitnet.torchvision"] == metadata.version("torchvision")
+    assert tags["splitnet.numpy"] == metadata.version("numpy")
+    assert tags["splitnet.environment"] == environment_digest()
+    lines = (Path(__file__).resolve().parents[1] / "constraints.txt").read_text().splitlines()
+    pins = [line for line in lines if line and not line.startswith("#")]
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[^=\s]+", pin) for pin in pins), "constraints.txt: name==version only"
+    names = {pin.split("==")[0].lower().replace("_", "-") for pin in pins}
+    assert {"torch", "torchvision", "numpy", "snakemake", "mlflow", "dvc", "jsonschema"} <= names
+    (header,) = [line for line in lines if line.startswith("# splitnet.environment of these pins: ")]
+    assert header.rsplit(" ", 1)[1] == pins_digest(pins)
+
+
+def test_constraints_satisfy_every_requirement_of_the_package() -> None:
+    """`SPLITNET_LOCKED=1 bash workflow/scripts/setup.sh` installs the package and its pipeline and
+    test extras under constraints.txt: every requirement (and the Python range) admits its pin."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    pins = {
+        canonicalize_name(name): version
+        for name, _, version in (
+            line.partition("==") for line in (root / "constraints.txt").read_text().splitlines() if "==" in line
+        )
+    }
+    requirements = [*project["dependencies"], *project["optional-dependencies"]["pipeline"]]
+    requirements += project["optional-dependencies"]["test"]
+    for text in requirements:
+        req = Requirement(text)
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        assert canonicalize_name(req.name) in pins, f"constraints.txt does not pin {req.name}"
+        assert req.specifier.contains(pins[canonicalize_name(req.name)], prereleases=True), (text, pins[req.name])
+    assert "SPLITNET_LOCKED" in (root / "workflow" / "scripts" / "setup.sh").read_text()
 
 
 def test_resume_replaces_the_steps_after_the_checkpoint(tmp_path: Path) -> None:

@@ -235,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", default="cpu", help="whose tables/ and figures/ directories receive the study")
     p.add_argument("--params-dir", default="params")
     p.add_argument("--results", default="results", help="reads <results>/<dataset's scale>/runs/<row@preset>/...")
+    p.add_argument(
+        "--extended",
+        action="store_true",
+        help="the datasets marked `extended: true` instead (grouping_study_extended.csv)",
+    )
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("gap-study", help="the gap study: the split penalty over the baseline per width (gap_study.csv)")

@@ -15,6 +15,12 @@ TABLE_FORMATS = ("md", "tex", "csv")
 FIGURE_FORMATS = ("png", "pdf")
 
 
+def study_name(extended: bool) -> str:
+    """The grouping study's file stem: its default part, or its extended datasets (``extended:
+    true``, run with ``--config extended_study=True``), which are tabled on their own."""
+    return "grouping_study_extended" if extended else "grouping_study"
+
+
 class ScaleOutputs:
     def __init__(self, results: str | Path, scale: str) -> None:
         self.root = Path(results) / scale
@@ -44,12 +50,13 @@ class ScaleOutputs:
     def claims_files(self) -> list[Path]:
         return [self.tables / "claims.md", self.tables / "claims.csv"]
 
-    def study_files(self) -> list[Path]:
-        """The grouping study's table and class-group figure (``splitnet study``)."""
+    def study_files(self, extended: bool = False) -> list[Path]:
+        """The grouping study's (or its extended part's) table and class-group figure (``splitnet study``)."""
+        name = study_name(extended)
         return [
-            self.tables / "grouping_study.csv",
-            self.tables / "grouping_study.md",
-            *(self.figures / f"grouping_study.{ext}" for ext in FIGURE_FORMATS),
+            self.tables / f"{name}.csv",
+            self.tables / f"{name}.md",
+            *(self.figures / f"{name}.{ext}" for ext in FIGURE_FORMATS),
         ]
 
     def figure_files(self, registry: dict) -> list[Path]:

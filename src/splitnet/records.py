@@ -49,9 +49,10 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import socket
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -116,6 +117,27 @@ def _package_version(name: str) -> str:
         return ""
 
 
+def environment_digest() -> str:
+    """SHA-256 of the sorted ``name==version`` of every installed distribution (the lines of
+    ``pip freeze``, this package left out): two runs with the same digest ran the same versions;
+    constraints.txt's digest (``workflow/scripts/freeze-constraints.sh``) names the environment
+    the committed results were made with."""
+    names = {
+        dist.metadata["Name"]: dist.version for dist in importlib.metadata.distributions() if dist.metadata["Name"]
+    }
+    # what `pip freeze` lists: not this package, nor the packaging tools it leaves out
+    skipped = {"splitnet", "pip", "setuptools", "wheel", "distribute"}
+    return pins_digest(f"{name}=={version}" for name, version in names.items() if name.lower() not in skipped)
+
+
+def pins_digest(pins: Iterable[str]) -> str:
+    """SHA-256 of ``name==version`` pins, names normalised (PEP 503) and sorted."""
+    lines = sorted(
+        f"{re.sub(r'[-_.]+', '-', name).lower()}=={version}" for name, _, version in (p.partition("==") for p in pins)
+    )
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
 def provenance_tags() -> dict[str, str]:
     """Where and from what code this process runs, as MLflow tags.
 
@@ -134,6 +156,9 @@ def provenance_tags() -> dict[str, str]:
         "splitnet.rule": os.environ.get("SPLITNET_RULE", ""),
         "splitnet.python": platform.python_version(),
         "splitnet.torch": _package_version("torch"),
+        "splitnet.torchvision": _package_version("torchvision"),
+        "splitnet.numpy": _package_version("numpy"),
+        "splitnet.environment": environment_digest(),
         "mlflow.user": _user(),
     }
 

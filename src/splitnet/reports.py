@@ -113,23 +113,23 @@ def cmd_figures(args: argparse.Namespace) -> int:
 def cmd_study(args: argparse.Namespace) -> int:
     from .config import load_registry
     from .figures import fig_class_groups
-    from .outputs import ScaleOutputs
+    from .outputs import ScaleOutputs, study_name
     from .study import FIGURE_PRESETS, study_cells, write_study
     from .tables import seed_metrics
 
     registry = load_registry(args.params_dir)
     out = ScaleOutputs(args.results, args.scale)
-    rows = write_study(registry, args.results, out.tables)
+    rows = write_study(registry, args.results, out.tables, args.extended)
     panels = {}
-    for cell in study_cells(registry):
+    for cell in study_cells(registry, args.extended):
         if cell.preset in FIGURE_PRESETS:
             metrics = seed_metrics(ScaleOutputs(args.results, cell.scale).runs, cell.experiment, list(cell.seeds))
             if metrics:
                 panels[f"{cell.dataset}\n{cell.preset}"] = [{**m["groups"], "seed": m["seed"]} for m in metrics]
     if panels:
-        fig_class_groups(panels, out.figures / "grouping_study")
+        fig_class_groups(panels, out.figures / study_name(args.extended))
     print(
-        f"wrote {', '.join(str(p) for p in out.study_files())}: "
+        f"wrote {', '.join(str(p) for p in out.study_files(args.extended))}: "
         f"{sum(r['seeds'] for r in rows)} runs in {len(rows)} (dataset, preset) cells"
     )
     return 0

@@ -21,7 +21,7 @@ from .config import PAPER_PRESET, needs_baseline, resolve, study_experiment
 from .convergence import CONVERGED
 from .io import atomic_write_text, csv_text, load_torch_file
 from .metrics import adjusted_rand_index, best_merge_ari, semantic_ari
-from .outputs import ScaleOutputs
+from .outputs import ScaleOutputs, study_name
 from .tables import mean_std, seed_metrics
 
 COLUMNS = (
@@ -60,11 +60,14 @@ class StudyCell:
     seeds: tuple[int, ...]
 
 
-def study_cells(registry: dict) -> list[StudyCell]:
-    """Every (dataset, preset) of the study, in the params file's order."""
+def study_cells(registry: dict, extended: bool = False) -> list[StudyCell]:
+    """Every (dataset, preset) of the study's default part (or of its extended datasets), in the
+    params file's order."""
     study = registry["grouping_study"]
     cells = []
     for dataset, entry in study["datasets"].items():
+        if entry.get("extended", False) != extended:
+            continue
         for preset in entry.get("presets", study["presets"]):
             cells.append(
                 StudyCell(
@@ -79,11 +82,11 @@ def study_cells(registry: dict) -> list[StudyCell]:
     return cells
 
 
-def evaluate_files(registry: dict, results: str | Path) -> list[Path]:
-    """The metrics.json of every run the study reads (the Snakemake target's inputs)."""
+def evaluate_files(registry: dict, results: str | Path, extended: bool = False) -> list[Path]:
+    """The metrics.json of every run the study (or its extended part) reads (the Snakemake target's inputs)."""
     return [
         ScaleOutputs(results, c.scale).run_dir(c.experiment, seed, "evaluate") / "metrics.json"
-        for c in study_cells(registry)
+        for c in study_cells(registry, extended)
         for seed in c.seeds
     ]
 
@@ -123,10 +126,10 @@ def sgd_steps(registry: dict, cell: StudyCell, results: str | Path) -> int | Non
     return per_epoch * sum(cfg[stage]["schedule"]["epochs"] for stage in stages)
 
 
-def study_rows(registry: dict, results: str | Path) -> list[dict]:
+def study_rows(registry: dict, results: str | Path, extended: bool = False) -> list[dict]:
     """One row per (dataset, preset) with the statistics of its finished seeds."""
     rows = []
-    for cell in study_cells(registry):
+    for cell in study_cells(registry, extended):
         metrics = seed_metrics(ScaleOutputs(results, cell.scale).runs, cell.experiment, list(cell.seeds))
         aris = [semantic_ari(m["groups"]) for m in metrics]
         converged = [m["grouping"]["assignment_converged"] >= CONVERGED for m in metrics]
@@ -179,6 +182,8 @@ def goal_verdicts(rows: list[dict], preset: str = "semantic") -> list[str]:
     by_key = {(r["dataset"], r["preset"]): r for r in rows}
     lines = []
     for dataset, goal in GOAL_ARI.items():
+        if dataset not in {r["dataset"] for r in rows}:
+            continue  # not in this part of the study
         row, paper = by_key.get((dataset, preset)), by_key.get((dataset, PAPER_PRESET))
         if row is None or row["ari_mean"] is None:
             lines.append(f"{dataset}: no finished `{preset}` runs")
@@ -230,16 +235,16 @@ def render_markdown(rows: list[dict]) -> str:
     lines += [
         "",
         "Datasets: " + "; ".join(sorted({f"{r['dataset']} = {r['description']} (scale {r['scale']})" for r in rows})),
-        "",
-        "Goal of the `semantic` preset:",
-        "",
-    ] + [f"- {line}" for line in goal_verdicts(rows)]
+    ]
+    goals = goal_verdicts(rows)
+    if goals:
+        lines += ["", "Goal of the `semantic` preset:", ""] + [f"- {line}" for line in goals]
     return "\n".join(lines) + "\n"
 
 
-def write_study(registry: dict, results: str | Path, out_dir: Path) -> list[dict]:
-    """Write ``grouping_study.csv`` and ``grouping_study.md`` into ``out_dir``; return the rows."""
-    rows = study_rows(registry, results)
-    atomic_write_text(Path(out_dir) / "grouping_study.csv", render_csv(rows))
-    atomic_write_text(Path(out_dir) / "grouping_study.md", render_markdown(rows))
+def write_study(registry: dict, results: str | Path, out_dir: Path, extended: bool = False) -> list[dict]:
+    """Write ``<study_name>.csv`` and ``.md`` into ``out_dir``; return the rows."""
+    rows = study_rows(registry, results, extended)
+    atomic_write_text(Path(out_dir) / f"{study_name(extended)}.csv", render_csv(rows))
+    atomic_write_text(Path(out_dir) / f"{study_name(extended)}.md", render_markdown(rows))
     return rows

@@ -3,6 +3,7 @@
 localrules:
     tables,
     grouping_study,
+    grouping_study_extended,
     gap_study,
     figures,
     track,
@@ -13,6 +14,7 @@ CLAIMS_FILES = [str(p) for p in OUT.claims_files()]
 FIGURE_FILES = [str(p) for p in OUT.figure_files(REGISTRY)]
 TRACKING_FILE = str(OUT.tracking)
 STUDY_FILES = [str(p) for p in OUT.study_files()]
+EXTENDED_STUDY_FILES = [str(p) for p in OUT.study_files(extended=True)]
 HAS_STUDY = REGISTRY["grouping_study"]["scale"] == SCALE  # the study belongs to one scale's pipeline
 # `--config extra_seeds=true`: the rows of the scale's seed_groups run their extra seeds, and the
 # tables, claims and MLflow read them (a constant flag, never a config value, reaches the shell)
@@ -94,6 +96,23 @@ rule grouping_study:
         f"{OUT.logs}/grouping_study.log",
     shell:
         "{PYTHON:q} -m splitnet study --scale {SCALE:q} --params-dir {PARAMS:q} --results {RESULTS:q} > {log:q} 2>&1"
+
+
+# `--config extended_study=True` (or this target): the study's datasets marked `extended: true`
+rule grouping_study_extended:
+    input:
+        metrics=[str(p) for p in study_inputs(REGISTRY, RESULTS, extended=True)],
+    output:
+        [report(f, caption="../report/study.rst", category="Grouping study") if f.endswith((".md", ".png")) else f
+         for f in EXTENDED_STUDY_FILES],
+    params:
+        study=json.dumps({k: REGISTRY[k] for k in ("grouping_study", "presets")}, sort_keys=True),
+        code=REPORT_CODE["study"],
+    log:
+        f"{OUT.logs}/grouping_study_extended.log",
+    shell:
+        "{PYTHON:q} -m splitnet study --extended --scale {SCALE:q} --params-dir {PARAMS:q} --results {RESULTS:q}"
+        " > {log:q} 2>&1"
 
 
 rule gap_study:

@@ -29,7 +29,13 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 # torch/torchvision come from PyPI (lower bounds only); everything else from pyproject.toml.
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[pipeline,test]"
+# SPLITNET_LOCKED=1: the exact versions the committed results were made with (constraints.txt).
+constraints=()
+if [ "${SPLITNET_LOCKED:-0}" = 1 ]; then
+  constraints=(--constraint constraints.txt)
+  echo "setup: installing the versions of constraints.txt"
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check "${constraints[@]}" -e ".[pipeline,test]"
 export PATH="$ROOT/.venv/bin:$PATH"
 
 bash "$ROOT/workflow/scripts/link-slurm-profile.sh"
