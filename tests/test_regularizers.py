@@ -13,9 +13,11 @@ from splitnet.config import load_registry
 from splitnet.model import wide_resnet
 from splitnet.regularizers import (
     RegularizerConfig,
+    aggregate_weight_penalties,
     balance_penalty,
     disjoint_penalty,
     split_losses,
+    split_terms,
     term_weights,
     weight_split_penalty,
 )
@@ -302,3 +304,100 @@ def test_regularizer_gradients_finite_after_split():
     losses.total.backward()
     for tensor in (model.fc.weight, matrices["head_in"], matrices["head_out"]):
         assert torch.isfinite(tensor.grad).all()
+
+
+# --- batched R_W against the per-layer formula ------------------------------------------------
+
+
+def per_layer_reference(weight: torch.Tensor, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """The per-layer R_W as the project computed it before batching: two matmuls per layer, the
+    tap-averaged squared weight, sigma applied at the end."""
+    wbar = weight.pow(2).mean(dim=(2, 3)) if weight.dim() == 4 else weight.pow(2)
+    taps = weight.shape[2] * weight.shape[3] if weight.dim() == 4 else 1
+    d_out, d_in = wbar.shape
+    groups = p.shape[0]
+    row = ((1 - p).abs() * (q.pow(2) @ wbar).clamp_min(1e-20).sqrt()).sum() / (d_in * math.sqrt(d_out))
+    col = ((1 - q).abs() * (p.pow(2) @ wbar.T).clamp_min(1e-20).sqrt()).sum() / (math.sqrt(d_in) * d_out)
+    return (row + col) / (2 * (groups - 1) * math.sqrt(1.0 / (taps * d_in)) / groups)
+
+
+def _terms_and_grads(terms_fn, model, assignments):
+    params = [p for p in (*model.parameters(), *assignments.values.values()) if p.requires_grad]
+    disjoint, weight, balance = terms_fn()
+    total = disjoint + weight + 10 * balance
+    return torch.stack([disjoint, weight, balance]).detach(), torch.autograd.grad(total, params, allow_unused=True)
+
+
+def _reference_terms(model, topology, assignments, weighted: bool):
+    matrices = assignments.matrices()
+    per_layer = torch.stack(
+        [
+            per_layer_reference(model.get_submodule(layer.path).weight, matrices[layer.input], matrices[layer.output])
+            for layer in topology.layers
+        ]
+    )
+    weights = term_weights(topology)
+    disjoint = sum(w * disjoint_penalty(matrices[name]) for name, w in weights.items())
+    balance = sum(w * balance_penalty(matrices[name]) for name, w in weights.items())
+    return disjoint, aggregate_weight_penalties(per_layer, weighted), balance
+
+
+BATCHED_CASES = [("wrn-16-2", "1-2-2"), ("wrn-16-2", "2-2-2"), ("wrn-16-2", "2-4-4"), ("wrn-10-3", "1-1-4")]
+BATCHED_CASES += [("wrn-22-1", "2-4-4"), ("wrn-10-0.75", "2-2-2")]
+
+
+def _trained_looking(arch: str, spec: str, seed: int):
+    """A network and assignments away from their init, so the layers' values and gradients differ;
+    float64, so that a comparison at 1e-6 sees the formulas, not float32 rounding."""
+    torch.manual_seed(seed)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = wide_resnet(arch, num_classes=10)
+        topology = build_topology(model.plan, SplitSpec.parse(spec))
+        assignments = GroupAssignments(topology, "softmax")
+    finally:
+        torch.set_default_dtype(default)
+    with torch.no_grad():
+        for value in assignments.values.values():
+            value.normal_(0, 2.0)
+        for param in model.parameters():
+            param.mul_(1 + 0.5 * torch.rand_like(param))
+    return model, topology, assignments
+
+
+@pytest.mark.parametrize("weighted", [True, False])
+@pytest.mark.parametrize(("arch", "spec"), BATCHED_CASES)
+def test_batched_terms_equal_the_per_layer_formula(arch, spec, weighted):
+    """split_terms batches R_W over layers of one shape: its values and every gradient equal the
+    per-layer formula's to 1e-6, on several architectures and splits."""
+    model, topology, assignments = _trained_looking(arch, spec, seed=3)
+    want, want_grads = _terms_and_grads(
+        lambda: _reference_terms(model, topology, assignments, weighted), model, assignments
+    )
+    got, got_grads = _terms_and_grads(
+        lambda: split_terms(model, topology, assignments.matrices(), weighted), model, assignments
+    )
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    for g, w in zip(got_grads, want_grads):
+        assert (g is None) == (w is None)
+        if g is not None:
+            torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("arch", "spec"), [("wrn-16-2", "2-4-4"), ("wrn-10-3", "1-1-4")])
+def test_compiled_terms_equal_the_eager_ones(arch, spec):
+    """torch.compile of split_terms (what the grouping stage runs when engine.compile is set):
+    values and gradients equal eager mode's to 1e-6."""
+    model, topology, assignments = _trained_looking(arch, spec, seed=5)
+
+    def terms():
+        return split_terms(model, topology, assignments.matrices(), True)
+
+    want, want_grads = _terms_and_grads(terms, model, assignments)
+    got, got_grads = _terms_and_grads(torch.compile(terms), model, assignments)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+    for g, w in zip(got_grads, want_grads):
+        if g is not None:
+            torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-9)
