@@ -118,6 +118,49 @@ def test_every_committed_verdict_is_recomputed_from_the_committed_per_seed_numbe
             assert len(errors) == entry["n"] and abs(statistics.fmean(errors) - entry["test_error"]) < 1e-5, exp
 
 
+def test_committed_gap_study_has_the_claims_arms_and_agrees_with_the_per_seed_numbers():
+    """docs/results/cpu holds the gap study: a row per arm of params (run or marked not run), the
+    arms the claim deep_degradation_is_capacity reads with every seed, its figure, and each run
+    arm's mean test error equal to the per-seed numbers' (which the claims are computed from)."""
+    import csv
+    import statistics
+
+    from splitnet.config import load_registry
+    from splitnet.gap_study import COLUMNS, gap_cells
+    from splitnet.per_seed import read_csv
+
+    registry = load_registry(ROOT / "params")
+    with (COMMITTED_CPU / "tables" / "gap_study.csv").open() as fh:
+        rows = {row["arm"]: row for row in csv.DictReader(fh)}
+    assert list(next(iter(rows.values()))) == list(COLUMNS)
+    assert list(rows) == [cell.arm for cell in gap_cells(registry)]
+    seeds = len(registry["gap_study"]["seeds"])
+    claim_arms = ("baseline", "deep", "hier", "baseline@width4", "deep@width4", "hier@width4")
+    assert all(int(rows[arm]["seeds"]) == seeds for arm in claim_arms), {a: rows[a]["seeds"] for a in claim_arms}
+    per_seed = read_csv(COMMITTED_CPU / "metrics" / "per_seed.csv")
+    for arm in ("baseline@width4", "deep@width4", "hier@width4"):
+        errors = [r["test_error"] for r in per_seed if r["experiment"] == arm]
+        assert abs(statistics.fmean(errors) - float(rows[arm]["test_error_mean"])) < 1e-4, arm
+    assert (COMMITTED_CPU / "figures" / "gap_study.png").stat().st_size > 10_000
+
+
+def test_committed_extended_study_covers_every_extended_cell():
+    """grouping_study_extended.csv: every (dataset, preset) marked extended, all seeds, with budgets."""
+    import csv
+
+    from splitnet.config import load_registry
+    from splitnet.study import study_cells
+
+    cells = study_cells(load_registry(ROOT / "params"), extended=True)
+    with (COMMITTED_CPU / "tables" / "grouping_study_extended.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["dataset"], r["preset"]) for r in rows] == [(c.dataset, c.preset) for c in cells]
+    assert all(int(r["seeds"]) == len(c.seeds) for r, c in zip(rows, cells)), "a cell misses seeds"
+    assert all(r["sgd_steps"] and r["init_ari_mean"] for r in rows)
+    budgets = {r["preset"]: int(r["sgd_steps"]) for r in rows}
+    assert budgets["equal_budget"] == budgets["semantic"] > budgets["paper"]  # equal SGD steps, baseline counted
+
+
 def _dvc_changed_inputs(repo: Path) -> list[dict]:
     dvc = Path(sys.executable).parent / "dvc"
     if not dvc.exists():
