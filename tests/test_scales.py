@@ -50,7 +50,7 @@ def test_every_experiment_resolves_the_same_at_paper_and_paper_fp32(experiment):
     "file, line, key",
     [
         ("experiments.yaml", "    overlap: null", "defaults.group: 'overlap'"),
-        ("scales.yaml", "    finetune_workers: 1", "scales.cpu: 'finetune_workers'"),
+        ("scales.yaml", "    finetune_workers: 1", "scales.paper(_fp32)?: 'finetune_workers'"),
     ],
 )
 def test_a_missing_key_is_named_with_what_to_do(tmp_path, file, line, key):
