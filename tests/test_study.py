@@ -122,7 +122,7 @@ def test_study_table_scores_every_dataset_and_preset(tmp_path):
     extended = study_cells(registry, extended=True)  # run and tabled apart: --config extended_study=True
     assert {c.dataset for c in extended} == {"planted_hard"} and not {c.dataset for c in cells} & {"planted_hard"}
     assert {"equal_budget", "paper_dynamics", "paper", "semantic"} <= {c.preset for c in extended}
-    names = [f"k{i}" for i in range(10)]
+    names = [f"k{9 - i}" for i in range(10)]  # label order is not name order, as in real datasets
     perfect, noise = [0 if s == 0 else 1 for s in FASHION_SUPER], [0, 1] * 5
     for cell in cells:
         if cell.dataset != "fashion_g2":
@@ -136,7 +136,7 @@ def test_study_table_scores_every_dataset_and_preset(tmp_path):
             }
             path = ScaleOutputs(tmp_path, cell.scale).run_dir(cell.experiment, seed, "evaluate") / "metrics.json"
             path.parent.mkdir(parents=True)
-            path.write_text(json.dumps(metrics))
+            path.write_text(json.dumps(metrics, sort_keys=True))  # as the stages write it: keys by name
     # the semantic cell's seed 0 started from the superclasses already (its step-0 snapshot), the
     # paper cell's from the noise grouping; the manifest gives the steps per epoch
     for preset, start in (("semantic", perfect), ("paper", noise)):
@@ -146,7 +146,7 @@ def test_study_table_scores_every_dataset_and_preset(tmp_path):
         torch.save({"head_out": torch.nn.functional.one_hot(torch.tensor(start), 2).T.float()}, snapshot)
     manifest = ScaleOutputs(tmp_path, "cpu").data / "manifest.json"
     manifest.parent.mkdir(parents=True)
-    manifest.write_text(json.dumps({"splits": {"train": {"count": 30_000}}}))
+    manifest.write_text(json.dumps({"splits": {"train": {"count": 30_000}}, "class_names": names}))
     rows = write_study(registry, tmp_path, tmp_path / "tables")
     table = list(csv.DictReader(open(tmp_path / "tables" / "grouping_study.csv")))
     by = {(r["dataset"], r["preset"]): r for r in table}

@@ -98,20 +98,27 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 INIT_SNAPSHOT = "assignments/step_0000000.pt"  # learn-groups' snapshot before the first step
 
 
-def init_ari(grouping_run: Path, groups: dict) -> float | None:
+def init_ari(grouping_run: Path, groups: dict, class_names: list[str]) -> float | None:
     """The ARI of the class groups the grouping *started* from (its step-0 snapshot), scored as the
-    final groups are: what the initialisation alone (noise, or HD-CNN's confusion clustering) gives."""
+    final groups are: what the initialisation alone (noise, or HD-CNN's confusion clustering) gives.
+    ``class_names``: the dataset's classes in label order, the order of the snapshot's columns
+    (``groups["class_to_group"]`` is keyed by name, not in that order)."""
     snapshot = grouping_run / INIT_SNAPSHOT
     if not snapshot.is_file() or "superclasses" not in groups:
         return None
-    start = load_torch_file(snapshot)["head_out"].argmax(0).tolist()  # class -> group
-    names = list(groups["class_to_group"])
+    start = load_torch_file(snapshot)["head_out"].argmax(0).tolist()  # label -> group
     superclass_of = {name: i for i, members in enumerate(groups["superclasses"].values()) for name in members}
-    supers = [superclass_of[name] for name in names]
+    supers = [superclass_of[name] for name in class_names]
     blocks = len(groups["groups"])
     if blocks < len(set(supers)):
         return best_merge_ari(start, supers, blocks)
     return adjusted_rand_index(start, supers)
+
+
+def _class_names(results: str | Path, scale: str) -> list[str] | None:
+    """The classes of a scale's prepared data, in label order (None before it is prepared)."""
+    manifest = ScaleOutputs(results, scale).data / "manifest.json"
+    return json.loads(manifest.read_text())["class_names"] if manifest.is_file() else None
 
 
 def sgd_steps(registry: dict, cell: StudyCell, results: str | Path) -> int | None:
@@ -138,7 +145,12 @@ def study_rows(registry: dict, results: str | Path, extended: bool = False) -> l
         purity_mean, purity_std = _mean_std([m["groups"]["superclass_purity"] for m in metrics])
         error_mean, error_std = _mean_std([m["test_error"] for m in metrics])
         runs = ScaleOutputs(results, cell.scale)
-        starts = [init_ari(runs.run_dir(cell.experiment, m["seed"], "learn_groups"), m["groups"]) for m in metrics]
+        names = _class_names(results, cell.scale)
+        starts = [
+            init_ari(runs.run_dir(cell.experiment, m["seed"], "learn_groups"), m["groups"], names)
+            for m in metrics
+            if names is not None
+        ]
         init_mean, init_std = _mean_std([a for a in starts if a is not None])
         rows.append(
             {
