@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import multiprocessing
 import os
 import re
 import shutil
@@ -12,7 +13,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import traceback
 from collections import Counter
@@ -601,28 +601,38 @@ def on_store_writes(patch: Callable[[Any, str, Any], None], before: Callable[[],
             patch(cls, name, preceded(getattr(cls, name)))
 
 
+def _import_then_exit(uri: str, job: dict[str, Any], kill_before: int | None) -> None:
+    """The child's body: ``import_runs``, then ``os._exit`` (no cleanup); with ``kill_before``
+    it dies just before that write, the way ``kill -9`` kills."""
+    status = 1
+    try:
+        if kill_before is not None:
+            count = itertools.count(1)
+
+            def maybe_die() -> None:
+                if next(count) == kill_before:
+                    os._exit(137)
+
+            on_store_writes(setattr, maybe_die)
+        import_runs(uri, **job)
+        status = 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(status)
+
+
 def import_in_child(uri: str, job: dict[str, Any], kill_before: int | None = None) -> int:
-    """``import_runs(uri, **job)`` in a forked process; its exit status. With ``kill_before`` it
-    dies just before that write, the way ``kill -9`` kills (``os._exit``: no cleanup at all)."""
-    pid = os.fork()
-    if pid == 0:
-        status = 1
-        try:
-            if kill_before is not None:
-                count = itertools.count(1)
-
-                def maybe_die() -> None:
-                    if next(count) == kill_before:
-                        os._exit(137)
-
-                on_store_writes(setattr, maybe_die)
-            import_runs(uri, **job)
-            status = 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(status)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    """``import_runs(uri, **job)`` in a child process; its exit status. The child forks from a
+    single-threaded server (forkserver), not from pytest's process: that one may hold threads
+    (torch.compile's workers, from earlier tests) whose locks a plain fork would copy held."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])  # the server imports this module (and mlflow) once
+    child = context.Process(target=_import_then_exit, args=(uri, job, kill_before))
+    child.start()
+    child.join()
+    assert child.exitcode is not None
+    return child.exitcode
 
 
 def store_snapshot(uri: str) -> tuple[dict[tuple, dict[str, Any]], Counter[tuple]]:
@@ -674,7 +684,6 @@ def test_an_import_killed_at_the_nth_write_is_completed_exactly_once(
     the store holds what a clean import makes (each run once, the same params, metrics and
     artifacts) and at most the one run the kill interrupted, in the bin, ended and unmarked.
     ``update``: the store already holds an earlier import, whose changed runs are replaced."""
-    assert threading.active_count() == 1  # a fork copies only this thread: no lock is held elsewhere
     old, new = tmp_path / "old", tmp_path / "new"
     for row in ("fc", "deep"):
         for stage in STAGES:
